@@ -1,0 +1,216 @@
+"""Storage: the table schemas of DESIGN.md, atomic writes, and reads that check the schema.
+
+A storage is a local path or any URI pyarrow.fs understands (s3://, gs://, file://). This module
+owns every byte written there; no other module opens storage files directly.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import StorageError
+
+LOSSES_SCHEMA = pa.schema([
+    ("unit", pa.string()),
+    ("kind", pa.string()),  # gold | scratch | transfer
+    ("target", pa.string()),
+    ("sources", pa.list_(pa.string())),  # ["self"] gold, ["pixels"] scratch, ["random"] random
+    ("order", pa.int8()),
+    ("regime", pa.int32()),  # training images of the unit
+    ("image", pa.string()),
+    ("loss", pa.float32()),
+])
+LOSS_KINDS = ("gold", "scratch", "transfer")
+
+AFFINITIES_SCHEMA = pa.schema([
+    ("regime", pa.int32()),
+    ("target", pa.string()),
+    ("sources", pa.list_(pa.string())),
+    ("order", pa.int8()),
+    ("affinity", pa.float64()),
+    ("quality", pa.float64()),  # win rate against the gold standard (`self`)
+    ("gain", pa.float64()),  # win rate against the scratch network (`pixels`)
+])
+
+LOSSES_DIR = "losses"
+AFFINITIES_FILE = "affinities.parquet"
+RUN_FILE = "run.json"
+
+
+def check_schema(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Return `table` cast to `schema`, or raise StorageError naming the missing/odd columns."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise StorageError(
+            f"{what}: missing columns {missing}; expected {schema.names} (DESIGN.md). "
+            "Was it written by another version? Re-run the step that writes it."
+        )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise StorageError(f"{what}: columns have the wrong types ({e}); expected {schema}") from e
+
+
+def losses_table(unit: str, kind: str, target: str, sources: Sequence[str], regime: int,
+                 images: Sequence[str], losses: Sequence[float] | np.ndarray) -> pa.Table:
+    """One unit's per-image losses as a LOSSES_SCHEMA table; non-finite losses are refused."""
+    if kind not in LOSS_KINDS:
+        raise StorageError(f"unit {unit}: kind must be one of {LOSS_KINDS}, got {kind!r}")
+    loss = np.asarray(losses, dtype=np.float32)
+    if loss.shape != (len(images),):
+        raise StorageError(f"unit {unit}: {loss.shape[0] if loss.ndim else 0} losses for "
+                           f"{len(images)} images")
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        first = [images[i] for i in np.flatnonzero(bad)[:3]]
+        raise StorageError(f"unit {unit}: {int(bad.sum())} non-finite losses (e.g. images "
+                           f"{first}); the training diverged: lower the learning rate or check "
+                           "the labels")
+    n = len(images)
+    return pa.table({
+        "unit": pa.array([unit] * n, pa.string()),
+        "kind": pa.array([kind] * n, pa.string()),
+        "target": pa.array([target] * n, pa.string()),
+        "sources": pa.array([list(sources)] * n, pa.list_(pa.string())),
+        "order": pa.array([len(sources)] * n, pa.int8()),
+        "regime": pa.array([regime] * n, pa.int32()),
+        "image": pa.array(list(images), pa.string()),
+        "loss": pa.array(loss, pa.float32()),
+    }, schema=LOSSES_SCHEMA)
+
+
+class Storage:
+    """A run's storage root on any pyarrow filesystem, with atomic writes."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, ValueError):
+            # A plain relative or absolute local path.
+            import os
+
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
+        except OSError as e:
+            raise StorageError(f"cannot open storage {uri!r}: {e}; check the URI and the "
+                               "credentials in the environment") from e
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """The filesystem path of `parts` below the root."""
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        """Whether a file or folder exists below the root."""
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def ensure_writable(self) -> None:
+        """Create the root and prove it is writable, or raise StorageError saying how to fix."""
+        probe = self.path(f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as e:
+            raise StorageError(
+                f"storage {self.uri!r} is not writable ({e}); choose another --storage path or "
+                "fix its permissions / credentials"
+            ) from e
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write `data` at `rel` atomically: temp name + rename locally, one PUT on object stores."""
+        dest = self.path(rel)
+        try:
+            self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+            if not self.local:  # an object store makes a whole object visible at close
+                with self.fs.open_output_stream(dest) as f:
+                    f.write(data)
+                return
+            tmp = posixpath.join(posixpath.dirname(dest),
+                                 f".{posixpath.basename(dest)}.{uuid.uuid4().hex}.tmp")
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, dest)
+        except OSError as e:
+            raise StorageError(f"cannot write {dest} in storage {self.uri!r}: {e}; check that "
+                               "the path is writable and has space") from e
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes at `rel`; StorageError if missing."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return bytes(f.read())
+        except FileNotFoundError:
+            raise StorageError(f"{self.path(rel)} not found in storage {self.uri!r}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.path(rel)}: {e}") from e
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        """Write a JSON document atomically."""
+        self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def read_json(self, rel: str) -> Any:
+        """Read a JSON document; a corrupt one is a StorageError naming it."""
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise StorageError(f"corrupt JSON {self.path(rel)}: {e}") from e
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a Parquet table atomically."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def read_table(self, rel: str, schema: pa.Schema) -> pa.Table:
+        """Read a Parquet file and check it against `schema`."""
+        try:
+            table = pq.read_table(self.path(rel), filesystem=self.fs)
+        except FileNotFoundError:
+            raise StorageError(f"{self.path(rel)} not found in storage {self.uri!r}") from None
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StorageError(f"corrupt Parquet file {self.path(rel)}: {e}; delete it and re-run "
+                               "the unit that wrote it") from e
+        return check_schema(table, schema, self.path(rel))
+
+    def list(self, rel: str, suffix: str = "") -> list[str]:
+        """Sorted base names of the files directly in folder `rel` (hidden temp files skipped)."""
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        names = [posixpath.basename(i.path) for i in self.fs.get_file_info(sel)
+                 if i.type == pafs.FileType.File]
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+    # --- the two tables of DESIGN.md
+
+    def write_losses(self, unit: str, table: pa.Table) -> None:
+        """One unit's per-image losses, as `losses/<unit>.parquet`."""
+        self.write_table(f"{LOSSES_DIR}/{unit}.parquet",
+                         check_schema(table, LOSSES_SCHEMA, f"losses of {unit}"))
+
+    def read_losses(self) -> pa.Table:
+        """Every unit's losses, concatenated."""
+        files = self.list(LOSSES_DIR, ".parquet")
+        if not files:
+            raise StorageError(f"no per-image losses under {self.path(LOSSES_DIR)}; run "
+                               "`taskonomy-ray sweep` first")
+        return pa.concat_tables([self.read_table(f"{LOSSES_DIR}/{f}", LOSSES_SCHEMA)
+                                 for f in files])
+
+    def write_affinities(self, table: pa.Table) -> None:
+        """The AHP affinities table (stage 3)."""
+        self.write_table(AFFINITIES_FILE, check_schema(table, AFFINITIES_SCHEMA, "affinities"))
+
+    def read_affinities(self) -> pa.Table:
+        """The AHP affinities table, schema-checked."""
+        return self.read_table(AFFINITIES_FILE, AFFINITIES_SCHEMA)
