@@ -225,7 +225,9 @@ def check_point_info(info: Any, where: str = "point_info") -> None:
         raise DataError(f"{where}: point_info must be a JSON object, got {type(info).__name__}")
     for key, kind in POINT_INFO_KEYS.items():
         if key not in info:
-            raise DataError(f"{where}: point_info lacks {key!r}; it needs {sorted(POINT_INFO_KEYS)}")
+            raise DataError(
+                f"{where}: point_info lacks {key!r}; it needs {sorted(POINT_INFO_KEYS)}"
+            )
         v = info[key]
         if isinstance(kind, type):
             ok = isinstance(v, kind) or (kind is float and isinstance(v, int))

@@ -128,7 +128,7 @@ class Storage:
             ) from e
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write `data` at `rel` atomically: temp name + rename locally, one PUT on object stores."""
+        """Write `data` at `rel` atomically: temp + rename locally, one PUT on object stores."""
         dest = self.path(rel)
         try:
             self.fs.create_dir(posixpath.dirname(dest), recursive=True)

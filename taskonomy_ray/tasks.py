@@ -179,7 +179,8 @@ def _check_registry() -> None:
         raise ConfigError("every task needs a distinct legacy_name")
     expected = {"colorization", "jigsaw", "inpainting", "random"}
     if SOURCE_ONLY != expected:  # DESIGN.md fixes the source-only tasks
-        raise ConfigError(f"source-only tasks must be {sorted(expected)}, got {sorted(SOURCE_ONLY)}")
+        raise ConfigError(f"source-only tasks must be {sorted(expected)}, "
+                          f"got {sorted(SOURCE_ONLY)}")
 
 
 _check_registry()
@@ -200,7 +201,8 @@ def get_task(name: str) -> TaskSpec:
     try:
         return BY_NAME[name]
     except KeyError:
-        raise unknown_name("task", name, BY_NAME, "Run `taskonomy-ray tasks` to list them.") from None
+        hint = "Run `taskonomy-ray tasks` to list them."
+        raise unknown_name("task", name, BY_NAME, hint) from None
 
 
 def resolve(names: list[str] | tuple[str, ...] | None, *, targets_only: bool = False) -> list[str]:

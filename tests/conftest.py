@@ -1,0 +1,35 @@
+"""Shared fixtures: repository paths, the published reference data, and one Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The same Ray settings everywhere (tests, scripts, Makefile): no usage stats, token auth mode
+# fixed so that a head started later does not disagree with an earlier client.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED_CSV = REPO.parent / "shared" / "reference" / "taskonomy-published" / "transfers.csv"
+
+
+@pytest.fixture(scope="session")
+def published_csv() -> Path:
+    """The published Taskonomy transfers table from ../shared; skips where it is absent."""
+    if not PUBLISHED_CSV.exists():
+        pytest.skip(f"published reference data not found at {PUBLISHED_CSV} (../shared is absent)")
+    return PUBLISHED_CSV
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start-up costs seconds)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

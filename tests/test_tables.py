@@ -1,0 +1,82 @@
+import os
+import stat
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from taskonomy_ray import tables
+from taskonomy_ray.errors import StorageError
+
+
+def unit_table(unit="u1", losses=(0.5, 0.25)):
+    return tables.losses_table(unit, "transfer", "normal", ["depth_zbuffer", "reshading"], 128,
+                               [f"b/p{i}" for i in range(len(losses))], losses)
+
+
+def test_losses_table_follows_the_design_schema():
+    t = unit_table()
+    assert t.schema == tables.LOSSES_SCHEMA
+    assert t.column("order").to_pylist() == [2, 2]
+
+
+def test_non_finite_losses_are_refused_naming_the_unit_and_images():
+    with pytest.raises(StorageError, match=r"unit u9: 1 non-finite losses .*b/p1"):
+        unit_table("u9", (0.1, float("nan")))
+
+
+def test_losses_written_per_unit_read_back_concatenated(tmp_path):
+    st = tables.Storage(str(tmp_path))
+    st.write_losses("u1", unit_table("u1"))
+    st.write_losses("u2", unit_table("u2", (1.0,)))
+    got = st.read_losses()
+    assert got.num_rows == 3 and set(got.column("unit").to_pylist()) == {"u1", "u2"}
+    assert not [n for n in os.listdir(tmp_path / "losses") if n.startswith(".")]
+
+
+def test_reading_no_losses_says_to_run_the_sweep(tmp_path):
+    with pytest.raises(StorageError, match="run `taskonomy-ray sweep`"):
+        tables.Storage(str(tmp_path)).read_losses()
+
+
+def test_table_with_missing_column_is_refused(tmp_path):
+    st = tables.Storage(str(tmp_path))
+    st.write_table("affinities.parquet", pa.table({"regime": [1], "target": ["normal"]}))
+    with pytest.raises(StorageError, match=r"missing columns \['sources'"):
+        st.read_affinities()
+
+
+def test_corrupt_parquet_names_the_file_and_fix(tmp_path):
+    (tmp_path / "affinities.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(StorageError, match="corrupt Parquet file .*affinities.parquet.*re-run"):
+        tables.Storage(str(tmp_path)).read_affinities()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_storage_says_how_to_fix(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(StorageError, match="not writable"):
+        tables.Storage(str(ro / "run")).ensure_writable()
+
+
+def test_storage_under_a_file_is_not_writable(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StorageError, match="not writable .*choose another --storage"):
+        tables.Storage(str(tmp_path / "f" / "run")).ensure_writable()
+
+
+def test_file_uri_and_plain_path_reach_the_same_place(tmp_path):
+    tables.Storage(f"file://{tmp_path}").write_json("run.json", {"a": 1})
+    assert tables.Storage(str(tmp_path)).read_json("run.json") == {"a": 1}
+
+
+def test_affinities_round_trip(tmp_path):
+    st = tables.Storage(str(tmp_path))
+    t = pa.table({"regime": [16], "target": ["normal"], "sources": [["reshading"]], "order": [1],
+                  "affinity": [0.3], "quality": [0.4], "gain": [0.6]})
+    st.write_affinities(t)
+    back = st.read_affinities()
+    assert back.schema == tables.AFFINITIES_SCHEMA
+    assert np.isclose(back.column("affinity")[0].as_py(), 0.3)
