@@ -1,0 +1,206 @@
+"""The sweep's typed configuration, loaded from a workflow YAML and checked at the boundary.
+
+Sections for the model and the trainings are passed on to the training layer's own configs; this
+module owns what the sweep itself decides: data, task lists, regimes, resources, solving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import tasks as registry
+from ..errors import ConfigError, unknown_name
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How to render the built-in mini-Taskonomy when the data root is missing."""
+
+    points: int = 200
+    views: int = 3
+    size: int = 64
+    seed: int = 0
+    buildings: int = 8
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or v < (0 if f.name == "seed" else 1):
+                raise ConfigError(f"data.render.{f.name} must be a positive integer, got {v!r}")
+        if self.views < 3:
+            raise ConfigError("data.render.views must be >= 3: egomotion needs triples of views")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset is and, for the embedded default, how to render it."""
+
+    root: str = "data/mini"
+    render: RenderConfig | None = None
+    split_seed: int = 0
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train, validation, test buildings
+
+    def __post_init__(self) -> None:
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
+            raise ConfigError(f"data.split must be three positive fractions summing to 1 "
+                              f"(train, val, test), got {list(self.split)}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ray resources per unit kind; fractions of a GPU are allowed for transfers."""
+
+    gold_trainer: str = "ray_train"  # ray_train (TorchTrainer runs) or task (plain Ray tasks)
+    gold_workers: int = 1
+    gold_cpus_per_worker: float = 1.0
+    gold_gpus_per_worker: float = 0.0
+    cpus_per_unit: float = 1.0  # scratch, features, transfer groups
+    gpus_per_unit: float = 0.0
+    retries: int = 2  # transient failures (not deterministic ones) are retried this often
+    max_calls: int = 0  # worker process reuse for GPU tasks (0: unlimited)
+
+    def __post_init__(self) -> None:
+        if self.gold_trainer not in ("ray_train", "task"):
+            raise ConfigError("resources.gold_trainer must be 'ray_train' or 'task'")
+        if self.gold_workers < 1 or self.retries < 0 or self.max_calls < 0:
+            raise ConfigError("resources: gold_workers >= 1, retries >= 0, max_calls >= 0")
+        if min(self.gold_cpus_per_worker, self.cpus_per_unit) <= 0:
+            raise ConfigError("resources: CPUs per worker/unit must be positive")
+        if min(self.gold_gpus_per_worker, self.gpus_per_unit) < 0:
+            raise ConfigError("resources: GPUs must be >= 0 (fractions are fine)")
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """The default taxonomy solved at the end of a sweep."""
+
+    budget: int = 4
+    max_order: int = 3
+
+    def __post_init__(self) -> None:
+        if self.budget < 1 or not 1 <= self.max_order <= 4:
+            raise ConfigError("solve.budget must be >= 1 and solve.max_order in 1..4")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: which tasks, how to train them, on what resources."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: tuple[str, ...] = ()  # trained task networks (sources); () = the full dictionary
+    targets: tuple[str, ...] = ()  # transfer targets; () = every non-source-only task above
+    regimes: tuple[int, ...] = (128, 512)
+    max_order: int = 4
+    beam: tuple[int, int, int] = (5, 5, 6)  # top-k first-order sources for orders 2, 3, 4
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    gold: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    solve: SolveConfig = field(default_factory=SolveConfig)
+
+    def __post_init__(self) -> None:
+        trained = registry.resolve(list(self.tasks) or None)
+        if "random" in trained:
+            trained.remove("random")  # never trained; always available as a source
+        object.__setattr__(self, "tasks", tuple(trained))
+        targets = registry.resolve(list(self.targets) or None, targets_only=True)
+        if not self.targets:
+            targets = [t for t in targets if t in trained]
+        missing = [t for t in targets if t not in trained]
+        if missing:
+            raise ConfigError(f"targets {missing} are not in `tasks`: a target needs its gold "
+                              "network; add them to `tasks`")
+        object.__setattr__(self, "targets", tuple(targets))
+        if not self.regimes or min(self.regimes) < 1 or len(set(self.regimes)) != len(self.regimes):
+            raise ConfigError(f"regimes must be distinct positive image counts, got {self.regimes}")
+        if not 1 <= self.max_order <= 4:
+            raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
+        if len(self.beam) != 3 or min(self.beam) < 2:
+            raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every transfer source: the trained tasks plus the random encoder."""
+        return (*self.tasks, "random")
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config as plain JSON (what run.json records)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self, *parts: str) -> str:
+        """A short deterministic hash of named config parts (for unit keys)."""
+        js = self.to_json()
+        sub = {p: js[p] for p in parts}
+        return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Construct dataclass `cls` from a mapping, refusing unknown keys with a suggestion."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    names = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise unknown_name(f"key in {where}", key, sorted(names))
+    kwargs = dict(raw)
+    for f in fields(cls):
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def from_dict(raw: dict[str, Any]) -> SweepConfig:
+    """A SweepConfig from a parsed YAML mapping (nested sections typed and checked)."""
+    raw = dict(raw)
+    if "name" not in raw:
+        raise ConfigError("the workflow needs a `name`")
+    data = dict(raw.get("data") or {})
+    if data.get("render") is not None:
+        data["render"] = _build(RenderConfig, data["render"], "data.render")
+    raw["data"] = _build(DataConfig, data, "data")
+    raw["resources"] = _build(Resources, raw.get("resources") or {}, "resources")
+    raw["solve"] = _build(SolveConfig, raw.get("solve") or {}, "solve")
+    return _build(SweepConfig, raw, "the workflow")
+
+
+def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:
+    """Load a workflow YAML; `data_root` (the --data option) overrides `data.root`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"workflow file {path} not found; see workflows/ for examples") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"workflow file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"workflow file {path} must hold a mapping")
+    if data_root is not None:
+        raw.setdefault("data", {})
+        raw["data"] = {**(raw["data"] or {}), "root": data_root}
+    return from_dict(raw)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two JSON configs (`a.b: 1 -> 2`)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out

@@ -1,0 +1,68 @@
+"""The ledger of unit events in storage: what started, finished or failed, append-only.
+
+Each event is its own small JSON file (`ledger/<unit>/<time>-<id>.json`), so appending is safe on
+object stores too; a unit's outputs in storage, not the ledger, decide whether it is done.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tables import Storage
+
+LEDGER_DIR = "ledger"
+EVENTS = ("started", "done", "failed")
+
+
+@dataclass
+class UnitHistory:
+    """Every event of one unit, oldest first."""
+
+    key: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """`done`, `failed`, `running` (started, no end yet: running or interrupted) or `planned`."""
+        return self.events[-1]["event"] if self.events else "planned"
+
+    @property
+    def completions(self) -> int:
+        """How many times the unit finished: more than once would mean work was redone."""
+        return sum(e["event"] == "done" for e in self.events)
+
+    @property
+    def attempts(self) -> int:
+        """How many times the unit was started."""
+        return sum(e["event"] == "started" for e in self.events)
+
+    @property
+    def last_error(self) -> str | None:
+        """The error of the latest failure, if any."""
+        fails = [e for e in self.events if e["event"] == "failed"]
+        return fails[-1].get("error") if fails else None
+
+
+def record(storage: Storage, key: str, event: str, **info: Any) -> None:
+    """Append one event for unit `key` (with time and host) to the ledger."""
+    if event not in EVENTS:
+        raise ValueError(f"ledger event must be one of {EVENTS}, got {event!r}")
+    now = time.time()
+    name = f"{now:017.6f}-{uuid.uuid4().hex[:8]}.json"
+    storage.write_json(f"{LEDGER_DIR}/{key}/{name}",
+                       {"event": event, "time": now, "host": socket.gethostname(), **info})
+
+
+def history(storage: Storage, key: str) -> UnitHistory:
+    """All events of one unit."""
+    names = storage.list(f"{LEDGER_DIR}/{key}", ".json")
+    return UnitHistory(key, [storage.read_json(f"{LEDGER_DIR}/{key}/{n}") for n in names])
+
+
+def histories(storage: Storage, keys: list[str]) -> dict[str, UnitHistory]:
+    """Histories of many units (one listing per unit)."""
+    return {k: history(storage, k) for k in keys}

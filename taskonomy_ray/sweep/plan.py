@@ -1,0 +1,142 @@
+"""The sweep's plan: every unit of work with a deterministic key, its inputs and its outputs.
+
+Keys hash the config parts a unit depends on, so a resumed sweep with the same config recomputes
+the same plan and skips every unit whose outputs already exist in storage (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import SweepConfig
+
+# Stages in the order they first become ready; the progress bars and `status` use this order.
+STAGES = ("render", "gold", "scratch", "features", "transfer", "beam", "analysis")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: done when all its outputs exist in storage."""
+
+    key: str
+    stage: str
+    params: dict[str, Any] = field(compare=False, hash=False)
+    deps: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()  # storage-relative paths, written atomically by the unit
+    barrier: bool = False  # ready only once every non-barrier unit has finished
+
+    def to_json(self) -> dict[str, Any]:
+        """The unit as JSON (what `plan.json` records for `status`)."""
+        return {"key": self.key, "stage": self.stage, "params": self.params,
+                "deps": list(self.deps), "outputs": list(self.outputs), "barrier": self.barrier}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Unit:
+        """Inverse of `to_json`."""
+        return cls(d["key"], d["stage"], d["params"], tuple(d["deps"]), tuple(d["outputs"]),
+                   d["barrier"])
+
+
+def _h(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def gold_key(cfg: SweepConfig, task: str) -> str:
+    """Key of `task`'s gold-standard network."""
+    return f"gold-{task}-{cfg.digest('data', 'model', 'gold', 'seed')}"
+
+
+def features_key(cfg: SweepConfig, source: str, imageset: str) -> str:
+    """Key of one source's cached representations of one image set (`test` or `r<regime>`)."""
+    return f"features-{source}-{imageset}-{cfg.digest('data', 'model', 'gold', 'seed')}"
+
+
+def beam_key(cfg: SweepConfig, target: str, regime: int) -> str:
+    """Key of the beam search over `target`'s first-order results at `regime`."""
+    return f"beam-{target}-r{regime}-{cfg.digest('data', 'model', 'gold', 'transfer', 'seed')}"
+
+
+def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
+                 source_sets: list[list[str]]) -> str:
+    """Key of one fused group of transfers of one order into `target`."""
+    d = cfg.digest("data", "model", "gold", "transfer", "seed")
+    return f"transfer-{target}-r{regime}-o{order}-{d}{_h(source_sets)}"
+
+
+def _unit(stage: str, key: str, params: dict[str, Any], deps: list[str], outputs: list[str],
+          barrier: bool = False) -> Unit:
+    return Unit(key, stage, params, tuple(deps), tuple(outputs), barrier)
+
+
+def losses_path(key: str) -> str:
+    """Where a unit's per-image losses go (one Parquet file per unit)."""
+    return f"losses/{key}.parquet"
+
+
+def checkpoint_path(key: str) -> str:
+    """The final weights of a trained network (stage 1)."""
+    return f"checkpoints/{key}/final.pt"
+
+
+def features_path(key: str) -> str:
+    """The cached representations of a (source, image set)."""
+    return f"features/{key}.npz"
+
+
+def build(cfg: SweepConfig) -> list[Unit]:
+    """Every unit known before any result: stages 0-2 first order, the beams and the analysis."""
+    units: list[Unit] = []
+    render = []
+    if cfg.data.render is not None:
+        key = f"render-{cfg.digest('data')}"
+        units.append(_unit("render", key, {"root": cfg.data.root}, [], [f"render/{key}.json"]))
+        render = [key]
+    for task in cfg.tasks:
+        key = gold_key(cfg, task)
+        units.append(_unit("gold", key, {"task": task}, render,
+                           [checkpoint_path(key), losses_path(key)]))
+    d_scratch = cfg.digest("data", "model", "scratch", "seed")
+    for target in cfg.targets:
+        for regime in cfg.regimes:
+            key = f"scratch-{target}-r{regime}-{d_scratch}"
+            units.append(_unit("scratch", key, {"target": target, "regime": regime}, render,
+                               [losses_path(key)]))
+    imagesets = ["test", *(f"r{r}" for r in cfg.regimes)]
+    for source in cfg.sources:
+        deps = render if source == "random" else [gold_key(cfg, source)]
+        for s in imagesets:
+            key = features_key(cfg, source, s)
+            units.append(_unit("features", key, {"source": source, "imageset": s}, deps,
+                               [features_path(key)]))
+    for target in cfg.targets:
+        for regime in cfg.regimes:
+            sets = [[s] for s in cfg.sources]
+            units.append(transfer_unit(cfg, target, regime, 1, sets))
+            if cfg.max_order > 1:
+                o1 = transfer_key(cfg, target, regime, 1, sets)
+                key = beam_key(cfg, target, regime)
+                units.append(_unit("beam", key, {"target": target, "regime": regime},
+                                   [o1, gold_key(cfg, target)], [f"beam/{key}.json"]))
+    units.append(_unit("analysis", "analysis", {}, [], ["affinities.parquet", "taxonomy.json"],
+                       barrier=True))
+    return units
+
+
+def transfer_unit(cfg: SweepConfig, target: str, regime: int, order: int,
+                  source_sets: list[list[str]]) -> Unit:
+    """A fused group of `order`-th order transfers into `target` (one unit of work)."""
+    key = transfer_key(cfg, target, regime, order, source_sets)
+    sources = sorted({s for group in source_sets for s in group})
+    deps = [features_key(cfg, s, i) for s in sources for i in ("test", f"r{regime}")]
+    params = {"target": target, "regime": regime, "order": order, "source_sets": source_sets}
+    return _unit("transfer", key, params, deps, [losses_path(key)])
+
+
+def expand_beam(cfg: SweepConfig, beam: Unit, chosen: dict[str, list[list[str]]]) -> list[Unit]:
+    """The higher-order transfer units a finished beam unit chose (`{"2": [[a, b], ...], ...}`)."""
+    target, regime = beam.params["target"], beam.params["regime"]
+    return [transfer_unit(cfg, target, regime, int(order), sets)
+            for order, sets in sorted(chosen.items()) if sets]

@@ -1,0 +1,108 @@
+"""The sweep scheduler: which units are ready, and what a result or a failure changes.
+
+A plain class with no Ray in it (tested by stepping it by hand); the Ray runner only submits what
+`ready()` returns and reports back through `succeeded()` / `failed()`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from ..errors import ConfigError
+from .plan import STAGES, Unit
+
+STATES = ("planned", "running", "done", "failed")
+
+
+class Scheduler:
+    """Tracks every unit's state; expands the plan when a unit's result adds work (beam search)."""
+
+    def __init__(self, units: Iterable[Unit], *, is_done: Callable[[Unit], bool],
+                 expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2) -> None:
+        self.units: dict[str, Unit] = {}
+        self.state: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.tries: Counter[str] = Counter()
+        self.retries = retries
+        self._is_done = is_done
+        self._expand = expand or (lambda unit: [])
+        self._add(list(units))
+
+    def _add(self, units: list[Unit]) -> list[Unit]:
+        new = [u for u in units if u.key not in self.units]
+        for u in new:
+            self.units[u.key] = u
+            self.state[u.key] = "planned"
+        for u in new:
+            missing = [d for d in u.deps if d not in self.units]
+            if missing:
+                raise ConfigError(f"unit {u.key} depends on unplanned units {missing}")
+        for u in new:  # adopt work finished by an earlier run (outputs already in storage)
+            if self._is_done(u):
+                self.state[u.key] = "done"
+                self._add(self._expand(u))
+        return new
+
+    def ready(self) -> list[Unit]:
+        """Planned units whose dependencies are done, in stage order; failed deps fail them."""
+        self._fail_orphans()
+        settled = all(self.state[k] in ("done", "failed")
+                      for k, u in self.units.items() if not u.barrier)
+        out = []
+        for key, u in self.units.items():
+            if self.state[key] != "planned":
+                continue
+            if u.barrier and not settled:
+                continue
+            if all(self.state[d] == "done" for d in u.deps):
+                out.append(u)
+        return sorted(out, key=lambda u: STAGES.index(u.stage))
+
+    def _fail_orphans(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for key, u in self.units.items():
+                if self.state[key] != "planned":
+                    continue
+                bad = [d for d in u.deps if self.state[d] == "failed"]
+                if bad:
+                    self.state[key] = "failed"
+                    self.errors[key] = f"not run: its dependency {bad[0]} failed"
+                    changed = True
+
+    def started(self, unit: Unit) -> None:
+        """The runner submitted `unit`."""
+        self.state[unit.key] = "running"
+        self.tries[unit.key] += 1
+
+    def succeeded(self, unit: Unit) -> list[Unit]:
+        """`unit` finished; returns the units its result added to the plan."""
+        self.state[unit.key] = "done"
+        self.errors.pop(unit.key, None)
+        return self._add(self._expand(unit))
+
+    def failed(self, unit: Unit, error: str, *, transient: bool) -> bool:
+        """`unit` failed; transient errors are retried a bounded number of times. True: retry."""
+        retry = transient and self.tries[unit.key] <= self.retries
+        self.state[unit.key] = "planned" if retry else "failed"
+        self.errors[unit.key] = error
+        return retry
+
+    @property
+    def finished(self) -> bool:
+        """Nothing planned or running is left."""
+        self._fail_orphans()
+        return all(s in ("done", "failed") for s in self.state.values())
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Units per stage and state."""
+        out = {s: dict.fromkeys(STATES, 0) for s in STAGES}
+        for key, u in self.units.items():
+            out[u.stage][self.state[key]] += 1
+        return out
+
+    def failures(self) -> dict[str, str]:
+        """The error of every failed unit."""
+        return {k: self.errors.get(k, "") for k, s in self.state.items() if s == "failed"}

@@ -1,0 +1,120 @@
+"""The sweep's plan and scheduler, stepped by hand without Ray."""
+
+import pytest
+
+from taskonomy_ray.errors import ConfigError, UnknownNameError
+from taskonomy_ray.sweep import config, plan
+from taskonomy_ray.sweep.scheduler import Scheduler
+
+
+def small(**kw):
+    raw = {"name": "t", "tasks": ["normal", "depth_zbuffer", "reshading"], "regimes": [16],
+           "data": {"root": "x", "render": {"points": 4, "views": 3, "size": 16}}, **kw}
+    return config.from_dict(raw)
+
+
+def test_full_dictionary_plans_22_targets_and_26_sources():
+    cfg = config.from_dict({"name": "full", "regimes": [128]})
+    assert len(cfg.targets) == 22 and len(cfg.sources) == 26
+    units = plan.build(cfg)
+    transfers = [u for u in units if u.stage == "transfer"]
+    assert len(transfers) == 22  # one fused first-order group per target and regime
+    assert all(len(u.params["source_sets"]) == 26 for u in transfers)  # 25 tasks + random
+
+
+def test_keys_are_deterministic_and_change_with_the_config():
+    a = [u.key for u in plan.build(small())]
+    assert a == [u.key for u in plan.build(small())]
+    b = {u.key for u in plan.build(small(gold={"steps": 7}))}
+    assert {k for k in a if k.startswith("gold-")}.isdisjoint(b)
+    assert {k for k in a if k.startswith("scratch-")} <= b  # scratch does not read gold settings
+
+
+def test_unknown_workflow_key_suggests_the_right_one():
+    with pytest.raises(UnknownNameError, match="did you mean 'regimes'"):
+        config.from_dict({"name": "t", "regime": [1]})
+
+
+def test_target_without_gold_network_is_refused():
+    with pytest.raises(ConfigError, match="not in `tasks`"):
+        config.from_dict({"name": "t", "tasks": ["normal"], "targets": ["depth_zbuffer"]})
+
+
+def test_config_diff_names_what_changed():
+    a, b = small().to_json(), small(regimes=[32]).to_json()
+    assert config.diff(a, b) == ["regimes: [16] -> [32]"]
+
+
+def run_all(s, fail=None):
+    """Step the scheduler like the runner does; `fail(unit)` returns an error or None."""
+    order = []
+    while not s.finished:
+        ready = s.ready()
+        assert ready, "scheduler stuck"
+        for u in ready:
+            s.started(u)
+            order.append(u.key)
+            err = fail(u) if fail else None
+            if err:
+                s.failed(u, err, transient=err.startswith("transient"))
+            else:
+                s.succeeded(u)
+    return order
+
+
+def test_dependencies_run_first_and_the_analysis_last():
+    order = run_all(Scheduler(plan.build(small()), is_done=lambda u: False))
+    pos = {k: i for i, k in enumerate(order)}
+    units = {u.key: u for u in plan.build(small())}
+    for k, u in units.items():
+        assert all(pos[d] < pos[k] for d in u.deps)
+    assert order[-1] == "analysis"
+
+
+def test_beam_result_schedules_higher_orders_of_that_target_only():
+    cfg = small()
+
+    def expand(u):
+        if u.stage != "beam":
+            return []
+        return plan.expand_beam(cfg, u, {"2": [["normal", "reshading"]]})
+
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False, expand=expand)
+    beam = next(u for u in s.units.values() if u.stage == "beam")
+    for d in beam.deps:  # finish only what this beam needs, and its features
+        s.state[d] = "done"
+    for u in s.units.values():
+        if u.stage in ("features", "render"):
+            s.state[u.key] = "done"
+    added = s.succeeded(beam)
+    assert [u.params["order"] for u in added] == [2]
+    assert added[0].params["target"] == beam.params["target"]
+    assert added[0] in s.ready()  # no global barrier: ready while other targets are pending
+
+
+def test_done_units_are_skipped_on_resume():
+    cfg = small()
+    done = {u.key for u in plan.build(cfg) if u.stage in ("render", "gold")}
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key in done)
+    order = run_all(s)
+    assert done.isdisjoint(order)
+
+
+def test_deterministic_failure_fails_its_dependents_and_the_rest_goes_on():
+    cfg = small()
+    bad = plan.gold_key(cfg, "reshading")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    run_all(s, fail=lambda u: "non-finite loss" if u.key == bad else None)
+    failures = s.failures()
+    assert failures[bad] == "non-finite loss"
+    assert all("reshading" in k or "its dependency" in e for k, e in failures.items() if k != bad)
+    assert s.state[plan.gold_key(cfg, "normal")] == "done"
+    assert s.tries[bad] == 1
+
+
+def test_transient_failures_are_retried_a_bounded_number_of_times():
+    cfg = small(resources={"retries": 2})
+    flaky = plan.gold_key(cfg, "normal")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False, retries=2)
+    run_all(s, fail=lambda u: "transient: node died" if u.key == flaky else None)
+    assert s.tries[flaky] == 3 and s.state[flaky] == "failed"
