@@ -1,0 +1,187 @@
+"""Typed configs of step 1 (task networks): the model family, the training loop, presets, YAML.
+
+`paper` is Taskonomy's network (256 px, ResNet-50 trunk, 16x16x8 representation); `mini` keeps the
+same topology, narrow and at 64 px, so that all 26 gold networks train on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, unknown_name
+
+OPTIMISERS = ("adam", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "on", "off")
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ConfigError(what)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder family (ResNet v1 bottleneck stages) and the decoders' sizes."""
+
+    image_size: int = 256  # input side, pixels
+    width: int = 64  # channels of the stem and of the first stage's bottleneck (ResNet-50: 64)
+    blocks: tuple[int, ...] = (3, 4, 6, 3)  # bottleneck units per stage (ResNet-50)
+    rep_channels: int = 8  # the representation's channels (Taskonomy: 16x16x8)
+    decoder_width: int = 256  # channels of the dense decoder at representation resolution
+    head_width: int = 1024  # hidden units of the vector / class / multi-view heads
+    jigsaw_classes: int = 1000  # permutations in the jigsaw set (Noroozi and Favaro: 1000)
+    embedding_dim: int = 64  # segment_unsup pixel embedding size
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        _check(len(self.blocks) == 4 and all(b >= 1 for b in self.blocks),
+               f"model.blocks must be 4 positive unit counts (ResNet-50: [3, 4, 6, 3]), "
+               f"got {list(self.blocks)}")
+        _check(self.image_size >= 32 and self.image_size % 16 == 0,
+               f"model.image_size must be a multiple of 16, at least 32 (the encoder's output "
+               f"stride is 16), got {self.image_size}")
+        for name in ("width", "rep_channels", "decoder_width", "head_width", "embedding_dim"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        _check(2 <= self.jigsaw_classes <= 5000, "model.jigsaw_classes must be in 2..5000")
+
+    @property
+    def rep_size(self) -> int:
+        """Side of the representation: input / 16."""
+        return self.image_size // 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training loop's settings (gold, scratch or random-decoder networks)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-4  # Taskonomy trained with Adam at 1e-4 (paper's supplementary material)
+    optimiser: str = "adam"
+    weight_decay: float = 2e-6
+    seed: int = 0
+    amp: str = "auto"  # mixed precision: auto = on for CUDA (bf16), off on CPU
+    channels_last: bool = True
+    num_workers: int = 0  # data-loader worker processes (0: load in the training process)
+    device: str = "auto"
+    eval_batch_size: int = 64
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
+    log_every: int = 10  # steps between hooks.report calls
+    grad_clip: float = 5.0  # max gradient norm; 0 disables
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps must be >= 1")
+        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.num_workers >= 0, "train.num_workers must be >= 0")
+        _check(self.checkpoint_every >= 0 and self.log_every >= 1,
+               "train.checkpoint_every must be >= 0 and train.log_every >= 1")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+        if self.optimiser not in OPTIMISERS:
+            raise unknown_name("optimiser", self.optimiser, OPTIMISERS)
+        if self.device not in DEVICES:
+            raise unknown_name("device", self.device, DEVICES)
+        if self.amp not in AMP_MODES:
+            raise unknown_name("amp mode", self.amp, AMP_MODES)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Model plus training settings of the task networks: what a gold or scratch unit needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML/JSON-ready); `from_dict` reads it back."""
+        d = dataclasses.asdict(self)
+        d["model"]["blocks"] = list(self.model.blocks)
+        return d
+
+
+PRESETS: dict[str, NetworkConfig] = {
+    # Taskonomy's task networks: ResNet-50 trunk at 256 px, Adam 1e-4, batch 32 (GPU).
+    "paper": NetworkConfig(ModelConfig(), TrainConfig(steps=30000, batch_size=32)),
+    # Same topology, 8x narrower at 64 px (representation 4x4x8): minutes on two CPU cores.
+    "mini": NetworkConfig(
+        ModelConfig(image_size=64, width=8, decoder_width=32, head_width=128,
+                    jigsaw_classes=24, embedding_dim=8),
+        TrainConfig(steps=120, batch_size=16, lr=2e-3, weight_decay=1e-5, channels_last=False,
+                    eval_batch_size=64),
+    ),
+}
+
+
+def preset(name: str) -> NetworkConfig:
+    """A named preset (`paper` or `mini`)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise unknown_name("preset", name, PRESETS) from None
+
+
+def _override(obj: Any, changes: dict[str, Any], where: str) -> Any:
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, got {changes!r}")
+    known = {f.name: f for f in fields(obj)}
+    updates: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in known:
+            raise unknown_name(f"{where} setting", key, known)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            updates[key] = _override(current, value, f"{where}.{key}")
+        else:
+            updates[key] = _coerce(value, current, f"{where}.{key}")
+    try:
+        return dataclasses.replace(obj, **updates)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Check a YAML value against the default's type (ints may stand for floats)."""
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, tuple):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise ConfigError(f"{where} should be a {type(current).__name__}, got {value!r}")
+    return value
+
+
+def from_dict(d: dict[str, Any] | None, base: str | NetworkConfig = "mini") -> NetworkConfig:
+    """A config from overrides on a preset: `{preset: paper, model: {...}, train: {...}}`.
+
+    Unknown keys are errors with did-you-mean, so a typo never silently keeps a default.
+    """
+    d = dict(d or {})
+    name = d.pop("preset", None)
+    cfg = preset(name) if name is not None else (preset(base) if isinstance(base, str) else base)
+    return _override(cfg, d, "network")
+
+
+def load_yaml(path: str | Path, base: str | NetworkConfig = "mini") -> NetworkConfig:
+    """Read a YAML file of overrides (see `from_dict`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return from_dict(data, base)

@@ -1,0 +1,513 @@
+"""Data for every step: a torch Dataset over a Taskonomy-layout root.
+
+Building splits, regime subsets, multi-view samples, validity masks, and every task's label decoded
+(or derived from RGB) per its spec.
+
+Used by step 1 (task networks), step 2 (transfers) and the evaluation; reads through `layout`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from . import layout
+from .errors import ConfigError, DataError
+from .tasks import DEPTH_MASK_DOMAIN, TaskSpec, get_task
+
+SPLITS = ("train", "val", "test")
+BAD_FILE_MODES = ("error", "skip")
+NOISE_STD = 0.1  # denoising: Gaussian noise on [0, 1] RGB, seeded per image
+AB_GRID = 10.0  # colorization: ab bins on a 10-unit grid, kept where sRGB reaches (Zhang et al.)
+ROOM_TOLERANCE_M = 0.25  # two views share a room when their room boxes agree within this
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions of the buildings in train / val / test, shuffled by `seed`.
+
+    Split by building, as in the paper, so no room is seen both in training and in testing.
+    """
+
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        fr = (self.train, self.val, self.test)
+        if min(fr) < 0 or abs(sum(fr) - 1) > 1e-6 or self.train <= 0:
+            raise ConfigError(f"split fractions must be >= 0, sum to 1 and give train a share; "
+                              f"got train={self.train} val={self.val} test={self.test}")
+
+
+def split_buildings(buildings: Sequence[str], cfg: SplitConfig) -> dict[str, list[str]]:
+    """Assign buildings to splits: each split with a positive fraction gets at least one."""
+    names = sorted(buildings)
+    wanted = [s for s, f in zip(SPLITS, (cfg.train, cfg.val, cfg.test)) if f > 0]
+    if len(names) < len(wanted):
+        raise DataError(f"{len(names)} building(s) cannot fill the {len(wanted)} splits "
+                        f"{wanted}; render more buildings (`taskonomy-ray synth ... --buildings "
+                        f"{len(wanted)}`) or set a split fraction to 0")
+    order = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]
+    n = len(names)
+    n_val = max(1, round(n * cfg.val)) if cfg.val > 0 else 0
+    n_test = max(1, round(n * cfg.test)) if cfg.test > 0 else 0
+    while n - n_val - n_test < 1:  # rounding may leave train empty: take from the larger
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return {"train": sorted(order[: n - n_val - n_test]),
+            "val": sorted(order[n - n_val - n_test: n - n_test]),
+            "test": sorted(order[n - n_test:])}
+
+
+@dataclass(frozen=True)
+class View:
+    """One image of the dataset: a view of a point in a building."""
+
+    building: str
+    point: int
+    view: int
+
+    @property
+    def id(self) -> str:
+        """The stable image id used in the loss tables, e.g. `b0/point_3_view_1`."""
+        return f"{self.building}/point_{self.point}_view_{self.view}"
+
+
+def sample_id(views: Sequence[View]) -> str:
+    """Id of a sample: the first view's id, then `+point_i_view_j` for each other view."""
+    return views[0].id + "".join(f"+point_{v.point}_view_{v.view}" for v in views[1:])
+
+
+class BadFile(DataError):
+    """A missing or corrupt dataset file; `path` names it."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+
+def output_channels(task: str, root: str | Path | None = None, *, jigsaw_classes: int = 1000,
+                    embedding_dim: int | None = None) -> int:
+    """Channels (classes, vector length) of `task`'s network output for the dataset at `root`.
+
+    Class counts come from `dataset_info.json`'s name lists (one name per id, from id 0) when the
+    root has one, else from the registry's paper values (a real release root).
+    """
+    spec = get_task(task)
+    if spec.name in ("class_object", "class_scene", "segment_semantic") and root is not None:
+        names = layout.read_info(root).get(spec.name)
+        if names is not None:
+            if not isinstance(names, list) or len(names) < 2:
+                raise DataError(f"{Path(root) / layout.INFO_FILE}: {spec.name!r} must list at "
+                                "least two class names; re-render the dataset")
+            return len(names)
+    if spec.derived == "colorize":
+        return len(colour_bins())
+    if spec.derived == "jigsaw":
+        return jigsaw_classes
+    if spec.output == "pixel_embedding" and embedding_dim is not None:
+        return embedding_dim
+    return spec.channels
+
+
+# ---------------------------------------------------------------- derived labels
+
+
+def _image_seed(image: str, seed: int) -> int:
+    return zlib.crc32(f"{seed}:{image}".encode())
+
+
+@lru_cache(maxsize=1)
+def colour_bins() -> np.ndarray:
+    """The ab bin centres (K, 2) that some sRGB colour falls in, on a 10-unit grid.
+
+    Zhang et al. keep 313 bins met in ImageNet; the sRGB gamut itself reaches 262, used here.
+    """
+    from skimage.color import rgb2lab
+
+    g = np.linspace(0, 1, 64)
+    lab = rgb2lab(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 1, 3))
+    cells = np.unique(np.rint(lab.reshape(-1, 3)[:, 1:] / AB_GRID).astype(int), axis=0)
+    return (cells * AB_GRID).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _bin_lookup() -> np.ndarray:
+    """For every cell of the 23x23 ab grid (-110..110), the index of the nearest in-gamut bin."""
+    grid = np.arange(-11, 12) * AB_GRID
+    cells = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    d = ((cells[:, None, :] - colour_bins()[None]) ** 2).sum(-1)
+    return d.argmin(1).reshape(23, 23)
+
+
+def colorize(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(grey input (3, H, W) = L/100 thrice, ab bin index (H, W)) of an (H, W, 3) image."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(rgb.astype(np.float64))
+    cell = np.clip(np.rint(lab[..., 1:] / AB_GRID).astype(int) + 11, 0, 22)
+    grey = np.repeat((lab[None, ..., 0] / 100.0).astype(np.float32), 3, 0)
+    return grey, _bin_lookup()[cell[..., 0], cell[..., 1]]
+
+
+@lru_cache(maxsize=4)
+def jigsaw_permutations(n: int, seed: int = 0) -> np.ndarray:
+    """`n` permutations of 9 tiles, far apart in Hamming distance.
+
+    Greedy, as Noroozi and Favaro, over a seeded pool of candidates so that the set is fixed and
+    quick to build.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.unique(np.stack([rng.permutation(9) for _ in range(max(20 * n, 2000))]), axis=0)
+    chosen = [0]
+    dist = (pool != pool[0]).sum(1)
+    for _ in range(n - 1):
+        nxt = int(dist.argmax())
+        chosen.append(nxt)
+        dist = np.minimum(dist, (pool != pool[nxt]).sum(1))
+    return pool[chosen]
+
+
+def jigsaw(rgb: torch.Tensor, perm_index: int, perms: np.ndarray) -> torch.Tensor:
+    """(3, H, W) image whose 3x3 tiles are shuffled by permutation `perm_index` (border kept 0)."""
+    _, h, w = rgb.shape
+    th, tw = h // 3, w // 3
+    tiles = [rgb[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(3) for c in range(3)]
+    out = torch.zeros_like(rgb)
+    for pos, src in enumerate(perms[perm_index]):
+        r, c = divmod(pos, 3)
+        out[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tiles[int(src)]
+    return out
+
+
+def relative_pose(a: dict[str, Any], b: dict[str, Any]) -> np.ndarray:
+    """6-DoF pose of camera b in camera a's frame: translation (3, metres), rotation vector (3).
+
+    point_info holds world-from-camera rotations in Blender's camera frame (looking down -z).
+    """
+    from scipy.spatial.transform import Rotation
+
+    ra = np.asarray(a["camera_rotation_matrix"], np.float64)
+    rb = np.asarray(b["camera_rotation_matrix"], np.float64)
+    t = ra.T @ (np.asarray(b["camera_location"]) - np.asarray(a["camera_location"]))
+    rot = Rotation.from_matrix(ra.T @ rb).as_rotvec()
+    return np.concatenate([t, rot]).astype(np.float32)
+
+
+def _room_key(info: dict[str, Any]) -> np.ndarray:
+    """World-frame room-box centre and size: equal for every view of one room."""
+    r = np.asarray(info["camera_rotation_matrix"], np.float64)
+    box = np.asarray(info["room_layout"], np.float64)
+    centre = np.asarray(info["camera_location"], np.float64) + r @ box[:3]
+    return np.concatenate([centre, np.sort(np.abs(box[3:6]))])
+
+
+def _resize(x: torch.Tensor, size: int, kind: str) -> torch.Tensor:
+    """Resize a (C, H, W) tensor: area for values, nearest for ids and masks."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if kind == "ids":
+        return F.interpolate(x[None].float(), (size, size), mode="nearest")[0].to(x.dtype)
+    if kind == "mask":  # valid only where every covered source pixel is valid
+        return F.interpolate(x[None].float(), (size, size), mode="area")[0] > 0.999
+    if x.shape[-1] > size:
+        return F.interpolate(x[None], (size, size), mode="area")[0]
+    return F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False)[0]
+
+
+# ---------------------------------------------------------------- the dataset
+
+# How a multi-view task groups views into one sample (see `TaskonomyDataset`'s docstring).
+PAIRING = {"fixated_pose": "same_point", "egomotion": "same_point",
+           "nonfixated_pose": "same_room", "point_matching": "match"}
+VECTOR_KEYS = {"room_layout": "room_layout", "vanishing_point": "vanishing_points_gaussian_sphere"}
+Sample = tuple[tuple[View, ...], int]  # views, point_matching label (-1 for other tasks)
+
+
+class TaskonomyDataset(Dataset):
+    """Samples of one split of a Taskonomy-layout root, with the labels of `tasks`.
+
+    A sample is a dict: `image` (stable id), `rgb` float32 (3, H, W) or (V, 3, H, W) for a
+    multi-view task, and per task `<task>` (label), `<task>_mask` (bool (1, H, W), masked tasks:
+    valid depth_zbuffer), `<task>_input` (when the network does not see plain rgb). Multi-view
+    tasks pair views thus: fixated_pose and egomotion take 2 / 3 views of one point (its next views
+    in order, cyclically); nonfixated_pose pairs a view with a view of another point of the same
+    room (room boxes of point_info agreeing in the world frame), so the cameras do not fixate the
+    same point but see overlapping space; point_matching alternates positives (two views of one
+    point, label 1) and negatives (a view of another point of the building, label 0), so classes
+    are balanced; anchors whose point has one view can only be negatives. A multi-view task must be
+    the only task of its dataset. `on_bad_file="skip"` turns a missing or corrupt file into a
+    skipped sample recorded in `bad_files` (path -> reason); "error" raises `BadFile`.
+    """
+
+    def __init__(self, root: str | Path, tasks: Sequence[str] = (), *, split: str = "train",
+                 splits: SplitConfig | None = None, subset: int | None = None,
+                 subset_seed: int = 0, size: int | None = None, on_bad_file: str = "error",
+                 jigsaw_classes: int = 1000, seed: int = 0) -> None:
+        if split not in (*SPLITS, "all"):
+            raise ConfigError(f"split must be one of {SPLITS} or 'all', got {split!r}")
+        if on_bad_file not in BAD_FILE_MODES:
+            raise ConfigError(f"on_bad_file must be one of {BAD_FILE_MODES}, got {on_bad_file!r}")
+        self.root, self.split, self.size, self.seed = Path(root), split, size, seed
+        self.on_bad_file = on_bad_file
+        self.specs: list[TaskSpec] = [get_task(t) for t in tasks]
+        multi = [s for s in self.specs if s.views > 1]
+        if multi and len(self.specs) > 1:
+            raise ConfigError(f"{multi[0].name} is multi-view and must be the only task of its "
+                              "dataset; build one dataset per multi-view task")
+        self.multi = multi[0] if multi else None
+        self.perms = jigsaw_permutations(jigsaw_classes)
+        self.bad_files: dict[str, str] = {}
+        found = layout.buildings(self.root)
+        self.buildings = (sorted(found) if split == "all"
+                          else split_buildings(found, splits or SplitConfig())[split])
+        self.samples = self._make_samples()
+        if not self.samples:
+            raise DataError(f"split {split!r} of {self.root} ({self.buildings}) has no samples "
+                            f"for {[s.name for s in self.specs]}; render more points or views")
+        if subset is not None:
+            self.samples = self._subset(subset, subset_seed)
+
+    # --- indexing (once, at construction)
+
+    def _index(self) -> dict[str, dict[int, list[int]]]:
+        idx: dict[str, dict[int, list[int]]] = {}
+        for b in self.buildings:
+            points: dict[int, list[int]] = {}
+            for p, v in layout.scan(self.root, b, "rgb"):
+                points.setdefault(p, []).append(v)
+            idx[b] = points
+        return idx
+
+    def _make_samples(self) -> list[Sample]:
+        idx = self._index()
+        rule = PAIRING.get(self.multi.name, "") if self.multi else "single"
+        if not rule:
+            raise ConfigError(f"no view pairing rule for {self.multi.name}; add it to PAIRING")
+        out: list[Sample] = []
+        for b, points in idx.items():
+            views = [View(b, p, v) for p in sorted(points) for v in points[p]]
+            if rule == "single":
+                out += [((v,), -1) for v in views]
+            elif rule == "same_point":
+                out += self._same_point(b, points)
+            elif rule == "same_room":
+                out += self._same_room(views)
+            else:
+                out += self._matches(b, points)
+        return out
+
+    def _same_point(self, b: str, points: dict[int, list[int]]) -> list[Sample]:
+        k = self.multi.views if self.multi else 1
+        out: list[Sample] = []
+        for p in sorted(points):
+            vs = points[p]
+            if len(vs) >= k:
+                out += [(tuple(View(b, p, vs[(i + j) % len(vs)]) for j in range(k)), -1)
+                        for i in range(len(vs))]
+        return out
+
+    def _same_room(self, views: list[View]) -> list[Sample]:
+        infos = {v: self._try_info(v) for v in views}
+        keys = {v: _room_key(i) for v, i in infos.items() if i is not None}
+        out: list[Sample] = []
+        for v, key in keys.items():
+            mates = [w for w, k in keys.items() if w.point != v.point
+                     and np.abs(k - key).max() <= ROOM_TOLERANCE_M]
+            if mates:
+                pick = _image_seed(v.id, self.seed) % len(mates)
+                out.append(((v, mates[pick]), -1))
+        return out
+
+    def _matches(self, b: str, points: dict[int, list[int]]) -> list[Sample]:
+        out: list[Sample] = []
+        plist = sorted(points)
+        for p in plist:
+            vs, others = points[p], [q for q in plist if q != p]
+            for i, v in enumerate(vs):
+                anchor = View(b, p, v)
+                if len(vs) > 1 and (len(out) % 2 == 0 or not others):
+                    out.append(((anchor, View(b, p, vs[(i + 1) % len(vs)])), 1))
+                elif others:
+                    r = _image_seed(anchor.id, self.seed)
+                    q = others[r % len(others)]
+                    out.append(((anchor, View(b, q, points[q][r // 7 % len(points[q])])), 0))
+        return out
+
+    def _try_info(self, v: View) -> dict[str, Any] | None:
+        try:
+            return self._read(v, "point_info")
+        except BadFile as e:
+            if self.on_bad_file == "error":
+                raise
+            self.bad_files[e.path] = str(e)
+            return None
+
+    def _subset(self, n: int, seed: int) -> list[Sample]:
+        if not 1 <= n <= len(self.samples):
+            raise DataError(f"a subset of {n} samples was asked of split {self.split!r}, which "
+                            f"has {len(self.samples)}; use a smaller regime or render more points")
+        pick = np.random.default_rng(seed).choice(len(self.samples), n, replace=False)
+        return [self.samples[i] for i in sorted(pick)]
+
+    # --- loading
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def images(self) -> list[str]:
+        """Ids of every sample, in order."""
+        return [sample_id(v) for v, _ in self.samples]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        views, match = self.samples[i]
+        image = sample_id(views)
+        try:
+            out = self._load_views(views, match)
+        except BadFile as e:
+            if self.on_bad_file == "error":
+                raise
+            self.bad_files[e.path] = str(e)
+            return {"image": image, "skipped": e.path, "reason": str(e)}
+        out["image"] = image
+        return out
+
+    def _read(self, v: View, domain: str) -> Any:
+        path = layout.path_for(self.root, v.building, v.point, v.view, domain)
+        try:
+            return layout.read_path(path, domain)
+        except DataError as e:
+            raise BadFile(path, str(e)) from e
+
+    def _load_views(self, views: tuple[View, ...], match: int) -> dict[str, Any]:
+        if self.multi is None:
+            return self._load_view(views[0])
+        rgb = torch.stack([self._load_view(v)["rgb"] for v in views])  # (V, 3, H, W)
+        name = self.multi.name
+        if name == "point_matching":
+            return {"rgb": rgb, name: torch.tensor(match, dtype=torch.long)}
+        infos = [self._read(v, "point_info") for v in views]
+        pairs = [(0, 1), (0, 2), (1, 2)] if len(views) == 3 else [(0, 1)]
+        label = np.concatenate([relative_pose(infos[a], infos[b]) for a, b in pairs])
+        return {"rgb": rgb, name: torch.from_numpy(label)}
+
+    def _load_view(self, v: View) -> dict[str, Any]:
+        raw = self._read(v, "rgb")
+        rgb = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1)))  # (3, H, W)
+        shape = raw.shape[:2]
+        rgb = _resize(rgb, self.size, "value") if self.size else rgb
+        out: dict[str, Any] = {"rgb": rgb}
+        for spec in self.specs:
+            if spec.views == 1:
+                self._add_task(out, spec, v, shape)
+        return out
+
+    def _add_task(self, out: dict[str, Any], spec: TaskSpec, v: View,
+                  shape: tuple[int, ...]) -> None:
+        """Put `spec`'s label (and input, mask) of view `v` into `out`."""
+        name = spec.name
+        if spec.derived is not None:
+            self._derive(out, spec, v)
+            return
+        if spec.output == "vector_regression":
+            info = self._read(v, "point_info")
+            out[name] = torch.tensor(info[VECTOR_KEYS[name]], dtype=torch.float32).reshape(-1)
+            return
+        value = self._read(v, spec.domains[0])
+        if spec.output == "class_distribution":
+            out[name] = torch.from_numpy(np.asarray(value, np.float32).reshape(-1))
+            return
+        arr = np.asarray(value)
+        if arr.shape[:2] != shape:
+            path = layout.path_for(self.root, v.building, v.point, v.view, spec.domains[0])
+            raise BadFile(path, f"{path} is {arr.shape[:2]} but the rgb image is {shape}; "
+                                "re-render or re-download it, or use on_bad_file='skip'")
+        if spec.output == "pixel_regression":
+            t = torch.from_numpy(np.ascontiguousarray(arr.reshape(*shape, -1).transpose(2, 0, 1)))
+            if name in layout.DEPTH_DOMAINS:  # invalid depth is masked; keep it from the label
+                t = torch.where(t < layout.DEPTH_INVALID_RAW / layout.DEPTH_UNITS_PER_METRE, t, 0)
+            out[name] = _resize(t, self.size, "value") if self.size else t
+        else:  # class ids (segment_semantic) or segment ids (segment_unsup*): long (H, W)
+            t = torch.from_numpy(arr.astype(np.int64))[None]
+            out[name] = (_resize(t, self.size, "ids") if self.size else t)[0]
+        if spec.masked:
+            depth = value if name == DEPTH_MASK_DOMAIN else self._read(v, DEPTH_MASK_DOMAIN)
+            mask = torch.from_numpy(layout.depth_valid(np.asarray(depth)))[None]
+            out[f"{name}_mask"] = _resize(mask, self.size, "mask") if self.size else mask
+
+    def _derive(self, out: dict[str, Any], spec: TaskSpec, v: View) -> None:
+        """Self-supervised labels made from the (resized) RGB image itself."""
+        name, rgb = spec.name, out["rgb"]
+        kind = spec.derived
+        if kind == "identity":
+            out[name] = rgb
+        elif kind == "denoise":
+            g = torch.Generator().manual_seed(_image_seed(v.id, self.seed))
+            noise = torch.randn(rgb.shape, generator=g) * NOISE_STD
+            out[f"{name}_input"], out[name] = (rgb + noise).clamp(0, 1), rgb
+        elif kind == "colorize":
+            grey, bins = colorize(rgb.permute(1, 2, 0).numpy())
+            out[f"{name}_input"], out[name] = torch.from_numpy(grey), torch.from_numpy(bins)
+        elif kind == "inpaint":
+            h, w = rgb.shape[1:]
+            masked = rgb.clone()
+            masked[:, h // 4: h - h // 4, w // 4: w - w // 4] = 0  # the centre half is hidden
+            out[f"{name}_input"], out[name] = masked, rgb
+        elif kind == "jigsaw":
+            k = _image_seed(v.id, self.seed) % len(self.perms)
+            out[f"{name}_input"] = jigsaw(rgb, k, self.perms)
+            out[name] = torch.tensor(k, dtype=torch.long)
+        # kind == "random": the random encoder has no label
+
+    def bad_file_report(self) -> str:
+        """A readable summary of the files skipped so far (empty when none)."""
+        if not self.bad_files:
+            return ""
+        lines = [f"{len(self.bad_files)} bad file(s) skipped under {self.root}:"]
+        lines += [f"  {p}: {r}" for p, r in sorted(self.bad_files.items())]
+        return "\n".join(lines)
+
+
+def regime_dataset(root: str | Path, tasks: Sequence[str], regime: int, *, seed: int = 0,
+                   **kwargs: Any) -> TaskonomyDataset:
+    """The training subset of a transfer regime: `regime` samples of the validation split.
+
+    As in the paper, transfers train on data held out from the task networks' training set.
+    """
+    return TaskonomyDataset(root, tasks, split="val", subset=regime, subset_seed=seed, **kwargs)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch, dropping skipped ones (listed in `batch["skipped"]`)."""
+    good = [s for s in samples if "skipped" not in s]
+    skipped = [(s["skipped"], s["reason"]) for s in samples if "skipped" in s]
+    batch: dict[str, Any] = torch.utils.data.default_collate(good) if good else {"image": []}
+    batch["skipped"] = skipped
+    return batch
+
+
+def batches(dataset: TaskonomyDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            num_workers: int = 0, drop_last: bool = False) -> Iterator[dict[str, Any]]:
+    """One epoch of batches; skips reported by worker processes are added to `bad_files`."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                        collate_fn=collate, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(seed) if shuffle else None)
+    for batch in loader:
+        dataset.bad_files.update(dict(batch.pop("skipped")))
+        if batch["image"]:
+            yield batch
+

@@ -1,0 +1,223 @@
+"""The torch Dataset: splits, subsets, multi-view pairing, masks, derived labels, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures import CLASS_OBJECT, SEMANTIC, make_root
+
+from taskonomy_ray import layout
+from taskonomy_ray.dataset import (
+    BadFile,
+    SplitConfig,
+    TaskonomyDataset,
+    batches,
+    colour_bins,
+    jigsaw_permutations,
+    output_channels,
+    regime_dataset,
+    relative_pose,
+    split_buildings,
+)
+from taskonomy_ray.errors import ConfigError, DataError
+from taskonomy_ray.tasks import TASKS, get_task
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_root(tmp_path_factory.mktemp("root"), buildings=4, points=4, views=3, size=24)
+
+
+def test_splits_are_disjoint_deterministic_and_cover_every_building() -> None:
+    names = [f"b{i}" for i in range(10)]
+    a = split_buildings(names, SplitConfig(seed=3))
+    assert a == split_buildings(names, SplitConfig(seed=3))
+    assert sorted(sum(a.values(), [])) == names
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (6, 2, 2)
+    assert a != split_buildings(names, SplitConfig(seed=4))
+
+
+def test_split_config_rejects_fractions_that_do_not_sum_to_one() -> None:
+    with pytest.raises(ConfigError, match="sum to 1"):
+        SplitConfig(train=0.5, val=0.2, test=0.2)
+
+
+def test_too_few_buildings_for_the_splits_is_an_error_naming_the_fix() -> None:
+    with pytest.raises(DataError, match="--buildings 3"):
+        split_buildings(["only"], SplitConfig())
+    assert split_buildings(["only"], SplitConfig(1.0, 0.0, 0.0))["train"] == ["only"]
+
+
+@pytest.mark.parametrize("spec", TASKS, ids=lambda s: s.name)
+def test_every_task_yields_a_well_formed_sample(root: Path, spec) -> None:
+    ds = TaskonomyDataset(root, [spec.name], split="all", size=16)
+    s = ds[1]
+    views = spec.views
+    assert s["rgb"].shape == ((views, 3, 16, 16) if views > 1 else (3, 16, 16))
+    assert s["rgb"].dtype == torch.float32 and isinstance(s["image"], str)
+    if spec.output == "none":
+        assert set(s) == {"rgb", "image"}
+        return
+    label = s[spec.name]
+    assert torch.isfinite(label.float()).all()
+    if spec.masked:
+        assert s[f"{spec.name}_mask"].shape == (1, 16, 16)
+        assert s[f"{spec.name}_mask"].dtype == torch.bool
+    assert (f"{spec.name}_input" in s) == (spec.input != "rgb")
+    if spec.output in ("pixel_regression",):
+        assert label.shape == (spec.channels, 16, 16)
+    elif spec.output in ("vector_regression", "multi_view") and spec.loss == "l2":
+        assert label.shape == (spec.channels,)
+    elif spec.output == "class_distribution":
+        assert label.shape == (output_channels(spec.name, root),)
+        assert abs(float(label.sum()) - 1) < 1e-4
+
+
+def test_depth_mask_marks_the_release_invalid_pixels(root: Path) -> None:
+    s = TaskonomyDataset(root, ["depth_zbuffer", "normal"], split="all")[0]
+    assert not s["depth_zbuffer_mask"][0, 0, 0] and s["depth_zbuffer_mask"][0, 5, 5]
+    assert torch.equal(s["depth_zbuffer_mask"], s["normal_mask"])
+    assert s["depth_zbuffer"][0, 0, 0] == 0  # invalid depth kept out of the label
+
+
+def test_image_ids_are_stable_and_unique(root: Path) -> None:
+    ids = TaskonomyDataset(root, ["normal"], split="all").images
+    assert len(set(ids)) == len(ids) == 4 * 4 * 3
+    assert "building0/point_3_view_1" in ids
+    assert TaskonomyDataset(root, ["normal"], split="all").images == ids
+
+
+def test_regime_subset_is_drawn_from_validation_deterministically(root: Path) -> None:
+    val = TaskonomyDataset(root, ["depth_zbuffer"], split="val")
+    sub = regime_dataset(root, ["depth_zbuffer"], 5, seed=1)
+    assert len(sub) == 5 and set(sub.images) <= set(val.images)
+    assert sub.images == regime_dataset(root, ["depth_zbuffer"], 5, seed=1).images
+    assert sub.images != regime_dataset(root, ["depth_zbuffer"], 5, seed=2).images
+    with pytest.raises(DataError, match="smaller regime"):
+        regime_dataset(root, ["depth_zbuffer"], 10_000)
+
+
+def test_fixated_and_egomotion_views_share_a_point(root: Path) -> None:
+    for task, k in (("fixated_pose", 2), ("egomotion", 3)):
+        for views, _ in TaskonomyDataset(root, [task], split="all").samples:
+            assert len(views) == k and len({v.point for v in views}) == 1
+            assert len({v.view for v in views}) == k
+
+
+def test_nonfixated_views_are_other_points_of_the_same_room(root: Path) -> None:
+    ds = TaskonomyDataset(root, ["nonfixated_pose"], split="all")
+    for (a, b), _ in ds.samples:
+        assert a.building == b.building and a.point != b.point
+        assert a.point % 2 == b.point % 2  # the fixture puts point p in room p % 2
+
+
+def test_point_matching_is_balanced_and_labels_say_same_point(root: Path) -> None:
+    ds = TaskonomyDataset(root, ["point_matching"], split="all")
+    labels = [m for _, m in ds.samples]
+    assert abs(sum(labels) - len(labels) / 2) <= 4
+    for (a, b), m in ds.samples:
+        assert m == int(a.point == b.point)
+    assert int(ds[0]["point_matching"]) == ds.samples[0][1]
+
+
+def test_relative_pose_of_a_camera_to_itself_is_zero_and_inverts() -> None:
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_rotvec([0.1, 0.2, -0.3]).as_matrix()
+    a = {"camera_location": [0, 0, 0], "camera_rotation_matrix": np.eye(3).tolist()}
+    b = {"camera_location": [1, 2, 3], "camera_rotation_matrix": rot.tolist()}
+    assert np.allclose(relative_pose(a, a), 0)
+    assert np.allclose(relative_pose(a, b), [1, 2, 3, 0.1, 0.2, -0.3], atol=1e-6)
+
+
+def test_pose_labels_come_from_point_info(root: Path) -> None:
+    ds = TaskonomyDataset(root, ["egomotion"], split="all")
+    s, (views, _) = ds[0], ds.samples[0]
+    infos = [layout.read(root, v.building, v.point, v.view, "point_info") for v in views]
+    assert np.allclose(s["egomotion"][6:12].numpy(), relative_pose(infos[0], infos[2]), atol=1e-5)
+
+
+def test_self_supervised_labels_are_derived_from_rgb(root: Path) -> None:
+    tasks = ["autoencoding", "denoising", "colorization", "inpainting", "jigsaw"]
+    ds = TaskonomyDataset(root, tasks, split="all", jigsaw_classes=30)
+    s = ds[2]
+    assert torch.equal(s["autoencoding"], s["rgb"]) and torch.equal(s["denoising"], s["rgb"])
+    assert torch.equal(ds[2]["denoising_input"], s["denoising_input"])  # same noise each time
+    assert not torch.equal(s["denoising_input"], ds[3]["denoising_input"][:, :, :])
+    assert s["colorization"].max() < len(colour_bins())
+    grey = s["colorization_input"]
+    assert torch.equal(grey[0], grey[1]) and 0 <= grey.min() and grey.max() <= 1
+    assert (s["inpainting_input"][:, 8:16, 8:16] == 0).all()
+    assert torch.equal(s["inpainting_input"][:, :4], s["rgb"][:, :4])
+    k = int(s["jigsaw"])
+    assert 0 <= k < 30 and sorted(jigsaw_permutations(30)[k].tolist()) == list(range(9))
+
+
+def test_jigsaw_permutations_are_fixed_distinct_and_spread() -> None:
+    p = jigsaw_permutations(50)
+    assert np.array_equal(p, jigsaw_permutations(50)) and len({tuple(r) for r in p}) == 50
+    d = (p[:, None, :] != p[None]).sum(-1) + 9 * np.eye(50, dtype=int)
+    assert d.min() >= 5
+
+
+def test_output_channels_follow_dataset_info_then_the_registry(root: Path, tmp_path) -> None:
+    assert output_channels("class_object", root) == len(CLASS_OBJECT)
+    assert output_channels("segment_semantic", root) == len(SEMANTIC)
+    assert output_channels("class_scene", tmp_path) == get_task("class_scene").channels
+    assert output_channels("jigsaw", root, jigsaw_classes=24) == 24
+    assert output_channels("normal", root) == 3
+
+
+def test_a_multi_view_task_must_be_alone() -> None:
+    with pytest.raises(ConfigError, match="only task"):
+        TaskonomyDataset("/nonexistent", ["egomotion", "normal"])
+
+
+def _damaged_root(tmp_path: Path) -> Path:
+    root = make_root(tmp_path / "bad", buildings=3, points=2, views=2, size=16, rooms=1)
+    layout.path_for(root, "building0", 0, 0, "normal").unlink()
+    layout.path_for(root, "building0", 1, 1, "depth_zbuffer").write_bytes(b"not a png")
+    layout.path_for(root, "building0", 1, 0, "point_info").write_text("{broken")
+    return root
+
+
+def test_a_missing_file_is_an_error_naming_it_and_the_fix(tmp_path: Path) -> None:
+    ds = TaskonomyDataset(_damaged_root(tmp_path), ["normal"], split="all")
+    with pytest.raises(BadFile, match=r"point_0_view_0_domain_normal\.png.*on_bad_file='skip'"):
+        ds[ds.images.index("building0/point_0_view_0")]
+
+
+def test_a_corrupt_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    ds = TaskonomyDataset(_damaged_root(tmp_path), ["depth_zbuffer"], split="all")
+    with pytest.raises(DataError, match=r"corrupt file .*point_1_view_1_domain_depth_zbuffer"):
+        ds[ds.images.index("building0/point_1_view_1")]
+
+
+def test_skip_mode_drops_bad_samples_and_reports_every_bad_file(tmp_path: Path) -> None:
+    root = _damaged_root(tmp_path)
+    ds = TaskonomyDataset(root, ["normal"], split="all", on_bad_file="skip")
+    seen = [img for b in batches(ds, 4) for img in b["image"]]
+    assert len(seen) == len(ds) - 2  # normal missing, depth (its mask) corrupt
+    assert "building0/point_0_view_0" not in seen
+    assert len(ds.bad_files) == 2 and "normal.png" in ds.bad_file_report()
+    pm = TaskonomyDataset(root, ["nonfixated_pose"], split="all", on_bad_file="skip")
+    assert any("point_info" in p for p in pm.bad_files)
+    with pytest.raises(DataError, match="point_1_view_0_domain_point_info"):
+        TaskonomyDataset(root, ["nonfixated_pose"], split="all")
+
+
+def test_a_label_of_the_wrong_size_is_a_bad_file(tmp_path: Path) -> None:
+    root = make_root(tmp_path / "r", buildings=1, points=1, views=1, size=16)
+    layout.write(root, "building0", 0, 0, "reshading", np.zeros((8, 8)))
+    with pytest.raises(BadFile, match="re-render"):
+        TaskonomyDataset(root, ["reshading"], split="all")[0]
+
+
+def test_loader_batches_stack_samples(root: Path) -> None:
+    ds = TaskonomyDataset(root, ["segment_semantic", "class_scene"], split="train", size=16)
+    b = next(batches(ds, 5, shuffle=True, seed=0))
+    assert b["rgb"].shape == (5, 3, 16, 16) and b["segment_semantic"].shape == (5, 16, 16)
+    assert len(b["image"]) == 5 and not ds.bad_files
