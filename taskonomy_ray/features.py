@@ -1,0 +1,229 @@
+"""Stage 2a: each frozen source encoder encodes each image set once; transfers read the cache.
+
+A cache entry is one `.npz` (representations + image ids) under `features/<source>/`, written in
+one atomic `Storage.write_bytes`, keyed by a hash of everything that decides its contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, StorageError
+from .tables import Storage
+from .tasks import get_task
+
+FEATURES_DIR = "features"
+FORMAT = 1  # bump when the file layout changes: old entries then miss and are recomputed
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, C, h, w)
+
+
+PathFn = Callable[[str, str], str]  # (source, image set name) -> storage-relative path
+
+
+def keyed_paths(encoder_keys: Mapping[str, str], dtype: str = "float16") -> PathFn:
+    """Default cache paths: `features/<source>/<image set>-<hash>.npz`.
+
+    The hash covers the source, the key of its encoder weights (e.g. the gold unit's key, or
+    `random-<seed>`), the image set and the dtype, so a retrained encoder never reads stale
+    entries. The sweep may pass its own `PathFn` instead (its unit keys).
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"feature dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+
+    def path(source: str, imageset: str) -> str:
+        get_task(source)
+        if source not in encoder_keys:
+            raise ConfigError(f"no encoder key for source {source!r}; known: "
+                              f"{sorted(encoder_keys)}")
+        doc = json.dumps({"format": FORMAT, "source": source, "encoder": encoder_keys[source],
+                          "imageset": imageset, "dtype": dtype}, sort_keys=True)
+        digest = hashlib.sha256(doc.encode()).hexdigest()[:16]
+        return f"{FEATURES_DIR}/{source}/{imageset}-{digest}.npz"
+
+    return path
+
+
+@dataclass
+class Features:
+    """One source's cached representations of one image set, in the set's order."""
+
+    images: list[str]
+    array: np.ndarray  # (N, C, h, w), or (N, V, C, h, w) for multi-view samples
+
+    def select(self, images: Sequence[str]) -> np.ndarray:
+        """The rows of `images`, in that order; StorageError naming a missing image."""
+        index = {im: i for i, im in enumerate(self.images)}
+        try:
+            rows = [index[im] for im in images]
+        except KeyError as e:
+            raise StorageError(f"image {e.args[0]!r} is not in this feature cache entry; it was "
+                               "made for another image set: re-run the cache step") from None
+        return self.array[rows]
+
+    @property
+    def bytes_per_image(self) -> int:
+        """Cache bytes per image (per sample of V views for multi-view sets)."""
+        return int(self.array.nbytes // max(1, len(self.images)))
+
+
+@torch.no_grad()
+def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
+                   batch_size: int = 64, dtype: str = "float16") -> Features:
+    """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches."""
+    if isinstance(encoder, torch.nn.Module):
+        encoder.eval()
+    images: list[str] = []
+    chunks: list[np.ndarray] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        x = torch.stack(batch)  # (B, 3, H, W) or (B, V, 3, H, W)
+        lead = x.shape[:-3]
+        z = encoder(x.reshape(-1, *x.shape[-3:]))  # (B*V, C, h, w)
+        chunks.append(z.reshape(*lead, *z.shape[1:]).float().numpy().astype(DTYPES[dtype]))
+        batch.clear()
+
+    for i in range(len(samples)):
+        s = samples[i]
+        images.append(str(s["image"]))
+        batch.append(torch.as_tensor(s["rgb"], dtype=torch.float32))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not images:
+        raise ConfigError("no samples to encode: the image set is empty")
+    return Features(images, np.concatenate(chunks))
+
+
+def to_bytes(features: Features) -> bytes:
+    """The `.npz` bytes of an entry (no pickles: ids are a unicode array)."""
+    buf = io.BytesIO()
+    np.savez(buf, features=features.array, images=np.asarray(features.images, dtype=np.str_))
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, where: str) -> Features:
+    """Parse an entry; a corrupt one is a StorageError saying to delete and recompute it."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return Features([str(i) for i in z["images"]], np.asarray(z["features"]))
+    except (ValueError, KeyError, OSError, EOFError) as e:
+        raise StorageError(f"corrupt feature cache entry {where} ({e}); delete it and re-run the "
+                           "cache step") from e
+
+
+@dataclass
+class FeatureCache:
+    """The representation cache of a run: where each (source, image set) lives, and the dtype.
+
+    Entries are read once per process and kept (`load` is called by every transfer group).
+    """
+
+    storage: Storage
+    path_of: PathFn
+    dtype: str = "float16"
+    _memo: dict[str, Features] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"feature dtype {self.dtype!r}: choose one of {sorted(DTYPES)}")
+
+    def is_cached(self, source: str, imageset: str) -> bool:
+        """Whether the entry exists (a unit is done when its output exists)."""
+        return self.storage.exists(self.path_of(source, imageset))
+
+    def ensure(self, source: str, imageset: str, encoder: Encoder | Callable[[], Encoder],
+               samples: Sequence[Mapping[str, Any]], *, images: Sequence[str] | None = None,
+               batch_size: int = 64, lazy: bool = False) -> str:
+        """Encode `samples` with `source`'s frozen encoder unless cached; returns the path.
+
+        With `lazy=True`, `encoder` is a zero-argument loader called only on a miss, so a hit
+        never loads weights; `images` (the samples' ids, e.g. `dataset.images`) lets a hit skip
+        reading samples. The entry is written in one atomic write after every batch succeeded:
+        a crash leaves no entry, never half of one.
+        """
+        rel = self.path_of(source, imageset)
+        if self.storage.exists(rel):
+            return rel
+        enc = encoder() if lazy else encoder  # type: ignore[call-arg]
+        feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype)
+        if images is not None and feats.images != [str(i) for i in images]:
+            raise ConfigError(f"the samples' ids differ from the `images` given for {source!r}; "
+                              "pass the dataset's ids in sample order")
+        self.storage.write_bytes(rel, to_bytes(feats))
+        self._memo[rel] = feats
+        return rel
+
+    def load(self, source: str, imageset: str, images: Sequence[str]) -> np.ndarray:
+        """Representations of `images` (in that order); StorageError if not cached."""
+        rel = self.path_of(source, imageset)
+        if rel not in self._memo:
+            if not self.storage.exists(rel):
+                raise StorageError(f"no cached representations of image set {imageset!r} for "
+                                   f"source {source!r} ({self.storage.path(rel)}); run the "
+                                   "feature cache step (features.FeatureCache.ensure) first")
+            self._memo[rel] = from_bytes(self.storage.read_bytes(rel), self.storage.path(rel))
+        return self._memo[rel].select(images)
+
+
+# ---------------------------------------------------------------- image sets
+
+TEST = "test"
+
+
+def imageset_name(target: str | None, regime: int | None) -> str:
+    """Name of the image set a transfer reads: `r<regime>` (training subset) or `test`.
+
+    Single-view targets share these sets; a multi-view target's samples are groups of views, so
+    its sets are its own (`r<regime>-<target>`, `test-<target>`), each view encoded separately.
+    """
+    base = TEST if regime is None else f"r{int(regime)}"
+    if target is not None and get_task(target).views > 1:
+        return f"{base}-{target}"
+    return base
+
+
+def parse_imageset(name: str) -> tuple[int | None, str | None]:
+    """(regime or None for test, multi-view target or None) of an image set name."""
+    base, _, target = name.partition("-")
+    if target:
+        get_task(target)
+    if base == TEST:
+        return None, target or None
+    if base.startswith("r") and base[1:].isdigit() and int(base[1:]) > 0:
+        return int(base[1:]), target or None
+    raise ConfigError(f"image set {name!r}: expected `test` or `r<images>`, optionally "
+                      "followed by `-<multi-view target>`")
+
+
+def open_imageset(data_root: str, imageset: str, *, image_size: int, tasks: Sequence[str] = (),
+                  splits: Any = None, subset_seed: int = 0) -> Any:
+    """The TaskonomyDataset of an image set (with the labels of `tasks`, if any).
+
+    Training subsets are `dataset.regime_dataset` (held out from the task networks' training
+    data, as in the paper); the test set is the test split. Features and labels both come from
+    here, so their samples are the same, in the same order.
+    """
+    from .dataset import TaskonomyDataset, regime_dataset
+
+    regime, multi = parse_imageset(imageset)
+    wanted = list(tasks)
+    if multi is not None:
+        if wanted not in ([], [multi]):
+            raise ConfigError(f"image set {imageset!r} holds samples of {multi} only")
+        wanted = [multi]
+    kw = {"splits": splits, "size": image_size}
+    if regime is None:
+        return TaskonomyDataset(data_root, wanted, split=TEST, **kw)
+    return regime_dataset(data_root, wanted, regime, seed=subset_seed, **kw)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+
+from taskonomy_ray import features
+from taskonomy_ray.errors import StorageError
+from taskonomy_ray.tables import Storage
+
+
+class CountingEncoder(torch.nn.Module):
+    """A frozen stand-in encoder: (B, 3, 16, 16) -> (B, 8, 1, 1); counts images it encodes."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 16)
+        self.seen = 0
+        self.fail_after = fail_after
+
+    def forward(self, x):
+        if self.fail_after is not None and self.seen >= self.fail_after:
+            raise RuntimeError("encoder crashed mid-way")
+        self.seen += x.shape[0]
+        return self.proj(x)
+
+
+def _samples(n=10, views=None):
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 16, 16) if views is None else (views, 3, 16, 16)
+    return [{"image": f"b0/point_{i}_view_0", "rgb": torch.rand(shape, generator=g)}
+            for i in range(n)]
+
+
+def _cache(tmp_path, dtype="float16"):
+    keys = {"normal": "gold-normal-abc", "random": "random-0"}
+    return features.FeatureCache(Storage(str(tmp_path)), features.keyed_paths(keys), dtype)
+
+
+def test_cache_is_written_once_and_reused(tmp_path):
+    cache, enc, samples = _cache(tmp_path), CountingEncoder(), _samples()
+    rel = cache.ensure("normal", "r8", enc, samples, batch_size=4)
+    assert enc.seen == 10 and cache.storage.exists(rel)
+    again = _cache(tmp_path)  # a fresh process: nothing memoised
+    loader_calls = []
+    rel2 = again.ensure("normal", "r8", lambda: loader_calls.append(1) or enc, samples,
+                        images=[s["image"] for s in samples], lazy=True)
+    assert rel2 == rel and enc.seen == 10 and loader_calls == []
+    got = again.load("normal", "r8", [s["image"] for s in samples])
+    assert got.shape == (10, 8, 1, 1) and got.dtype == np.float16
+    with torch.no_grad():
+        want = enc.proj(torch.stack([s["rgb"] for s in samples])).numpy()
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-3, atol=2e-3)
+
+
+def test_load_returns_the_requested_images_in_order(tmp_path):
+    cache, samples = _cache(tmp_path, "float32"), _samples()
+    cache.ensure("normal", "r8", CountingEncoder(), samples)
+    ids = [s["image"] for s in samples]
+    full = cache.load("normal", "r8", ids)
+    np.testing.assert_array_equal(cache.load("normal", "r8", ids[::-1]), full[::-1])
+
+
+def test_a_crash_while_encoding_leaves_no_entry(tmp_path):
+    cache, samples = _cache(tmp_path), _samples()
+    with pytest.raises(RuntimeError, match="crashed"):
+        cache.ensure("normal", "r8", CountingEncoder(fail_after=4), samples, batch_size=4)
+    assert not cache.is_cached("normal", "r8")
+    assert cache.storage.list("features/normal") == []
+    with pytest.raises(StorageError, match="run the feature cache step"):
+        cache.load("normal", "r8", [s["image"] for s in samples])
+
+
+def test_keys_change_with_encoder_weights_image_set_and_dtype(tmp_path):
+    a = features.keyed_paths({"normal": "w1"})("normal", "r8")
+    assert a == features.keyed_paths({"normal": "w1"})("normal", "r8")
+    assert a != features.keyed_paths({"normal": "w2"})("normal", "r8")
+    assert a != features.keyed_paths({"normal": "w1"})("normal", "test")
+    assert a != features.keyed_paths({"normal": "w1"}, "float32")("normal", "r8")
+
+
+def test_multi_view_samples_encode_each_view(tmp_path):
+    cache, samples = _cache(tmp_path), _samples(6, views=3)
+    cache.ensure("random", "r6-egomotion", CountingEncoder(), samples)
+    assert cache.load("random", "r6-egomotion", [s["image"] for s in samples]).shape == (
+        6, 3, 8, 1, 1)
+
+
+def test_corrupt_entries_and_foreign_images_are_reported(tmp_path):
+    cache, samples = _cache(tmp_path), _samples()
+    rel = cache.ensure("normal", "r8", CountingEncoder(), samples)
+    with pytest.raises(StorageError, match="another image set"):
+        cache.load("normal", "r8", ["b9/point_0_view_0"])
+    cache.storage.write_bytes(rel, b"not an npz")
+    with pytest.raises(StorageError, match="delete it"):
+        _cache(tmp_path).load("normal", "r8", [s["image"] for s in samples])
+
+
+def test_image_set_names_round_trip():
+    assert features.imageset_name("normal", 128) == "r128"
+    assert features.imageset_name("normal", None) == "test"
+    assert features.imageset_name("egomotion", 128) == "r128-egomotion"
+    assert features.parse_imageset("test-egomotion") == (None, "egomotion")
+    assert features.parse_imageset("r512") == (512, None)
