@@ -1,0 +1,405 @@
+"""Step 4 of the method: the global taxonomy as a Boolean integer program (PuLP).
+
+Choose which tasks to supervise and which transfer (hyperedge) serves every other target,
+maximising the summed importance x transfer weight under a supervision budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pulp
+import pyarrow as pa
+
+from . import tasks
+from .errors import ConfigError, SolverError, unknown_name
+from .tables import AFFINITIES_SCHEMA, check_schema
+
+WEIGHTS = ("sqrt_affinity", "affinity", "quality", "gain")
+# HiGHS (in-process through highspy) is ~10x faster than CBC (a subprocess per solve) on these
+# problems: see benchmarks/bench_solver.py and docs/benchmarks.md.
+BACKENDS = ("highs", "cbc")
+DEFAULT_BACKEND = "highs"
+DEFAULT_MAX_ORDER = 4  # the paper's beam search trains transfers up to order 4
+SQRT_CLIP = (1e-5, 1.0)  # the published solver's clip of affinities before the square root
+EXCLUDED_SOURCES = frozenset({"self", "pixels"})
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """Everything that defines a taxonomy problem except the budget (re-solving is cheap)."""
+
+    max_order: int = DEFAULT_MAX_ORDER
+    regime: int | None = None  # None: the table's only regime, or its largest
+    targets: tuple[str, ...] | None = None  # None: every target in the table
+    sources: tuple[str, ...] | None = None  # tasks that may be supervised; None: registry tasks
+    importance: Mapping[str, float] = field(default_factory=dict)  # per target, default 1
+    weight: str = "sqrt_affinity"
+    novel: tuple[str, ...] = ()  # targets that may not be supervised nor be sources
+    costs: Mapping[str, float] = field(default_factory=dict)  # supervision cost, default 1
+
+    def __post_init__(self) -> None:
+        if self.max_order < 1:
+            raise ConfigError(f"max_order must be >= 1, got {self.max_order}")
+        if self.weight not in WEIGHTS:
+            raise ConfigError(f"weight must be one of {WEIGHTS}, got {self.weight!r}")
+        if self.sources is not None and not self.sources:
+            raise ConfigError("the source set is empty: allow at least one task to be supervised "
+                              "(or leave --sources out to allow every task)")
+        for name, value in [*self.importance.items(), *self.costs.items()]:
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"importance and costs must be finite and >= 0; {name}={value}")
+        clash = set(self.novel) & set(self.sources or ())
+        if clash:
+            raise ConfigError(f"{sorted(clash)} are novel and so cannot be supervised sources; "
+                              "drop them from --sources or from --novel")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One candidate transfer (or a target's own supervision, sources == ('self',))."""
+
+    target: str
+    sources: tuple[str, ...]
+    weight: float
+    affinity: float
+    quality: float
+    gain: float
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated problem: targets, tasks that may be supervised, and candidate edges."""
+
+    regime: int
+    max_order: int
+    weight: str
+    targets: tuple[str, ...]
+    supervisable: tuple[str, ...]
+    costs: Mapping[str, float]
+    importance: Mapping[str, float]
+    supervision: Mapping[str, Edge]  # target -> its `self` edge, for supervisable targets
+    edges: tuple[Edge, ...]  # transfers into targets whose sources are all supervisable
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """How one target is served in a taxonomy."""
+
+    target: str
+    sources: tuple[str, ...]  # ('self',) when the target is supervised
+    supervised: bool
+    weight: float
+    affinity: float
+    quality: float
+    gain: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (DESIGN.md `solve --json` entry)."""
+        return {"target": self.target, "sources": list(self.sources),
+                "supervised": self.supervised, "weight": self.weight,
+                "affinity": self.affinity, "quality": self.quality, "gain": self.gain}
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """A solved taxonomy: supervised tasks and one assignment per target."""
+
+    regime: int
+    budget: float
+    max_order: int
+    weight: str
+    objective: float
+    supervised: tuple[str, ...]
+    transfers: tuple[Assignment, ...]
+
+    @property
+    def quality(self) -> float:
+        """Mean Quality (win rate vs gold) over all targets, supervised ones included."""
+        return float(np.mean([a.quality for a in self.transfers]))
+
+    @property
+    def gain(self) -> float:
+        """Mean Gain (win rate vs scratch) over all targets, supervised ones included."""
+        return float(np.mean([a.gain for a in self.transfers]))
+
+    def to_json(self) -> dict[str, Any]:
+        """The `solve --json` object of DESIGN.md."""
+        budget: float | int = int(self.budget) if float(self.budget).is_integer() else self.budget
+        return {"regime": self.regime, "budget": budget, "max_order": self.max_order,
+                "weight": self.weight, "objective": self.objective,
+                "supervised": list(self.supervised),
+                "transfers": [a.to_json() for a in self.transfers],
+                "quality": self.quality, "gain": self.gain}
+
+
+def edge_weight(kind: str, affinity: float, quality: float, gain: float) -> float:
+    """The objective weight of a transfer; `sqrt_affinity` is the published solver's choice."""
+    if kind == "sqrt_affinity":
+        return math.sqrt(min(max(affinity, SQRT_CLIP[0]), SQRT_CLIP[1]))
+    return {"affinity": affinity, "quality": quality, "gain": gain}[kind]
+
+
+def build_problem(affinities: pa.Table, spec: ProblemSpec) -> Problem:
+    """Validate `spec` against an affinities table and collect the candidate edges."""
+    rows = check_schema(affinities, AFFINITIES_SCHEMA, "affinities").to_pylist()
+    if not rows:
+        raise SolverError("the affinities table is empty; compute affinities first")
+    regime = _pick_regime(sorted({r["regime"] for r in rows}), spec.regime)
+    rows = [r for r in rows if r["regime"] == regime]
+    in_table = sorted({r["target"] for r in rows})
+    mentioned = set(in_table) | {s for r in rows for s in r["sources"]}
+    known = [n for n in tasks.task_names() if n in mentioned] + sorted(
+        mentioned - set(tasks.task_names()) - EXCLUDED_SOURCES)
+    targets = _names(spec.targets, in_table, "target") if spec.targets else in_table
+    novel = _names(spec.novel, in_table, "target")
+    for name in set(novel) - set(targets):
+        targets.append(name)
+    default_sources = [n for n in tasks.task_names() if n in mentioned]
+    sources = _names(spec.sources, known, "source") if spec.sources else default_sources
+    supervisable = tuple(n for n in sources if n not in novel)
+    if not supervisable:
+        raise SolverError("no task may be supervised (all are novel); allow some with --sources")
+    for name in [*spec.importance, *spec.costs]:
+        if name not in targets and name not in supervisable:
+            raise unknown_name("target or source", name, [*targets, *supervisable])
+    edges, supervision = _edges(rows, spec, set(targets), set(supervisable))
+    for t in targets:
+        if t in supervisable and t not in supervision:
+            raise SolverError(f"target {t!r} has no `self` row in regime {regime}, so its own "
+                              "supervision has no score; add its gold-standard results or mark "
+                              "it novel (--novel)")
+        if t not in supervisable and not any(e.target == t for e in edges):
+            raise SolverError(f"target {t!r} cannot be supervised and no transfer of order <= "
+                              f"{spec.max_order} reaches it from the allowed sources; allow more "
+                              "sources (--sources) or raise --max-order")
+    order = {n: i for i, n in enumerate(tasks.task_names())}
+    ordered = tuple(sorted(dict.fromkeys(targets), key=lambda n: (order.get(n, len(order)), n)))
+    return Problem(regime, spec.max_order, spec.weight, ordered, supervisable,
+                   {n: float(spec.costs.get(n, 1.0)) for n in supervisable},
+                   {t: float(spec.importance.get(t, 1.0)) for t in ordered},
+                   supervision, tuple(edges))
+
+
+def _pick_regime(regimes: list[int], wanted: int | None) -> int:
+    if wanted is None:
+        return regimes[-1]
+    if wanted not in regimes:
+        raise ConfigError(f"regime {wanted} is not in the table; available: {regimes}")
+    return wanted
+
+
+def _names(names: Sequence[str] | None, known: list[str], kind: str) -> list[str]:
+    out = []
+    for n in names or ():
+        if n not in known:
+            if kind == "target" and n in tasks.SOURCE_ONLY:
+                raise ConfigError(f"{n!r} is source-only and cannot be a target")
+            raise unknown_name(kind, n, known, "Names are the dataset's domain names.")
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def _edges(rows: list[dict], spec: ProblemSpec, targets: set[str], supervisable: set[str]
+           ) -> tuple[list[Edge], dict[str, Edge]]:
+    """Candidate transfers and each target's supervision edge, with their weights."""
+    column = {"sqrt_affinity": "affinity"}.get(spec.weight, spec.weight)
+    edges, supervision = [], {}
+    for r in rows:
+        t, src = r["target"], tuple(r["sources"])
+        aff, qual, gain = (math.nan if r[k] is None else float(r[k])
+                           for k in ("affinity", "quality", "gain"))
+        value = {"affinity": aff, "quality": qual, "gain": gain}[column]
+        # Rows above the order limit, and rows without the weight's column (the published
+        # table's four unranked transfers), are not candidates.
+        if t not in targets or r["order"] > spec.max_order or not math.isfinite(value):
+            continue
+        edge = Edge(t, src, edge_weight(spec.weight, aff, qual, gain), aff, qual, gain)
+        if src == ("self",):
+            if t in supervisable:
+                supervision[t] = edge
+        elif t not in src and not EXCLUDED_SOURCES & set(src) and set(src) <= supervisable:
+            edges.append(edge)
+    return edges, supervision
+
+
+def solve(problem: Problem, budget: float, backend: str = DEFAULT_BACKEND) -> Taxonomy:
+    """The optimal taxonomy of `problem` under `budget` (proven optimal: zero MIP gap)."""
+    if not (math.isfinite(budget) and budget >= 0):
+        raise ConfigError(f"the budget must be a finite number >= 0, got {budget}")
+    model, sup, pick = _model(problem, maximise=True)
+    model += pulp.lpSum(problem.costs[n] * sup[n] for n in problem.supervisable) <= budget
+    if _run(model, backend) == "Infeasible":
+        need = min_budget(problem, backend)
+        raise SolverError(f"budget {budget:g} cannot serve all {len(problem.targets)} targets: "
+                          f"the smallest budget that can is {need:g}; raise --budget or drop "
+                          "targets (--targets)")
+    chosen = frozenset(n for n in problem.supervisable if sup[n].varValue > 0.5)
+    edges = [e for e, var in zip(problem.edges, pick) if var.varValue > 0.5]
+    return _taxonomy(problem, budget, chosen, edges)
+
+
+def solve_taxonomy(affinities: pa.Table, spec: ProblemSpec, budget: float,
+                   backend: str = DEFAULT_BACKEND) -> Taxonomy:
+    """Build the problem from an affinities table and solve it for one budget."""
+    return solve(build_problem(affinities, spec), budget, backend)
+
+
+def budget_curve(problem: Problem, budgets: Sequence[float],
+                 backend: str = DEFAULT_BACKEND) -> list[Taxonomy]:
+    """One optimal taxonomy per budget (the supervision-budget curve); no retraining needed."""
+    return [solve(problem, b, backend) for b in budgets]
+
+
+def min_budget(problem: Problem, backend: str = DEFAULT_BACKEND) -> float:
+    """The smallest supervision cost that can serve every target (raises if none can)."""
+    model, sup, _ = _model(problem, maximise=False)
+    model.setObjective(pulp.lpSum(problem.costs[n] * sup[n] for n in problem.supervisable))
+    if _run(model, backend) == "Infeasible":  # pragma: no cover - build_problem checks targets
+        raise SolverError("no supervision policy serves every target; allow more sources")
+    return float(sum(problem.costs[n] for n in problem.supervisable if sup[n].varValue > 0.5))
+
+
+def _model(problem: Problem, maximise: bool
+           ) -> tuple[pulp.LpProblem, dict[str, pulp.LpVariable], list[pulp.LpVariable]]:
+    """Variables and structural constraints: one way to serve each target, sources supervised."""
+    model = pulp.LpProblem("taxonomy", pulp.LpMaximize if maximise else pulp.LpMinimize)
+    sup = {n: pulp.LpVariable(f"s{i}", cat=pulp.LpBinary)
+           for i, n in enumerate(problem.supervisable)}
+    pick = [pulp.LpVariable(f"x{j}", cat=pulp.LpBinary) for j in range(len(problem.edges))]
+    into: dict[str, list[pulp.LpVariable]] = {t: [] for t in problem.targets}
+    objective = []
+    for edge, var in zip(problem.edges, pick):
+        into[edge.target].append(var)
+        objective.append(problem.importance[edge.target] * edge.weight * var)
+        for s in edge.sources:  # a transfer needs every one of its sources supervised
+            model += var <= sup[s]
+    for t in problem.targets:
+        served = [*into[t]]
+        if t in problem.supervision:
+            served.append(sup[t])
+            objective.append(problem.importance[t] * problem.supervision[t].weight * sup[t])
+        model += pulp.lpSum(served) == 1  # exactly one incoming transfer, or supervised
+    model.setObjective(pulp.lpSum(objective))
+    return model, sup, pick
+
+
+def _run(model: pulp.LpProblem, backend: str) -> str:
+    """Solve with zero optimality gap; returns 'Optimal' or 'Infeasible', raises otherwise."""
+    if backend == "highs":
+        _silence_highs_banner()
+        solver: Any = pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0)
+    elif backend == "cbc":
+        solver = pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0)
+    else:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    try:
+        model.solve(solver)
+    except pulp.PulpSolverError as e:
+        raise SolverError(f"the {backend} solver failed: {e}; try the other backend") from e
+    status = pulp.LpStatus[model.status]
+    if status not in ("Optimal", "Infeasible"):
+        raise SolverError(f"the {backend} solver ended with status {status!r}; try the other "
+                          "backend")
+    return status
+
+
+_BANNER_SHOWN = False
+
+
+def _silence_highs_banner() -> None:
+    """Create the process's first HiGHS instance with stdout closed.
+
+    HiGHS prints a copyright banner from C++ the first time an instance is made, before any
+    option can turn output off; it would corrupt `solve --json` on stdout.
+    """
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+
+
+def _taxonomy(problem: Problem, budget: float, chosen: frozenset[str],
+              edges: Sequence[Edge]) -> Taxonomy:
+    """Assemble the result, scoring it exactly from the table (not the solver's float)."""
+    by_target = {e.target: e for e in edges}
+    out = []
+    for t in problem.targets:
+        supervised = t in chosen and t in problem.supervision
+        e = problem.supervision[t] if supervised else by_target[t]
+        out.append(Assignment(t, e.sources, supervised, e.weight, e.affinity, e.quality, e.gain))
+    objective = float(sum(problem.importance[a.target] * a.weight for a in out))
+    ordered = tuple(n for n in problem.supervisable if n in chosen)
+    return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
+                    ordered, tuple(out))
+
+
+def evaluate_policy(problem: Problem, chosen: frozenset[str]) -> Taxonomy | None:
+    """The best taxonomy that supervises exactly `chosen` (None if some target is unserved)."""
+    best: dict[str, Edge] = {}
+    for e in problem.edges:
+        if set(e.sources) <= chosen and (e.target not in best or e.weight > best[e.target].weight):
+            best[e.target] = e
+    missing = [t for t in problem.targets if t not in best and
+               not (t in chosen and t in problem.supervision)]
+    if missing:
+        return None
+    edges = [best[t] for t in problem.targets if not (t in chosen and t in problem.supervision)]
+    cost = sum(problem.costs[n] for n in chosen)
+    return _taxonomy(problem, cost, chosen, edges)
+
+
+def exhaustive_optimum(problem: Problem, budget: float, max_subsets: int = 500_000
+                       ) -> tuple[float, frozenset[str]]:
+    """Brute force over every affordable supervised set: the reference the BIP is tested against.
+
+    For a fixed supervised set S the best choice per target is independent: S's own score if the
+    target is in S, else its best transfer with all sources in S. Scoring is vectorised over the
+    subsets with bit masks. Returns (optimum, one optimal S); -inf if nothing is feasible.
+    """
+    names = list(problem.supervisable)
+    bit = {n: 1 << i for i, n in enumerate(names)}
+    subsets = _affordable(names, problem.costs, budget, max_subsets)
+    masks = np.array([sum(bit[n] for n in s) for s in subsets], dtype=np.int64)
+    score = np.zeros(len(masks))
+    for t in problem.targets:
+        into = [e for e in problem.edges if e.target == t]
+        emask = np.array([sum(bit[s] for s in e.sources) for e in into], dtype=np.int64)
+        w = np.array([e.weight for e in into])
+        usable = (masks[:, None] & emask[None, :]) == emask[None, :]
+        best = np.where(usable, w[None, :], -np.inf).max(axis=1) if into else \
+            np.full(len(masks), -np.inf)
+        if t in problem.supervision:
+            best = np.where(masks & bit[t], problem.supervision[t].weight, best)
+        score += problem.importance[t] * best
+    k = int(np.argmax(score))
+    return float(score[k]), frozenset(subsets[k])
+
+
+def _affordable(names: list[str], costs: Mapping[str, float], budget: float,
+                limit: int) -> list[tuple[str, ...]]:
+    cheapest = min(costs.values())
+    most = len(names) if cheapest <= 0 else min(len(names), int(budget // cheapest + 1e-9))
+    if sum(math.comb(len(names), k) for k in range(most + 1)) > limit:
+        raise SolverError(f"exhaustive search over {len(names)} tasks with budget {budget:g} is "
+                          f"too large (> {limit} subsets); use the BIP solver")
+    return [s for k in range(most + 1) for s in itertools.combinations(names, k)
+            if sum(costs[n] for n in s) <= budget + 1e-9]
