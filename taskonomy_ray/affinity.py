@@ -1,4 +1,4 @@
-"""Step 3 of the method: ordinal normalisation of transfer results by the Analytic Hierarchy Process.
+"""Step 3 of the method: ordinal normalisation of transfer results (Analytic Hierarchy Process).
 
 Per-image test losses in, the affinities table (DESIGN.md) out: for each regime and target a
 tournament over every transfer into the target, whose principal eigenvector is the affinity.

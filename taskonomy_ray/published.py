@@ -123,7 +123,7 @@ _NUMERIC_KINDS = "biuf"
 
 
 def _scalar(dtype: Any, data: Any = None) -> float | int:
-    """numpy's scalar reconstructor, limited to numeric dtypes and returning a Python number."""
+    """The numpy scalar reconstructor, limited to numeric dtypes and returning a Python number."""
     if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
         raise DataError(f"refusing a pickled numpy scalar of dtype {dtype!r}")
     buf = data.encode("latin1") if isinstance(data, str) else data
@@ -133,7 +133,7 @@ def _scalar(dtype: Any, data: Any = None) -> float | int:
 
 
 def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    """numpy's dtype constructor, limited to plain numeric type codes."""
+    """The numpy dtype constructor, limited to plain numeric type codes."""
     if not isinstance(spec, str) or not re.fullmatch(r"[<>=|]?[biuf]\d{1,2}", spec):
         raise DataError(f"refusing a pickled numpy dtype {spec!r}")
     return np.dtype(spec)
