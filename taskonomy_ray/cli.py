@@ -35,10 +35,140 @@ def _run_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sweep / status ------------------------------------------------------------------------
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run or resume a full sweep on Ray (resumable)")
+    p.add_argument("config", help="workflow YAML, e.g. workflows/mini.yaml")
+    p.add_argument("--storage", help="local path or URI (s3://, gs://); default runs/<name>")
+    p.add_argument("--data", help="dataset root (overrides data.root of the workflow)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--force-config", action="store_true",
+                   help="resume even though the config differs from the stored run.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep.driver import run_sweep
+
+    result = run_sweep(args.config, storage_uri=args.storage, data_root=args.data,
+                       address=args.address, force_config=args.force_config,
+                       progress=False if args.no_progress else None)
+    done = sum(c["done"] for c in result.counts.values())
+    print(f"sweep finished in {result.wall_s:.0f} s: {done} units done, "
+          f"{len(result.failures)} failed; storage {result.storage}")
+    for key, err in sorted(result.failures.items()):
+        print(f"  FAILED {key}: {err}", file=sys.stderr)
+    report = result.report_path
+    if report:
+        print(f"report: {report}")
+    return 0 if result.ok else 1
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="progress of a sweep, from its storage alone")
+    p.add_argument("storage", help="the sweep's storage path or URI")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .sweep.driver import status
+
+    st = status(args.storage)
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    cols = ("planned", "pending", "running", "done", "failed")
+    print(f"{'stage':<10}" + "".join(f"{c:>9}" for c in cols))
+    for stage, c in st["stages"].items():
+        if c["planned"]:
+            print(f"{stage:<10}" + "".join(f"{c[k]:>9}" for k in cols))
+    for order, c in sorted(st["transfer_orders"].items()):
+        print(f"  transfers of order {order}: {c['planned']} groups planned, {c['done']} done, "
+              f"{c['failed']} failed")
+    for key, err in sorted(st["failures"].items()):
+        print(f"FAILED {key}: {err}")
+    return 0
+
+
+# --- solve ---------------------------------------------------------------------------------
+
+
+def _add_solve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("solve", help="the taxonomy (BIP) for a supervision budget, from a run's "
+                       "affinities or the published Taskonomy results")
+    p.add_argument("storage", nargs="?", help="a run's storage (reads affinities.parquet)")
+    p.add_argument("--published", metavar="CSV_OR_RESULTS_DIR",
+                   help="the published transfers.csv, or the results/ folder of a "
+                   "StanfordVL/taskonomy clone, instead of a run's storage")
+    p.add_argument("--budget", type=float, help="how many tasks may be supervised")
+    p.add_argument("--budgets", metavar="SPEC",
+                   help="solve a budget curve instead: '1-8' or '1,2,5'")
+    p.add_argument("--max-order", type=int, default=4, help="largest transfer order (default 4)")
+    p.add_argument("--regime", type=int, help="transfer training-set size (default: largest)")
+    p.add_argument("--targets", nargs="+", metavar="TASK", help="targets (default: all)")
+    p.add_argument("--sources", nargs="+", metavar="TASK",
+                   help="tasks that may be supervised (default: every task of the dictionary)")
+    p.add_argument("--importance", nargs="+", default=[], metavar="TASK=W",
+                   help="per-target importance (default 1)")
+    p.add_argument("--weight", default="sqrt_affinity",
+                   choices=("sqrt_affinity", "affinity", "quality", "gain"),  # taxonomy.WEIGHTS
+                   help="transfer weight in the objective (default: sqrt_affinity, as published)")
+    p.add_argument("--novel", nargs="+", default=[], metavar="TASK",
+                   help="targets that may not be supervised nor serve as sources")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="PNG", help="with --budgets: draw the budget curve")
+    p.add_argument("--dot", metavar="FILE", help="with --budget: write the taxonomy as DOT")
+    p.add_argument("--draw", metavar="PNG", help="with --budget: draw the taxonomy as PNG")
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    from . import published, taxonomy
+    from .errors import ConfigError
+
+    if (args.budget is None) == (args.budgets is None):
+        raise ConfigError("give --budget B (one taxonomy) or --budgets SPEC (a curve)")
+    if args.budget is None and (args.dot or args.draw):
+        raise ConfigError("--dot and --draw draw one taxonomy: use them with --budget")
+    if args.budgets is None and args.plot:
+        raise ConfigError("--plot draws a budget curve: use it with --budgets")
+    table = published.load_affinities(args.storage, args.published)
+    spec = taxonomy.ProblemSpec(
+        max_order=args.max_order, regime=args.regime,
+        targets=tuple(args.targets) if args.targets else None,
+        sources=tuple(args.sources) if args.sources else None,
+        importance=taxonomy.parse_importance(args.importance), weight=args.weight,
+        novel=tuple(args.novel))
+    problem = taxonomy.build_problem(table, spec)
+    if args.budget is not None:
+        result = taxonomy.solve(problem, args.budget)
+        print(json.dumps(result.to_json(), indent=1) if args.json
+              else taxonomy.format_taxonomy(result))
+        if args.dot or args.draw:
+            from . import plots
+
+            for path in filter(None, (args.dot and plots.write_dot(result, args.dot),
+                                      args.draw and plots.draw_taxonomy(result, args.draw))):
+                print(f"wrote {path}", file=sys.stderr)
+        return 0
+    curve = taxonomy.budget_curve(problem, taxonomy.parse_budgets(args.budgets))
+    print(json.dumps(taxonomy.curve_json(curve), indent=1) if args.json
+          else taxonomy.format_curve(curve))
+    if args.plot:
+        from . import plots
+
+        print(f"wrote {plots.plot_budget_curve(curve, args.plot)}", file=sys.stderr)
+    return 0
+
+
 # --- registry of commands ------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Handler]] = {
     "tasks": (_add_tasks, _run_tasks),
+    "sweep": (_add_sweep, _run_sweep),
+    "status": (_add_status, _run_status),
+    "solve": (_add_solve, _run_solve),
 }
 
 

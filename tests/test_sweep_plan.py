@@ -25,9 +25,9 @@ def test_full_dictionary_plans_22_targets_and_26_sources():
 def test_keys_are_deterministic_and_change_with_the_config():
     a = [u.key for u in plan.build(small())]
     assert a == [u.key for u in plan.build(small())]
-    b = {u.key for u in plan.build(small(gold={"steps": 7}))}
-    assert {k for k in a if k.startswith("gold-")}.isdisjoint(b)
-    assert {k for k in a if k.startswith("scratch-")} <= b  # scratch does not read gold settings
+    b = {u.key for u in plan.build(small(transfer={"steps": 7}))}
+    assert {k for k in a if k.startswith("transfer-")}.isdisjoint(b)
+    assert {k for k in a if k.startswith("gold-")} <= b  # gold does not read transfer settings
 
 
 def test_unknown_workflow_key_suggests_the_right_one():
@@ -38,6 +38,11 @@ def test_unknown_workflow_key_suggests_the_right_one():
 def test_target_without_gold_network_is_refused():
     with pytest.raises(ConfigError, match="not in `tasks`"):
         config.from_dict({"name": "t", "tasks": ["normal"], "targets": ["depth_zbuffer"]})
+
+
+def test_bad_network_section_is_refused_at_load_with_suggestion():
+    with pytest.raises(UnknownNameError, match="did you mean 'steps'"):
+        small(network={"train": {"step": 3}})
 
 
 def test_config_diff_names_what_changed():

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from .. import config as network_config
 from .. import tasks as registry
+from ..config import NetworkConfig
 from ..errors import ConfigError, unknown_name
 
 
@@ -100,10 +102,9 @@ class SweepConfig:
     max_order: int = 4
     beam: tuple[int, int, int] = (5, 5, 6)  # top-k first-order sources for orders 2, 3, 4
     seed: int = 0
-    model: dict[str, Any] = field(default_factory=dict)
-    gold: dict[str, Any] = field(default_factory=dict)
-    scratch: dict[str, Any] = field(default_factory=dict)
-    transfer: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)  # gold networks: preset + overrides
+    scratch: dict[str, Any] = field(default_factory=dict)  # overrides of `network` for scratch
+    transfer: dict[str, Any] = field(default_factory=dict)  # transfer training settings
     resources: Resources = field(default_factory=Resources)
     solve: SolveConfig = field(default_factory=SolveConfig)
 
@@ -126,6 +127,16 @@ class SweepConfig:
             raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
         if len(self.beam) != 3 or min(self.beam) < 2:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
+        self.gold_network()  # validate the sections now, not on a worker hours later
+        self.scratch_network()
+
+    def gold_network(self) -> NetworkConfig:
+        """The gold networks' model and training settings (preset `mini` unless named)."""
+        return network_config.from_dict(self.network)
+
+    def scratch_network(self) -> NetworkConfig:
+        """The scratch networks' settings: `network` with the `scratch` overrides on top."""
+        return network_config.from_dict(self.scratch, base=self.gold_network())
 
     @property
     def sources(self) -> tuple[str, ...]:

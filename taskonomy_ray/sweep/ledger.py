@@ -27,7 +27,7 @@ class UnitHistory:
 
     @property
     def state(self) -> str:
-        """`done`, `failed`, `running` (started, no end yet: running or interrupted) or `planned`."""
+        """`done`, `failed`, `running` (started, not ended: running or interrupted), `planned`."""
         return self.events[-1]["event"] if self.events else "planned"
 
     @property

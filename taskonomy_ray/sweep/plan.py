@@ -46,23 +46,23 @@ def _h(obj: Any) -> str:
 
 def gold_key(cfg: SweepConfig, task: str) -> str:
     """Key of `task`'s gold-standard network."""
-    return f"gold-{task}-{cfg.digest('data', 'model', 'gold', 'seed')}"
+    return f"gold-{task}-{cfg.digest('data', 'network', 'seed')}"
 
 
 def features_key(cfg: SweepConfig, source: str, imageset: str) -> str:
     """Key of one source's cached representations of one image set (`test` or `r<regime>`)."""
-    return f"features-{source}-{imageset}-{cfg.digest('data', 'model', 'gold', 'seed')}"
+    return f"features-{source}-{imageset}-{cfg.digest('data', 'network', 'seed')}"
 
 
 def beam_key(cfg: SweepConfig, target: str, regime: int) -> str:
     """Key of the beam search over `target`'s first-order results at `regime`."""
-    return f"beam-{target}-r{regime}-{cfg.digest('data', 'model', 'gold', 'transfer', 'seed')}"
+    return f"beam-{target}-r{regime}-{cfg.digest('data', 'network', 'transfer', 'seed')}"
 
 
 def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
                  source_sets: list[list[str]]) -> str:
     """Key of one fused group of transfers of one order into `target`."""
-    d = cfg.digest("data", "model", "gold", "transfer", "seed")
+    d = cfg.digest("data", "network", "transfer", "seed")
     return f"transfer-{target}-r{regime}-o{order}-{d}{_h(source_sets)}"
 
 
@@ -98,7 +98,7 @@ def build(cfg: SweepConfig) -> list[Unit]:
         key = gold_key(cfg, task)
         units.append(_unit("gold", key, {"task": task}, render,
                            [checkpoint_path(key), losses_path(key)]))
-    d_scratch = cfg.digest("data", "model", "scratch", "seed")
+    d_scratch = cfg.digest("data", "network", "scratch", "seed")
     for target in cfg.targets:
         for regime in cfg.regimes:
             key = f"scratch-{target}-r{regime}-{d_scratch}"

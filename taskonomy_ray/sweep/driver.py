@@ -1,0 +1,183 @@
+"""The sweep driver: resolve the config, guard the run, plan, run on Ray, summarise.
+
+`taskonomy-ray sweep` calls `run_sweep`; re-running it on the same storage resumes (done units are
+adopted from storage, half-trained networks resume from their last checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ConfigError, StorageError
+from ..tables import RUN_FILE, Storage
+from . import config as sweep_config
+from . import plan as planning
+from .scheduler import Scheduler
+
+PLAN_FILE = "plan.json"
+SUMMARY_FILE = "sweep.json"
+REPORT_INDEX = "report/index.html"
+
+
+@dataclass
+class SweepResult:
+    """How a sweep ended: unit counts per stage, failures, timings."""
+
+    storage: str
+    counts: dict[str, dict[str, int]]
+    failures: dict[str, str]
+    wall_s: float
+    stats: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """True when no unit failed."""
+        return not self.failures
+
+    @property
+    def report_path(self) -> str | None:
+        """The report's index.html, when the sweep wrote one."""
+        st = Storage(self.storage)
+        return st.path(REPORT_INDEX) if st.exists(REPORT_INDEX) else None
+
+
+def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = False) -> None:
+    """Write run.json, or check that an existing one has the same config (resume)."""
+    new = {"config": cfg.to_json(), "version": __version__}
+    if storage.exists(RUN_FILE):
+        old = storage.read_json(RUN_FILE)
+        changes = sweep_config.diff(old.get("config", {}), new["config"])
+        if changes and not force:
+            raise ConfigError(
+                f"storage {storage.uri} holds a run with another config; differences:\n  "
+                + "\n  ".join(changes)
+                + "\nUse another --storage for a new run, restore the old settings to resume, "
+                "or pass --force-config to resume with the new one (units whose keys change "
+                "are recomputed)."
+            )
+        if not changes:
+            return
+    storage.write_json(RUN_FILE, new)
+
+
+def outputs_exist(storage: Storage, unit: planning.Unit) -> bool:
+    """A unit is done when every output it promises is in storage."""
+    return all(storage.exists(o) for o in unit.outputs)
+
+
+def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
+    """The scheduler's expand hook: a finished beam unit adds its chosen higher orders."""
+
+    def expand(unit: planning.Unit) -> list[planning.Unit]:
+        if unit.stage != "beam":
+            return []
+        chosen = storage.read_json(unit.outputs[0])["chosen"]
+        return planning.expand_beam(cfg, unit, chosen)
+
+    return expand
+
+
+def make_context(cfg: sweep_config.SweepConfig, storage: Storage) -> dict[str, Any]:
+    """What every unit receives: storage URI, resolved config and absolute data root."""
+    root = cfg.data.root
+    if "://" not in root:
+        root = os.path.abspath(root)
+    return {"storage": storage.uri, "config": cfg.to_json(), "data_root": root}
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a Ray cluster (`--address`, RAY_ADDRESS) or start a local instance."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as e:
+        raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {e}; "
+                          "check --address / RAY_ADDRESS (and RAY_AUTH_MODE=token with a "
+                          "token-auth head)") from e
+
+
+def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
+              data_root: str | None = None, address: str | None = None,
+              force_config: bool = False, progress: bool | None = None,
+              execute=None) -> SweepResult:
+    """Run (or resume) a whole sweep; returns its summary. Failures are reported, not raised."""
+    from . import runner, units
+
+    cfg = sweep_config.load(config_path, data_root=data_root)
+    storage = Storage(storage_uri or f"runs/{cfg.name}")
+    storage.ensure_writable()
+    guard_run(storage, cfg, force_config)
+    connect(address)
+    t0 = time.time()
+    sched = Scheduler(planning.build(cfg), is_done=lambda u: outputs_exist(storage, u),
+                      expand=beam_expander(storage, cfg), retries=cfg.resources.retries)
+    ctx = make_context(cfg, storage)
+
+    def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:
+        if unit.stage == "beam":  # the plan grew: keep plan.json current for `status`
+            write_plan(storage, sched)
+
+    write_plan(storage, sched)
+    stats = runner.run(sched, ctx, execute or units.execute, units.options(cfg),
+                       stage_limits=units.stage_limits(cfg), progress=progress, on_done=on_done)
+    write_plan(storage, sched)
+    result = SweepResult(storage.uri, sched.counts(), sched.failures(), time.time() - t0,
+                         {"wall_s": stats.wall_s, "driver_s": stats.driver_s,
+                          "unit_s": stats.unit_s, "stage_span_s": {
+                              s: stats.last_end[s] - stats.first_start[s]
+                              for s in stats.first_start}})
+    storage.write_json(SUMMARY_FILE, {"counts": result.counts, "failures": result.failures,
+                                      "wall_s": result.wall_s, "stats": result.stats})
+    return result
+
+
+def write_plan(storage: Storage, sched: Scheduler) -> None:
+    """Record every planned unit, so `status` works from storage alone."""
+    storage.write_json(PLAN_FILE, {"units": [u.to_json() for u in sched.units.values()]})
+
+
+def status(storage_uri: str) -> dict[str, Any]:
+    """Per stage planned/running/done/failed, from storage alone (live or after a crash)."""
+    from . import ledger
+
+    storage = Storage(storage_uri)
+    if not storage.exists(PLAN_FILE):
+        raise StorageError(f"no sweep found in {storage_uri} ({PLAN_FILE} missing); start one "
+                           "with `taskonomy-ray sweep CONFIG --storage ...`")
+    units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
+    stages = {s: dict.fromkeys(("planned", "pending", "running", "done", "failed"), 0)
+              for s in planning.STAGES}
+    failures = {}
+    for u in units:
+        if outputs_exist(storage, u):
+            state = "done"
+        else:
+            h = ledger.history(storage, u.key)
+            # `running` also covers units of a driver that died: they resume on the next run.
+            state = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
+            if state == "failed":
+                failures[u.key] = h.last_error or ""
+        stages[u.stage]["planned"] += 1
+        stages[u.stage][state] += 1
+    orders: dict[str, dict[str, int]] = {}
+    for u in units:
+        if u.stage == "transfer":
+            o = orders.setdefault(str(u.params["order"]), {"planned": 0, "done": 0, "failed": 0})
+            o["planned"] += 1
+            o["done"] += outputs_exist(storage, u)
+            o["failed"] += u.key in failures
+    return {"storage": storage_uri, "stages": stages, "transfer_orders": orders,
+            "failures": failures}

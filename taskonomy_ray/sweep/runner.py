@@ -1,0 +1,151 @@
+"""The Ray runner: submits ready units as Ray tasks, collects them with `ray.wait`.
+
+A thin layer over `Scheduler`: all decisions live there. Each unit runs `run_unit` on a worker,
+which records its start, end or failure in the ledger itself, so a driver killed at any moment
+loses nothing: a rerun adopts every unit whose outputs exist.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from ..errors import TaskonomyError
+from ..tables import Storage
+from . import ledger
+from .plan import STAGES, Unit
+from .scheduler import Scheduler
+
+Execute = Callable[[Unit, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class RunStats:
+    """What the runner measured: wall time, unit time per stage, and the driver's own share."""
+
+    wall_s: float = 0.0
+    unit_s: dict[str, float] = field(default_factory=dict)
+    driver_s: float = 0.0  # time spent in the driver outside ray.wait (scheduling, bookkeeping)
+    first_start: dict[str, float] = field(default_factory=dict)
+    last_end: dict[str, float] = field(default_factory=dict)
+
+
+def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any]:
+    """Run one unit on a worker, recording its start, end or failure in the ledger."""
+    storage = Storage(ctx["storage"])
+    ledger.record(storage, unit.key, "started", attempt_of=unit.stage)
+    t0 = time.time()
+    try:
+        info = execute(unit, ctx) or {}
+    except BaseException as e:
+        ledger.record(storage, unit.key, "failed", error=f"{type(e).__name__}: {e}",
+                      deterministic=isinstance(e, TaskonomyError),
+                      traceback=traceback.format_exc(limit=8), seconds=time.time() - t0)
+        raise
+    missing = [o for o in unit.outputs if not storage.exists(o)]
+    if missing:
+        err = f"unit {unit.key} finished without writing {missing}"
+        ledger.record(storage, unit.key, "failed", error=err, deterministic=True)
+        raise TaskonomyError(err)
+    info = {**info, "seconds": time.time() - t0, "start": t0}
+    ledger.record(storage, unit.key, "done", **info)
+    return info
+
+
+def is_deterministic(err: BaseException) -> bool:
+    """Whether a unit's failure would recur on retry (our own errors do; crashes may not)."""
+    cause = getattr(err, "cause", None)
+    return isinstance(err, TaskonomyError) or isinstance(cause, TaskonomyError)
+
+
+def describe(err: BaseException) -> str:
+    """A one-line description of a unit's failure, the original error first."""
+    cause = getattr(err, "cause", None) or err
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause) else ''}"
+
+
+class Bars:
+    """One progress bar per stage (units done / total, rate, ETA); silent when not a TTY."""
+
+    def __init__(self, sched: Scheduler, enabled: bool | None = None) -> None:
+        on = sys.stderr.isatty() if enabled is None else enabled
+        self.bars = {s: tqdm(total=0, desc=f"{s:>9}", unit="unit", position=i, leave=True,
+                             disable=not on, dynamic_ncols=True) for i, s in enumerate(STAGES)}
+        self.update(sched)
+
+    def update(self, sched: Scheduler) -> None:
+        """Refresh totals and done counts from the scheduler."""
+        for stage, c in sched.counts().items():
+            bar = self.bars[stage]
+            bar.total = sum(c.values())
+            bar.n = c["done"] + c["failed"]
+            bar.set_postfix_str(f"running {c['running']} failed {c['failed']}", refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        """Close every bar."""
+        for bar in self.bars.values():
+            bar.close()
+
+
+def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
+        options: Callable[[Unit], dict[str, Any]], *, max_in_flight: int = 64,
+        stage_limits: dict[str, int] | None = None, progress: bool | None = None,
+        on_done: Callable[[Unit, dict[str, Any]], None] | None = None) -> RunStats:
+    """Drive `sched` to the end on the connected Ray cluster; returns what was measured."""
+    remote = ray.remote(run_unit)
+    stats = RunStats()
+    bars = Bars(sched, progress)
+    in_flight: dict[ray.ObjectRef, Unit] = {}
+    t_start = time.time()
+    try:
+        while True:
+            t0 = time.time()
+            running = Counter(u.stage for u in in_flight.values())
+            for unit in sched.ready():
+                if len(in_flight) >= max_in_flight:
+                    break
+                if running[unit.stage] >= (stage_limits or {}).get(unit.stage, max_in_flight):
+                    continue
+                running[unit.stage] += 1
+                sched.started(unit)
+                ref = remote.options(name=unit.key, **options(unit)).remote(unit, ctx, execute)
+                in_flight[ref] = unit
+            bars.update(sched)
+            stats.driver_s += time.time() - t0
+            if not in_flight:
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
+            t0 = time.time()
+            for ref in done:
+                unit = in_flight.pop(ref)
+                _collect(sched, unit, ref, stats, on_done)
+            stats.driver_s += time.time() - t0
+    finally:
+        bars.close()
+    stats.wall_s = time.time() - t_start
+    return stats
+
+
+def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
+             on_done: Callable[[Unit, dict[str, Any]], None] | None) -> None:
+    try:
+        info = ray.get(ref)
+    except Exception as e:  # a RayTaskError wraps the unit's own exception
+        sched.failed(unit, describe(e), transient=not is_deterministic(e))
+        return
+    sched.succeeded(unit)
+    stats.unit_s[unit.stage] = stats.unit_s.get(unit.stage, 0.0) + info.get("seconds", 0.0)
+    start, end = info.get("start", 0.0), info.get("start", 0.0) + info.get("seconds", 0.0)
+    stats.first_start[unit.stage] = min(stats.first_start.get(unit.stage, start), start)
+    stats.last_end[unit.stage] = max(stats.last_end.get(unit.stage, end), end)
+    if on_done is not None:
+        on_done(unit, info)

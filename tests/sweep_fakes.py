@@ -1,0 +1,30 @@
+"""A stand-in for the unit executors, for tests of the runner's mechanics (not of training).
+
+It writes each unit's promised outputs after an optional delay, so scheduling, the ledger,
+resumption and node failures can be exercised in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from taskonomy_ray.tables import Storage
+
+
+def fake_execute(unit, ctx):
+    storage = Storage(ctx["storage"])
+    knobs = storage.read_json("fake.json") if storage.exists("fake.json") else {}
+    time.sleep(knobs.get("seconds", 0.0))
+    if any(part in unit.key for part in knobs.get("fail", [])):
+        from taskonomy_ray.errors import TrainingError
+
+        raise TrainingError(f"unit {unit.key}: non-finite loss at step 3")
+    for out in unit.outputs:
+        if unit.stage == "beam":
+            srcs = [s for s in ctx["config"]["tasks"] if s != unit.params["target"]][:2]
+            storage.write_json(out, {"chosen": {"2": [srcs]}})
+        else:
+            storage.write_bytes(out, json.dumps({"unit": unit.key}).encode())
+    return {"pid": os.getpid()}

@@ -1,0 +1,95 @@
+"""The Ray runner's mechanics with stand-in units: ledger, resume, failures, status."""
+
+import json
+import textwrap
+
+import pytest
+import sweep_fakes
+from ray import cloudpickle
+
+from taskonomy_ray.errors import ConfigError
+from taskonomy_ray.sweep import driver, ledger, plan
+from taskonomy_ray.tables import Storage
+
+cloudpickle.register_pickle_by_value(sweep_fakes)
+pytestmark = pytest.mark.ray
+
+WORKFLOW = textwrap.dedent("""
+    name: fake
+    data: {root: DATA, render: {points: 4, views: 3, size: 32, buildings: 2}}
+    tasks: [normal, depth_zbuffer, reshading]
+    regimes: [8]
+    max_order: 2
+    resources: {gold_trainer: task, retries: 1}
+""")
+
+
+def workflow(tmp_path, **replace):
+    text = WORKFLOW.replace("DATA", str(tmp_path / "data"))
+    for k, v in replace.items():
+        text = text.replace(k, v)
+    path = tmp_path / "wf.yaml"
+    path.write_text(text)
+    return path
+
+
+def sweep(tmp_path, wf=None, **kw):
+    return driver.run_sweep(wf or workflow(tmp_path), storage_uri=str(tmp_path / "store"),
+                            execute=sweep_fakes.fake_execute, progress=False, **kw)
+
+
+def test_sweep_runs_every_unit_once_and_expands_the_beam(ray_session, tmp_path):
+    result = sweep(tmp_path)
+    assert result.ok, result.failures
+    st = Storage(str(tmp_path / "store"))
+    units = [plan.Unit.from_json(u) for u in st.read_json("plan.json")["units"]]
+    assert {u.params.get("order") for u in units if u.stage == "transfer"} == {1, 2}
+    for u in units:
+        assert ledger.history(st, u.key).completions == 1, u.key
+
+
+def test_rerun_recomputes_nothing(ray_session, tmp_path):
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    keys = [u["key"] for u in st.read_json("plan.json")["units"]]
+    before = {k: ledger.history(st, k).attempts for k in keys}
+    result = sweep(tmp_path)
+    assert result.ok
+    assert {k: ledger.history(st, k).attempts for k in keys} == before
+
+
+def test_resume_with_another_config_is_refused_naming_the_difference(ray_session, tmp_path):
+    sweep(tmp_path)
+    other = workflow(tmp_path, **{"regimes: [8]": "regimes: [16]"})
+    with pytest.raises(ConfigError, match=r"(?s)regimes: \[8\] -> \[16\].*--force-config"):
+        sweep(tmp_path, other)
+
+
+def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp_path):
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"fail": ["gold-reshading"]})
+    result = sweep(tmp_path)
+    assert not result.ok
+    bad = [k for k in result.failures if k.startswith("gold-reshading")]
+    assert bad and "non-finite loss" in result.failures[bad[0]]
+    assert ledger.history(st, bad[0]).attempts == 1  # not retried: it would fail again
+    assert result.counts["gold"]["done"] == 2
+    status = driver.status(str(tmp_path / "store"))
+    assert status["stages"]["gold"]["failed"] == 1
+    assert "non-finite loss" in status["failures"][bad[0]]
+
+
+def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
+    sweep(tmp_path)
+    st = driver.status(str(tmp_path / "store"))
+    assert st["stages"]["gold"] == {"planned": 3, "pending": 0, "running": 0, "done": 3,
+                                    "failed": 0}
+    assert st["transfer_orders"]["2"]["done"] == st["transfer_orders"]["2"]["planned"] > 0
+    json.dumps(st)
+
+
+def test_status_of_an_empty_path_says_how_to_start(tmp_path):
+    from taskonomy_ray.errors import StorageError
+
+    with pytest.raises(StorageError, match="taskonomy-ray sweep"):
+        driver.status(str(tmp_path))
