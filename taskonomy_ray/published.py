@@ -189,3 +189,14 @@ def load_plain_pickle(path: str | Path) -> dict[str, float]:
             raise DataError(f"{path}: entry {k!r}: {v!r} is not 'src__...__target': number")
         out[k] = float(v)
     return out
+
+
+def load_affinities(storage: str | None = None, published: str | Path | None = None) -> pa.Table:
+    """The affinities of a run's storage, or of the published results: exactly one of the two."""
+    if (storage is None) == (published is None):
+        raise DataError("give either a run STORAGE or --published CSV_OR_RESULTS_DIR (one of them)")
+    if published is not None:
+        return load_published(published)
+    from .tables import Storage
+
+    return Storage(str(storage)).read_affinities()

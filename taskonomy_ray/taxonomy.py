@@ -6,7 +6,6 @@ maximising the summed importance x transfer weight under a supervision budget.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
@@ -243,7 +242,7 @@ def solve(problem: Problem, budget: float, backend: str = DEFAULT_BACKEND) -> Ta
                           "targets (--targets)")
     chosen = frozenset(n for n in problem.supervisable if sup[n].varValue > 0.5)
     edges = [e for e, var in zip(problem.edges, pick) if var.varValue > 0.5]
-    return _taxonomy(problem, budget, chosen, edges)
+    return assemble(problem, budget, chosen, edges)
 
 
 def solve_taxonomy(affinities: pa.Table, spec: ProblemSpec, budget: float,
@@ -337,7 +336,7 @@ def _silence_highs_banner() -> None:
     _BANNER_SHOWN = True
 
 
-def _taxonomy(problem: Problem, budget: float, chosen: frozenset[str],
+def assemble(problem: Problem, budget: float, chosen: frozenset[str],
               edges: Sequence[Edge]) -> Taxonomy:
     """Assemble the result, scoring it exactly from the table (not the solver's float)."""
     by_target = {e.target: e for e in edges}
@@ -352,54 +351,76 @@ def _taxonomy(problem: Problem, budget: float, chosen: frozenset[str],
                     ordered, tuple(out))
 
 
-def evaluate_policy(problem: Problem, chosen: frozenset[str]) -> Taxonomy | None:
-    """The best taxonomy that supervises exactly `chosen` (None if some target is unserved)."""
-    best: dict[str, Edge] = {}
-    for e in problem.edges:
-        if set(e.sources) <= chosen and (e.target not in best or e.weight > best[e.target].weight):
-            best[e.target] = e
-    missing = [t for t in problem.targets if t not in best and
-               not (t in chosen and t in problem.supervision)]
-    if missing:
-        return None
-    edges = [best[t] for t in problem.targets if not (t in chosen and t in problem.supervision)]
-    cost = sum(problem.costs[n] for n in chosen)
-    return _taxonomy(problem, cost, chosen, edges)
+# --- command-line helpers: option parsing and readable output ----------------------------------
 
 
-def exhaustive_optimum(problem: Problem, budget: float, max_subsets: int = 500_000
-                       ) -> tuple[float, frozenset[str]]:
-    """Brute force over every affordable supervised set: the reference the BIP is tested against.
-
-    For a fixed supervised set S the best choice per target is independent: S's own score if the
-    target is in S, else its best transfer with all sources in S. Scoring is vectorised over the
-    subsets with bit masks. Returns (optimum, one optimal S); -inf if nothing is feasible.
-    """
-    names = list(problem.supervisable)
-    bit = {n: 1 << i for i, n in enumerate(names)}
-    subsets = _affordable(names, problem.costs, budget, max_subsets)
-    masks = np.array([sum(bit[n] for n in s) for s in subsets], dtype=np.int64)
-    score = np.zeros(len(masks))
-    for t in problem.targets:
-        into = [e for e in problem.edges if e.target == t]
-        emask = np.array([sum(bit[s] for s in e.sources) for e in into], dtype=np.int64)
-        w = np.array([e.weight for e in into])
-        usable = (masks[:, None] & emask[None, :]) == emask[None, :]
-        best = np.where(usable, w[None, :], -np.inf).max(axis=1) if into else \
-            np.full(len(masks), -np.inf)
-        if t in problem.supervision:
-            best = np.where(masks & bit[t], problem.supervision[t].weight, best)
-        score += problem.importance[t] * best
-    k = int(np.argmax(score))
-    return float(score[k]), frozenset(subsets[k])
+def parse_budgets(spec: str) -> list[float]:
+    """Budgets from '1-8' (inclusive range), '1,2,5' or a mix such as '1-3,8'."""
+    out: list[float] = []
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(float(b) for b in range(int(lo), int(hi) + 1))
+            else:
+                out.append(float(part))
+    except ValueError:
+        raise ConfigError(f"cannot read budgets {spec!r}; write e.g. '1-8' or '1,2,5'") from None
+    if not out or any(b < 0 for b in out):
+        raise ConfigError(f"budgets {spec!r}: give at least one budget, all >= 0")
+    return sorted(set(out))
 
 
-def _affordable(names: list[str], costs: Mapping[str, float], budget: float,
-                limit: int) -> list[tuple[str, ...]]:
-    cheapest = min(costs.values())
-    most = len(names) if cheapest <= 0 else min(len(names), int(budget // cheapest + 1e-9))
-    if sum(math.comb(len(names), k) for k in range(most + 1)) > limit:
-        raise SolverError(f"exhaustive search over {len(names)} tasks with budget {budget:g} is "
-                          f"too large (> {limit} subsets); use the BIP solver")
-    return [s for k in range(most + 1) for s in itertools.combinations(names, k)
-            if sum(costs[n] for n in s) <= budget + 1e-9]
+def parse_importance(items: Sequence[str]) -> dict[str, float]:
+    """Per-target importance from 'TASK=W' strings."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"cannot read importance {item!r}; write TASK=WEIGHT, "
+                              "e.g. normal=2")
+    return out
+
+
+def format_taxonomy(result: Taxonomy) -> str:
+    """A readable table of a solved taxonomy, for `taskonomy-ray solve`."""
+    head = (f"regime {result.regime}, budget {result.budget:g}, max order {result.max_order}, "
+            f"weight {result.weight}\nobjective {result.objective:.4f}, mean quality "
+            f"{result.quality:.3f}, mean gain {result.gain:.3f}\nsupervised "
+            f"({len(result.supervised)}): {', '.join(result.supervised)}\n")
+    rows = [("target", "served by", "weight", "affinity", "quality", "gain")]
+    for a in result.transfers:
+        rows.append((a.target, "(supervised)" if a.supervised else " + ".join(a.sources),
+                     f"{a.weight:.4f}", f"{a.affinity:.5f}", f"{a.quality:.3f}",
+                     f"{a.gain:.3f}"))
+    return head + "\n" + _columns(rows)
+
+
+def format_curve(curve: Sequence[Taxonomy]) -> str:
+    """A readable table of a budget curve: objective and mean win rates per budget."""
+    rows = [("budget", "objective", "quality", "gain", "supervised")]
+    rows += [(f"{t.budget:g}", f"{t.objective:.4f}", f"{t.quality:.3f}", f"{t.gain:.3f}",
+              ", ".join(t.supervised)) for t in curve]
+    first = curve[0] if curve else None
+    head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}\n\n"
+            if first else "")
+    return head + _columns(rows)
+
+
+def curve_json(curve: Sequence[Taxonomy]) -> dict[str, Any]:
+    """The `solve --budgets --json` object: one entry per budget."""
+    first = curve[0]
+    return {"regime": first.regime, "max_order": first.max_order, "weight": first.weight,
+            "curve": [{"budget": t.to_json()["budget"], "objective": t.objective,
+                       "quality": t.quality, "gain": t.gain, "supervised": list(t.supervised)}
+                      for t in curve]}
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1]
+                     for r in rows)
