@@ -1,0 +1,191 @@
+"""Mini-Taskonomy rendering, step 4: fixated points and the cameras that look at them.
+
+A point is a 3D surface point seen by a ray from free space; each of its views is a pinhole camera
+at another free position whose optical axis passes through the point, so the point projects at
+the image centre (the pairs and triples for pose, egomotion and point matching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from ..errors import DataError
+from .raycast import cast
+from .scene import Building, Room
+
+CAMERA_HEIGHT = (0.8, 1.9)  # metres above the floor
+WALL_MARGIN = 0.35  # cameras keep this far from walls (and `Room.blocked` keeps them off furniture)
+VIEW_DISTANCE = (1.2, 5.0)  # camera-to-point distance range
+FOV_RANGE = (np.deg2rad(45.0), np.deg2rad(75.0))
+MIN_FACING = 0.25  # cosine between the point's normal and the direction to the camera
+MAX_PITCH = np.deg2rad(65.0)
+ATTEMPTS = 200
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera: world position, world-from-camera rotation (Blender axes) and fov."""
+
+    position: np.ndarray  # (3,)
+    rotation: np.ndarray  # (3, 3) columns: camera x (right), y (up), z (backwards) in world
+    fov: float  # full field of view in radians, horizontal = vertical (square images)
+
+    def ray_dirs(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unit ray directions through pixel centres, camera (S*S, 3) and world (S*S, 3)."""
+        f = np.tan(self.fov / 2)
+        c = (np.arange(size) + 0.5 - size / 2) / (size / 2) * f
+        x, y = np.meshgrid(c, -c)  # row 0 is the top of the image
+        d = np.stack([x, y, -np.ones_like(x)], axis=-1).reshape(-1, 3)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        return d, d @ self.rotation.T
+
+
+@dataclass(frozen=True)
+class Point:
+    """A fixated point: where it is, its surface normal, its room and its views' cameras."""
+
+    index: int
+    location: np.ndarray
+    normal: np.ndarray
+    room: int
+    cameras: tuple[Camera, ...]
+
+
+def look_at(position: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """World-from-camera rotation of a camera at `position` looking at `target`, z up."""
+    f = target - position
+    f = f / np.linalg.norm(f)
+    x = np.cross(f, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    z = -f
+    y = np.cross(z, x)
+    c, s = np.cos(roll), np.sin(roll)
+    return np.stack([c * x + s * y, -s * x + c * y, z], axis=1)
+
+
+def _free(room: Room, p: np.ndarray) -> bool:
+    lo, hi = room.lo + WALL_MARGIN, room.hi - WALL_MARGIN
+    if not (lo[0] <= p[0] <= hi[0] and lo[1] <= p[1] <= hi[1]):
+        return False
+    b = room.blocked
+    return not np.any((b[:, 0] <= p[0]) & (p[0] <= b[:, 2]) & (b[:, 1] <= p[1]) & (p[1] <= b[:, 3]))
+
+
+def _free_position(rng: np.random.Generator, room: Room) -> np.ndarray | None:
+    for _ in range(20):
+        p = np.array([rng.uniform(room.lo[0], room.hi[0]), rng.uniform(room.lo[1], room.hi[1]),
+                      room.lo[2] + rng.uniform(*CAMERA_HEIGHT)])
+        if _free(room, p):
+            return p
+    return None
+
+
+def _surface_point(rng: np.random.Generator, room: Room) -> tuple[np.ndarray, np.ndarray] | None:
+    """A surface point hit by a ray from a free position.
+
+    The ray aims at a random primitive (60%) or along a random, mostly level direction, so
+    furniture, walls, floors and ceilings all get points.
+    """
+    o = _free_position(rng, room)
+    if o is None:
+        return None
+    centres, radii = room.geometry.bounding_spheres()
+    if len(centres) and rng.random() < 0.6:
+        k = int(rng.integers(len(centres)))
+        d = centres[k] + rng.uniform(-0.5, 0.5, 3) * radii[k] - o
+        d = d[None] / np.linalg.norm(d)
+    else:
+        yaw, pitch = rng.uniform(0, 2 * np.pi), rng.uniform(-0.7, 0.2)
+        d = np.array([[np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch), np.sin(pitch)]])
+    h = cast(room.geometry, o, d)
+    if not h.valid[0] or -(h.normal[0] @ d[0]) < MIN_FACING:
+        return None
+    return o + h.t[0] * d[0], h.normal[0]
+
+
+def _fixating_camera(rng: np.random.Generator, room: Room, point: np.ndarray,
+                     normal: np.ndarray) -> Camera | None:
+    """A camera from free space whose optical axis hits `point` unoccluded, facing its surface."""
+    p = _free_position(rng, room)
+    if p is None:
+        return None
+    to_cam = p - point
+    dist = float(np.linalg.norm(to_cam))
+    if not VIEW_DISTANCE[0] <= dist <= VIEW_DISTANCE[1] or normal @ to_cam / dist < MIN_FACING:
+        return None
+    if abs(np.arcsin(np.clip(-to_cam[2] / dist, -1, 1))) > MAX_PITCH:
+        return None
+    h = cast(room.geometry, p, (-to_cam / dist)[None])
+    if not h.valid[0] or abs(h.t[0] - dist) > 1e-6 * max(dist, 1.0):
+        return None  # something stands between the camera and the point
+    return Camera(p, look_at(p, point, float(rng.normal(0.0, np.deg2rad(4.0)))),
+                  float(rng.uniform(*FOV_RANGE)))
+
+
+def make_point(seed: int, building_index: int, building: Building, index: int,
+               views: int) -> Point:
+    """Point `index` of a building and its `views` cameras, from (seed, building, point, view)."""
+    room = building.rooms[_room_order(seed, building_index, len(building.rooms))[
+        index % len(building.rooms)]]
+    rng = np.random.default_rng([seed, building_index, index, 0x9])
+    for _ in range(ATTEMPTS):
+        found = _surface_point(rng, room)
+        if found is None:
+            continue
+        cams = []
+        for v in range(views):
+            vr = np.random.default_rng([seed, building_index, index, v, int(rng.integers(1 << 30))])
+            cam = next((c for c in (_fixating_camera(vr, room, *found) for _ in range(60))
+                        if c is not None), None)
+            if cam is None:
+                break
+            cams.append(cam)
+        if len(cams) == views:
+            return Point(index, found[0], found[1], room.index, tuple(cams))
+    raise DataError(f"{building.name} room {room.index} ({room.room_type}): found no point seen "
+                    f"by {views} cameras in {ATTEMPTS} tries; use fewer --views or another seed")
+
+
+def _room_order(seed: int, building_index: int, n_rooms: int) -> np.ndarray:
+    """Rooms in a per-building random order; point i goes to room order[i % n]: an even spread."""
+    return np.random.default_rng([seed, building_index, 0x7]).permutation(n_rooms)
+
+
+def layout_vector(room: Room, cam: Camera) -> np.ndarray:
+    """room_layout: the room box relative to the camera, 9 numbers.
+
+    Box centre (camera frame), size (x, y, z extents), and the camera-from-room rotation as
+    scipy 'xyz' Euler angles (radians).
+    """
+    r_cw = cam.rotation.T
+    centre = r_cw @ ((room.lo + room.hi) / 2 - cam.position)
+    angles = Rotation.from_matrix(r_cw).as_euler("xyz")
+    return np.concatenate([centre, room.hi - room.lo, angles])
+
+
+def vanishing_points(cam: Camera) -> np.ndarray:
+    """The Manhattan axes (world x, world y, up) in the camera frame, 9 numbers.
+
+    Sign convention: each horizontal axis points into the scene (camera-frame z <= 0; on a tie,
+    camera-frame x >= 0); the vertical axis is always world up.
+    """
+    axes = cam.rotation.T.copy()  # columns: world axes in the camera frame
+    for k in range(2):
+        a = axes[:, k]
+        flip = a[2] > 1e-9 or (abs(a[2]) <= 1e-9 and a[0] < 0)
+        axes[:, k] = -a if flip else a
+    return axes.T.reshape(-1)
+
+
+def project(cam: Camera, size: int, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (K, 2) as (column, row) and z-buffer depth (K,) of world points."""
+    pc = (points - cam.position) @ cam.rotation  # camera frame
+    z = -pc[:, 2]
+    f = (size / 2) / np.tan(cam.fov / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        col = size / 2 + f * pc[:, 0] / z
+        row = size / 2 - f * pc[:, 1] / z
+    return np.stack([col, row], axis=1), z
