@@ -1,0 +1,59 @@
+"""Step 1's models: the shared encoder, a decoder per output kind, per-image losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..tasks import TaskSpec, get_task
+from .decoders import build_decoder
+from .encoder import Encoder, random_encoder
+from .losses import per_image_loss
+
+__all__ = ["Encoder", "TaskNetwork", "build_task_network", "network_input", "per_image_loss",
+           "random_encoder", "represent"]
+
+
+def represent(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The representation of a batch: (B, 3, S, S) -> (B, 8, h, w).
+
+    Multi-view (B, V, 3, S, S) -> (B, 8V, h, w): the views' maps concatenated on channels (siamese).
+    """
+    if x.dim() == 5:
+        b, v = x.shape[:2]
+        rep = encoder(x.flatten(0, 1))  # (B*V, 8, h, w)
+        return rep.unflatten(0, (b, v)).flatten(1, 2)
+    return encoder(x)
+
+
+class TaskNetwork(nn.Module):
+    """Encoder plus `spec`'s decoder; the `random` task has no decoder and returns the map."""
+
+    def __init__(self, spec: TaskSpec, encoder: Encoder, decoder: nn.Module | None) -> None:
+        super().__init__()
+        self.spec, self.encoder, self.decoder = spec, encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rep = represent(self.encoder, x)
+        return rep if self.decoder is None else self.decoder(rep)
+
+
+def build_task_network(task: str, cfg: ModelConfig, channels: int, seed: int | None = None
+                       ) -> TaskNetwork:
+    """A fresh network for `task` with `channels` outputs (see `dataset.output_channels`).
+
+    `random` gets the fixed-seed frozen encoder; a `seed` makes any initialisation repeatable.
+    """
+    spec = get_task(task)
+    if spec.output == "none":
+        return TaskNetwork(spec, random_encoder(cfg, 0 if seed is None else seed), None)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return TaskNetwork(spec, Encoder(cfg), build_decoder(spec, channels, cfg))
+
+
+def network_input(spec: TaskSpec, batch: dict) -> torch.Tensor:
+    """What the task network sees: the derived input (noisy, grey, masked, tiles) or rgb."""
+    return batch.get(f"{spec.name}_input", batch["rgb"])

@@ -1,0 +1,336 @@
+"""Step 1's trainings as plain functions; Ray's runners only call these.
+
+Gold-standard and scratch task networks, their per-image test losses, and the encoders the
+transfer stage reads.
+
+Checkpoints go through a small `Hooks` object, so the same loop runs with a local directory
+(`LocalHooks`) or under Ray Train (hooks backed by `ray.train.report` / `ray.train.get_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import torch
+from torch import nn
+
+from . import tables
+from .config import ModelConfig, NetworkConfig, TrainConfig
+from .dataset import SplitConfig, TaskonomyDataset, batches, output_channels
+from .errors import ConfigError, TrainingError
+from .models import (
+    Encoder,
+    TaskNetwork,
+    build_task_network,
+    network_input,
+    per_image_loss,
+    represent,
+)
+from .models.encoder import random_encoder
+from .tasks import get_task
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+class Hooks(Protocol):
+    """Where a training loop keeps its checkpoints and sends its metrics.
+
+    `load()` returns the last saved state (or None: start fresh); `save(state, metrics)` keeps a
+    checkpoint (a dict of tensors and plain values, see `_state`) together with the metrics of
+    that step; `report(metrics)` sends metrics without a checkpoint. A Ray Train runner
+    implements `save` as `ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))`
+    after `torch.save(state, d / "checkpoint.pt")`, and `load` from `ray.train.get_checkpoint()`.
+    """
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None: ...
+
+    def report(self, metrics: dict[str, Any]) -> None: ...
+
+
+class LocalHooks:
+    """Checkpoints in a local directory, metrics appended to `metrics.jsonl`.
+
+    `checkpoint.pt` is replaced atomically; with no directory nothing is kept.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.dir = Path(directory) if directory is not None else None
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none yet."""
+        if self.dir is None or not (self.dir / CHECKPOINT_FILE).exists():
+            return None
+        return load_checkpoint(self.dir / CHECKPOINT_FILE)
+
+    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Replace the checkpoint atomically and log the metrics."""
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".ckpt.", suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, self.dir / CHECKPOINT_FILE)
+        self.report(metrics)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Append one JSON line of metrics."""
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(self.dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+@dataclass
+class TrainResult:
+    """What a training returns: the network, its per-image test losses and its loss curve."""
+
+    network: TaskNetwork
+    losses: pa.Table | None  # LOSSES_SCHEMA rows, one per test image (None for `random`)
+    history: list[float] = field(default_factory=list)  # training loss per step
+    steps: int = 0
+    seconds: float = 0.0
+    train_images: int = 0
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by `Hooks.save`, on the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise TrainingError(f"cannot read checkpoint {path}: {e}; delete it to restart the "
+                            "unit from scratch") from e
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """The device of `cfg.device` (auto: CUDA when available)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto'")
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
+    on = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimiser == "sgd":
+        return torch.optim.SGD(params, cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimiser == "adamw" else torch.optim.Adam
+    return cls(params, cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _forever(data: TaskonomyDataset, cfg: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
+    """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch)."""
+    drop = len(data) > cfg.batch_size  # keep batch norm away from one-image batches
+    while True:
+        yield from batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
+                           num_workers=cfg.num_workers, drop_last=drop)
+        epoch += 1
+
+
+def _state(net: TaskNetwork, opt: torch.optim.Optimizer, step: int, history: list[float],
+           model: ModelConfig, channels: int) -> dict[str, Any]:
+    return {"task": net.spec.name, "model": asdict(model), "channels": channels, "step": step,
+            "history": list(history), "network": net.state_dict(), "optimiser": opt.state_dict()}
+
+
+def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, *,
+                  hooks: Hooks | None = None, unit: str = "", channels: int = 0
+                  ) -> tuple[list[float], int]:
+    """Train `net` on `data` for `cfg.train.steps` steps, resuming from `hooks.load()`.
+
+    Parameters with requires_grad=False (a frozen encoder) stay fixed. Returns the loss per step
+    (including steps before a resume) and the number of steps run in this call.
+    """
+    tc, spec, hooks = cfg.train, net.spec, hooks or LocalHooks()
+    device = resolve_device(tc)
+    net.to(device)
+    if tc.channels_last:
+        net.to(memory_format=torch.channels_last)
+    opt = _optimiser(net.parameters(), tc)
+    step, history, saved = 0, [], hooks.load()
+    if saved is not None:
+        net.load_state_dict(saved["network"])
+        opt.load_state_dict(saved["optimiser"])
+        step, history = int(saved["step"]), list(saved["history"])
+    start = step
+    torch.manual_seed(tc.seed + step)
+    it = _forever(data, tc, epoch=step * tc.batch_size // max(1, len(data)))
+    net.train()
+    if not any(p.requires_grad for p in net.encoder.parameters()):
+        net.encoder.eval()  # a frozen encoder keeps its batch-norm statistics too
+    while step < tc.steps:
+        batch = next(it)
+        with _autocast(tc, device):
+            pred = net(_to(network_input(spec, batch), device, tc.channels_last))
+        loss = per_image_loss(spec, pred, batch).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"unit {unit or spec.name}: the {spec.name} loss became "
+                                f"{float(loss.detach())} at step {step}; lower train.lr or "
+                                "check the labels")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        history.append(float(loss.detach()))
+        metrics = {"unit": unit, "task": spec.name, "step": step, "loss": history[-1]}
+        if step == tc.steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+            hooks.save(_state(net, opt, step, history, cfg.model, channels), metrics)
+        elif step % tc.log_every == 0:
+            hooks.report(metrics)
+    return history, step - start
+
+
+@torch.no_grad()
+def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
+                   ) -> tuple[list[str], torch.Tensor]:
+    """(image ids, per-image losses) of `net` on every sample of `data`, in eval mode."""
+    device = resolve_device(cfg)
+    net.to(device).eval()
+    images: list[str] = []
+    losses: list[torch.Tensor] = []
+    for batch in batches(data, cfg.eval_batch_size, num_workers=cfg.num_workers):
+        with _autocast(cfg, device):
+            pred = net(_to(network_input(net.spec, batch), device, cfg.channels_last))
+        losses.append(per_image_loss(net.spec, pred, batch, deterministic=True).cpu())
+        images += list(batch["image"])
+    return images, torch.cat(losses) if losses else torch.zeros(0)
+
+
+def _datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
+              on_bad_file: str, **train_kw: Any) -> tuple[TaskonomyDataset, TaskonomyDataset]:
+    kw = {"size": cfg.model.image_size, "jigsaw_classes": cfg.model.jigsaw_classes,
+          "on_bad_file": on_bad_file, "splits": splits}
+    train = TaskonomyDataset(root, [task], **{"split": "train", **kw, **train_kw})
+    return train, TaskonomyDataset(root, [task], split="test", **kw)
+
+
+def _channels(task: str, root: str | Path, model: ModelConfig) -> int:
+    return output_channels(task, root, jigsaw_classes=model.jigsaw_classes,
+                           embedding_dim=model.embedding_dim)
+
+
+def _run(task: str, root: str | Path, cfg: NetworkConfig, *, kind: str, sources: list[str],
+         unit: str, hooks: Hooks | None, splits: SplitConfig, on_bad_file: str,
+         encoder: Encoder | None = None, **train_kw: Any) -> TrainResult:
+    """Build, train and evaluate one network: the shared body of gold, scratch and baselines."""
+    t0 = time.perf_counter()
+    spec = get_task(task)
+    channels = _channels(task, root, cfg.model)
+    net = build_task_network(task, cfg.model, channels, seed=cfg.train.seed)
+    if spec.output == "none":  # the random encoder: saved, never trained, nothing to score
+        (hooks or LocalHooks()).save({"task": task, "model": asdict(cfg.model), "channels": 0,
+                                      "step": 0, "history": [], "network": net.state_dict()},
+                                     {"unit": unit, "task": task, "step": 0})
+        return TrainResult(net, None, seconds=time.perf_counter() - t0)
+    if encoder is not None:  # a frozen given encoder (the random-encoder baseline)
+        net.encoder = encoder
+    train, test = _datasets(task, root, cfg, splits, on_bad_file, **train_kw)
+    history, steps = train_network(net, train, cfg, hooks=hooks, unit=unit, channels=channels)
+    images, losses = predict_losses(net, test, cfg.train)
+    table = tables.losses_table(unit, kind, task, sources, len(train), images, losses.numpy())
+    return TrainResult(net, table, history, steps, time.perf_counter() - t0, len(train))
+
+
+def train_gold(task: str, data_root: str | Path, cfg: NetworkConfig, *,
+               hooks: Hooks | None = None, ckpt_dir: str | Path | None = None,
+               splits: SplitConfig | None = None, unit: str | None = None,
+               on_bad_file: str = "error") -> TrainResult:
+    """The gold-standard network of `task`, trained on the training split.
+
+    Scored per image on the test split (kind `gold`, sources ["self"]); resumes from `hooks` (or
+    `ckpt_dir`), whose last save holds the finished network.
+    """
+    hooks = hooks or LocalHooks(ckpt_dir)
+    return _run(task, data_root, cfg, kind="gold", sources=["self"], unit=unit or f"gold-{task}",
+                hooks=hooks, splits=splits or SplitConfig(), on_bad_file=on_bad_file)
+
+
+def train_scratch(target: str, regime: int, data_root: str | Path, cfg: NetworkConfig, *,
+                  hooks: Hooks | None = None, ckpt_dir: str | Path | None = None,
+                  splits: SplitConfig | None = None, subset_seed: int = 0,
+                  unit: str | None = None, on_bad_file: str = "error") -> TrainResult:
+    """The scratch network of (target, regime), the Gain baseline.
+
+    The same architecture trained from pixels on the regime's subset of the validation split
+    (kind `scratch`, sources ["pixels"]).
+    """
+    if get_task(target).source_only:
+        raise ConfigError(f"{target!r} is source-only and has no scratch network")
+    return _run(target, data_root, cfg, kind="scratch", sources=["pixels"],
+                unit=unit or f"scratch-{target}-{regime}", hooks=hooks or LocalHooks(ckpt_dir),
+                splits=splits or SplitConfig(), on_bad_file=on_bad_file, split="val",
+                subset=regime, subset_seed=subset_seed)
+
+
+def train_random_decoder(task: str, data_root: str | Path, cfg: NetworkConfig, *,
+                         splits: SplitConfig | None = None, seed: int = 0,
+                         unit: str | None = None) -> TrainResult:
+    """A baseline: the fixed-seed random encoder, frozen, with `task`'s decoder trained.
+
+    Trained on the training split, scored on the test split (kind `transfer`, sources ["random"]).
+    """
+    return _run(task, data_root, cfg, kind="transfer", sources=["random"],
+                unit=unit or f"random-{task}", hooks=None, splits=splits or SplitConfig(),
+                on_bad_file="error", encoder=random_encoder(cfg.model, seed))
+
+
+def load_encoder(checkpoint: str | Path | dict[str, Any]) -> Encoder:
+    """The frozen encoder of a task network's checkpoint (a path or a loaded state)."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    try:
+        model = ModelConfig(**state["model"])
+        weights = {k[len("encoder."):]: v for k, v in state["network"].items()
+                   if k.startswith("encoder.")}
+        enc = Encoder(model)
+        enc.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise TrainingError(f"checkpoint of {state.get('task', '?')} holds no usable encoder "
+                            f"({e}); re-run its gold training") from e
+    enc.eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
+@torch.no_grad()
+def encode(encoder: nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
+           batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Representations (N, 8, h, w) of images (N, 3, S, S), computed in batches.
+
+    `images` may also be an iterable of batches (a loader); view groups (N, V, 3, S, S) give
+    (N, 8V, h, w). The result is on the CPU.
+    """
+    encoder.eval().to(device)
+    chunks = (images.split(batch_size) if isinstance(images, torch.Tensor) else images)
+    out = [represent(encoder, x.to(device)).float().cpu() for x in chunks]
+    if not out:
+        raise TrainingError("encode() got no images")
+    return torch.cat(out)
+
+
+__all__ = ["Hooks", "LocalHooks", "TrainResult", "encode", "load_encoder",
+           "predict_losses", "train_gold", "train_network", "train_random_decoder",
+           "train_scratch"]
