@@ -146,8 +146,11 @@ def edge_weight(kind: str, affinity: float, quality: float, gain: float) -> floa
     return {"affinity": affinity, "quality": quality, "gain": gain}[kind]
 
 
-def build_problem(affinities: pa.Table, spec: ProblemSpec) -> Problem:
-    """Validate `spec` against an affinities table and collect the candidate edges."""
+def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -> Problem:
+    """Validate `spec` against an affinities table and collect the candidate edges.
+
+    `prune` drops dominated transfers (see `undominated`), which never changes the optimum.
+    """
     rows = check_schema(affinities, AFFINITIES_SCHEMA, "affinities").to_pylist()
     if not rows:
         raise SolverError("the affinities table is empty; compute affinities first")
@@ -162,7 +165,8 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec) -> Problem:
     for name in set(novel) - set(targets):
         targets.append(name)
     default_sources = [n for n in tasks.task_names() if n in mentioned]
-    sources = _names(spec.sources, known, "source") if spec.sources else default_sources
+    chosen = set(_names(spec.sources, known, "source")) if spec.sources else None
+    sources = [n for n in known if n in chosen] if chosen is not None else default_sources
     supervisable = tuple(n for n in sources if n not in novel)
     if not supervisable:
         raise SolverError("no task may be supervised (all are novel); allow some with --sources")
@@ -179,12 +183,35 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec) -> Problem:
             raise SolverError(f"target {t!r} cannot be supervised and no transfer of order <= "
                               f"{spec.max_order} reaches it from the allowed sources; allow more "
                               "sources (--sources) or raise --max-order")
+    if prune:
+        edges = undominated(edges)
     order = {n: i for i, n in enumerate(tasks.task_names())}
     ordered = tuple(sorted(dict.fromkeys(targets), key=lambda n: (order.get(n, len(order)), n)))
     return Problem(regime, spec.max_order, spec.weight, ordered, supervisable,
                    {n: float(spec.costs.get(n, 1.0)) for n in supervisable},
                    {t: float(spec.importance.get(t, 1.0)) for t in ordered},
                    supervision, tuple(edges))
+
+
+def undominated(edges: Sequence[Edge]) -> list[Edge]:
+    """Drop each transfer that another transfer into the same target dominates.
+
+    f dominates e when f's sources are a subset of e's and f weighs at least as much (ties go to
+    fewer sources, then to the first listed): whenever e's sources are supervised so are f's,
+    so swapping e for f never lowers the objective. Fewer variables, same optimum.
+    """
+    by_target: dict[str, list[tuple[int, Edge]]] = {}
+    for i, e in enumerate(edges):
+        by_target.setdefault(e.target, []).append((i, e))
+
+    def beats(i: int, f: Edge, j: int, e: Edge) -> bool:
+        if not set(f.sources) <= set(e.sources) or i == j:
+            return False
+        return (f.weight, -len(f.sources), -i) > (e.weight, -len(e.sources), -j)
+
+    keep = {j for group in by_target.values() for j, e in group
+            if not any(beats(i, f, j, e) for i, f in group)}
+    return [e for j, e in enumerate(edges) if j in keep]
 
 
 def _pick_regime(regimes: list[int], wanted: int | None) -> int:
@@ -270,16 +297,22 @@ def _model(problem: Problem, maximise: bool
            ) -> tuple[pulp.LpProblem, dict[str, pulp.LpVariable], list[pulp.LpVariable]]:
     """Variables and structural constraints: one way to serve each target, sources supervised."""
     model = pulp.LpProblem("taxonomy", pulp.LpMaximize if maximise else pulp.LpMinimize)
-    sup = {n: pulp.LpVariable(f"s{i}", cat=pulp.LpBinary)
+    sup = {n: model.add_variable(f"s{i}", cat=pulp.LpBinary)
            for i, n in enumerate(problem.supervisable)}
-    pick = [pulp.LpVariable(f"x{j}", cat=pulp.LpBinary) for j in range(len(problem.edges))]
+    pick = [model.add_variable(f"x{j}", cat=pulp.LpBinary) for j in range(len(problem.edges))]
     into: dict[str, list[pulp.LpVariable]] = {t: [] for t in problem.targets}
+    using: dict[tuple[str, str], list[pulp.LpVariable]] = {}
     objective = []
     for edge, var in zip(problem.edges, pick):
         into[edge.target].append(var)
         objective.append(problem.importance[edge.target] * edge.weight * var)
-        for s in edge.sources:  # a transfer needs every one of its sources supervised
-            model += var <= sup[s]
+        for s in edge.sources:
+            using.setdefault((edge.target, s), []).append(var)
+    # A transfer needs every one of its sources supervised. As a target takes at most one
+    # transfer, the transfers into t that use s can share one constraint: sum x_e <= s_s.
+    # Equivalent for 0/1 values, and a tighter LP relaxation than one x_e <= s_s per edge.
+    for (_, s), vars_ in using.items():
+        model += pulp.lpSum(vars_) <= sup[s]
     for t in problem.targets:
         served = [*into[t]]
         if t in problem.supervision:
