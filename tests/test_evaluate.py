@@ -1,0 +1,77 @@
+"""Evaluation (step 5): per-target win rates, means, and significance against random policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_taxonomy import SMALL
+
+from taskonomy_ray import evaluate, published, taxonomy
+from taskonomy_ray.errors import ConfigError, SolverError
+
+
+@pytest.fixture(scope="module")
+def pub_problem(published_csv):
+    table = published.read_published_csv(published_csv)
+    return taxonomy.build_problem(table, taxonomy.ProblemSpec(max_order=3, regime=16000))
+
+
+def test_target_scores_and_means_come_from_the_table():
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec())
+    result = taxonomy.solve(problem, 1)
+    rows = evaluate.target_scores(result)
+    assert [r["target"] for r in rows] == list(problem.targets)
+    assert all(r["gain"] == 0.6 and r["quality"] == 0.3 for r in rows)  # SMALL's constants
+    m = evaluate.means(result)
+    assert m == {"gain": pytest.approx(0.6), "quality": pytest.approx(0.3), "targets": 3}
+    only = evaluate.means(result, transfers_only=True)
+    assert only["targets"] == 2  # normal is supervised
+
+
+def test_random_policies_are_feasible_and_within_budget():
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(max_order=2))
+    scores = evaluate.random_policies(problem, 1, n=200, seed=1)
+    assert scores.shape == (200, 3)
+    optimum = taxonomy.solve(problem, 1).objective
+    assert np.all(scores[:, 0] <= optimum + 1e-12)  # nothing beats the proven optimum
+    assert len(np.unique(scores[:, 0].round(12))) > 1  # and they do vary
+
+
+def test_random_policies_are_reproducible_from_the_seed():
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec())
+    a = evaluate.random_policies(problem, 2, n=50, seed=7)
+    b = evaluate.random_policies(problem, 2, n=50, seed=7)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_taxonomy_beats_random_policies_on_published_data(pub_problem):
+    # The paper's significance test: the taxonomy against random feasible policies of the same
+    # budget. The optimum of the objective can never fall below any of them.
+    result = taxonomy.solve(pub_problem, 4)
+    sig = evaluate.significance(pub_problem, result, n=300, seed=0)
+    assert sig["objective"].percentile > 99.0
+    assert sig["objective"].p_value < 0.01
+    assert np.all(sig["objective"].random <= result.objective + 1e-12)
+    summary = sig["gain"].to_json()
+    assert summary["n"] == 300 and 0 <= summary["random_mean"] <= 1
+
+
+def test_impossible_random_sampling_and_bad_counts_are_clear_errors():
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(novel=("reshading",)))
+    with pytest.raises(SolverError, match="raise the budget"):
+        evaluate.random_policies(problem, 0, n=5)
+    with pytest.raises(ConfigError):
+        evaluate.random_policies(problem, 1, n=0)
+
+
+def test_exhaustive_search_refuses_problems_too_large_to_enumerate(pub_problem):
+    with pytest.raises(SolverError, match="too large"):
+        evaluate.exhaustive_optimum(pub_problem, 12, max_subsets=1000)
+
+
+def test_evaluate_policy_scores_a_given_supervised_set():
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(max_order=2))
+    policy = evaluate.evaluate_policy(problem, frozenset({"normal", "depth_zbuffer"}))
+    assert policy is not None
+    assert policy.objective == pytest.approx(taxonomy.solve(problem, 2).objective)
+    assert evaluate.evaluate_policy(problem, frozenset()) is None  # nothing supervised
