@@ -1,0 +1,106 @@
+"""`taskonomy-ray solve`: the DESIGN.md contract on stored and published affinities."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_taxonomy import SMALL
+
+from taskonomy_ray import cli, evaluate, published, tables, taxonomy
+
+
+def _solve(capsys, *argv):
+    code = cli.main(["solve", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_done_when_command_prints_the_proven_optimum_as_clean_json(published_csv):
+    # A fresh process, so stdout must hold only the JSON (no solver banner).
+    cmd = [sys.executable, "-m", "taskonomy_ray", "solve", "--published", str(published_csv),
+           "--regime", "16000", "--budget", "4", "--max-order", "3", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(proc.stdout)
+    assert {"regime", "budget", "max_order", "objective", "supervised", "transfers", "quality",
+            "gain"} <= set(out)
+    assert (out["regime"], out["budget"], out["max_order"]) == (16000, 4, 3)
+    assert len(out["supervised"]) <= 4 and len(out["transfers"]) == 22
+    for entry in out["transfers"]:
+        assert set(entry) >= {"target", "sources", "supervised", "weight", "affinity",
+                              "quality", "gain"}
+        assert entry["supervised"] == (entry["target"] in out["supervised"])
+    full = taxonomy.build_problem(published.read_published_csv(published_csv),
+                                  taxonomy.ProblemSpec(max_order=3, regime=16000), prune=False)
+    best, _ = evaluate.exhaustive_optimum(full, 4)
+    assert out["objective"] == pytest.approx(best, abs=1e-9)
+
+
+def test_solve_reads_a_run_storage(tmp_path, capsys):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 1, "--json")
+    assert code == 0
+    assert json.loads(out)["supervised"] == ["normal"]
+
+
+def test_solve_without_json_prints_a_readable_table(tmp_path, capsys):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 2, "--importance", "reshading=3")
+    assert code == 0
+    assert out.splitlines()[0].startswith("regime 1000, budget 2")
+    assert "served by" in out and "(supervised)" in out
+
+
+def test_budget_curve_prints_json_and_writes_a_plot(tmp_path, capsys):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    png = tmp_path / "curve.png"
+    code, out, err = _solve(capsys, tmp_path, "--budgets", "1-3", "--json", "--plot", png)
+    assert code == 0
+    curve = json.loads(out)["curve"]
+    assert [p["budget"] for p in curve] == [1, 2, 3]
+    assert {"objective", "quality", "gain"} <= set(curve[0])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in err
+
+
+def test_taxonomy_is_written_as_dot_and_drawn_without_graphviz(tmp_path, capsys):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    dot, png = tmp_path / "t.dot", tmp_path / "t.png"
+    code, _, _ = _solve(capsys, tmp_path, "--budget", 2, "--max-order", 2, "--dot", dot,
+                        "--draw", png)
+    assert code == 0
+    text = dot.read_text()
+    assert text.startswith("digraph taxonomy {")
+    assert '"hyperedge_reshading" [shape=point' in text  # the 2nd-order transfer
+    assert "(supervised)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_published_results_folder_and_target_options(published_csv, tmp_path, capsys):
+    from test_published import _results_dir
+
+    results = _results_dir(published_csv, tmp_path)
+    code, out, _ = _solve(capsys, "--published", results, "--regime", 1000, "--budget", 2,
+                          "--targets", "normal", "reshading", "depth_zbuffer", "--sources",
+                          "normal", "reshading", "depth_zbuffer", "--json")
+    assert code == 0
+    out = json.loads(out)
+    assert out["regime"] == 1000 and set(out["supervised"]) <= {"normal", "reshading",
+                                                                 "depth_zbuffer"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "1"], "either a run STORAGE or --published"),
+    (["STORE", "--published", "x.csv", "--budget", "1"], "either a run STORAGE"),
+    (["STORE"], "--budget B"),
+    (["STORE", "--budgets", "1-2", "--draw", "x.png"], "use them with --budget"),
+    (["STORE", "--budget", "1", "--plot", "x.png"], "use it with --budgets"),
+    (["STORE", "--budget", "0"], "smallest budget"),
+    (["STORE", "--budget", "1", "--importance", "normal"], "TASK=WEIGHT"),
+    (["STORE", "--budget", "1", "--targets", "normals"], "did you mean 'normal'"),
+])
+def test_bad_invocations_exit_2_with_the_fix(tmp_path, capsys, argv, message):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, _, err = _solve(capsys, *[str(tmp_path) if a == "STORE" else a for a in argv])
+    assert code == 2 and message in err
