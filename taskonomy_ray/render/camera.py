@@ -107,8 +107,12 @@ def _surface_point(rng: np.random.Generator, room: Room) -> tuple[np.ndarray, np
 
 
 def _fixating_camera(rng: np.random.Generator, room: Room, point: np.ndarray,
-                     normal: np.ndarray) -> Camera | None:
-    """A camera from free space whose optical axis hits `point` unoccluded, facing its surface."""
+                     normal: np.ndarray, size: int) -> Camera | None:
+    """A camera from free space whose optical axis hits `point` unoccluded, facing its surface.
+
+    The four pixels around the image centre must see the point's own surface too, so the point
+    is at the centre of a `size` x `size` image and not on a sliver at an object's edge.
+    """
     p = _free_position(rng, room)
     if p is None:
         return None
@@ -118,15 +122,22 @@ def _fixating_camera(rng: np.random.Generator, room: Room, point: np.ndarray,
         return None
     if abs(np.arcsin(np.clip(-to_cam[2] / dist, -1, 1))) > MAX_PITCH:
         return None
-    h = cast(room.geometry, p, (-to_cam / dist)[None])
+    cam = Camera(p, look_at(p, point, float(rng.normal(0.0, np.deg2rad(4.0)))),
+                 float(rng.uniform(*FOV_RANGE)))
+    half = np.tan(cam.fov / 2) / size  # half a pixel, in the image plane at unit depth
+    d = np.array([[0, 0, -1.0], [-half, -half, -1], [half, -half, -1], [-half, half, -1],
+                  [half, half, -1]])
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    h = cast(room.geometry, p, d @ cam.rotation.T)
     if not h.valid[0] or abs(h.t[0] - dist) > 1e-6 * max(dist, 1.0):
         return None  # something stands between the camera and the point
-    return Camera(p, look_at(p, point, float(rng.normal(0.0, np.deg2rad(4.0)))),
-                  float(rng.uniform(*FOV_RANGE)))
+    if (h.surface[1:] != h.surface[0]).any():
+        return None  # the point sits on an edge at this resolution
+    return cam
 
 
 def make_point(seed: int, building_index: int, building: Building, index: int,
-               views: int) -> Point:
+               views: int, size: int) -> Point:
     """Point `index` of a building and its `views` cameras, from (seed, building, point, view)."""
     room = building.rooms[_room_order(seed, building_index, len(building.rooms))[
         index % len(building.rooms)]]
@@ -138,7 +149,7 @@ def make_point(seed: int, building_index: int, building: Building, index: int,
         cams = []
         for v in range(views):
             vr = np.random.default_rng([seed, building_index, index, v, int(rng.integers(1 << 30))])
-            cam = next((c for c in (_fixating_camera(vr, room, *found) for _ in range(60))
+            cam = next((c for c in (_fixating_camera(vr, room, *found, size) for _ in range(60))
                         if c is not None), None)
             if cam is None:
                 break

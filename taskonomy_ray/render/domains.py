@@ -19,7 +19,7 @@ from .shading import View
 # A 1-pixel line blurred by a Gaussian of sigma s peaks at 1/(sqrt(2 pi) s): rescaled to 1.
 EDGE_BLUR = 0.7
 CANNY_LOW, CANNY_HIGH = 0.05, 0.12
-OCCLUSION_STRETCH = 2.0  # a gap this many pixel footprints wide is a depth discontinuity
+OCCLUSION_STRETCH = 1.0  # a step over this many pixel footprints is a discontinuity
 HARRIS_SCALE = 0.15  # Harris response mapped to 1 - exp(-r / scale)
 NORMAL_SPREAD_SCALE = 0.08  # second eigenvalue of the local normal covariance mapped likewise
 MAX_SEGMENTS = 256  # segment ids are stored in 8 bits
@@ -60,7 +60,7 @@ def occlusion_mask(view: View, fov: float) -> np.ndarray:
     size = view.rgb.shape[0]
     t, valid = view.depth_euclidean.astype(np.float64), view.valid
     cos_inc = np.abs(view.reshading.astype(np.float64))
-    foot = t * (fov / size) / np.maximum(cos_inc, 0.1)
+    foot = t * (fov / size) / np.maximum(cos_inc, 0.15)
     out = np.zeros((size, size), bool)
     for axis in (0, 1):
         a = [slice(None), slice(None)]

@@ -161,6 +161,7 @@ def _shell(g: Geometry, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.nd
     """Exit distance (N,) through the inside of the shell and the face id (0..5)."""
     inv = _safe_inverse(d)
     t = np.where(d > 0, (g.shell_hi - o) * inv, (g.shell_lo - o) * inv)  # (N, 3)
+    t = np.where(d == 0.0, np.inf, t)  # a ray parallel to a wall pair never meets it
     axis = t.argmin(axis=1)
     t_exit = t[np.arange(len(t)), axis]
     face = 2 * axis + (d[np.arange(len(d)), axis] > 0)

@@ -82,15 +82,16 @@ class SynthResult:
 
 
 @lru_cache(maxsize=4)
-def _plan(seed: int, b: int, points: int, views: int) -> tuple[Building, tuple[Point, ...]]:
+def _plan(seed: int, b: int, points: int, views: int,
+          size: int) -> tuple[Building, tuple[Point, ...]]:
     """A building and all its points (every worker rebuilds the same plan from the seed)."""
     building = make_building(seed, b)
-    return building, tuple(make_point(seed, b, building, i, views) for i in range(points))
+    return building, tuple(make_point(seed, b, building, i, views, size) for i in range(points))
 
 
 def render_point(cfg: SynthConfig, b: int, p: int) -> list[dict[str, Any]]:
     """Every view of point p in building b: a list of {domain: decoded value}."""
-    building, points = _plan(cfg.seed, b, cfg.points, cfg.views)
+    building, points = _plan(cfg.seed, b, cfg.points, cfg.views, cfg.size)
     point = points[p]
     room = building.rooms[point.room]
     out = []
