@@ -130,13 +130,25 @@ def _fit(a: np.ndarray) -> np.ndarray:
     return np.asarray(im.resize((TILE, TILE), Image.NEAREST)).astype(np.float64) / 255.0
 
 
-def pick_views(root: Path, n: int = 4) -> list[tuple[str, int, int]]:
-    """Up to n views, spread over buildings and points (view 0 of each)."""
-    found = []
+def pick_views(root: Path, n: int = 4, per_building: int = 12) -> list[tuple[str, int, int]]:
+    """Up to n telling views: of different room types where possible, most object classes first.
+
+    Candidates are view 0 of the first `per_building` points of every building.
+    """
+    scored = []
     for building in layout.buildings(root):
-        found += [(building, p, v) for p, v in layout.scan(root, building) if v == 0][:n]
-    step = max(1, len(found) // n)
-    return found[::step][:n]
+        for p, v in [pv for pv in layout.scan(root, building) if pv[1] == 0][:per_building]:
+            seg = layout.read(root, building, p, v, "segment_semantic")
+            room = layout.read(root, building, p, v, "point_info").get("room_type", "")
+            scored.append((-len(np.unique(seg[seg >= 2])), room, (building, p, v)))
+    scored.sort(key=lambda s: s[0])  # stable: ties keep the dataset order
+    picked, rooms = [], set()
+    for _score, room, key in scored:  # first pass: one view per room type
+        if room not in rooms and len(picked) < n:
+            picked.append(key)
+            rooms.add(room)
+    picked += [key for _, _, key in scored if key not in picked][: n - len(picked)]
+    return picked
 
 
 def _labelled(tile: np.ndarray, label: str) -> np.ndarray:

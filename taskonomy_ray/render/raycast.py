@@ -105,13 +105,13 @@ def _safe_inverse(d: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _boxes_t(g: Geometry, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entry distance (N, B) of every ray into every box (inf on a miss) and the entry axis."""
-    inv = _safe_inverse(d)
+def _slabs(lo: np.ndarray, hi: np.ndarray, o: np.ndarray,
+           inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slab test with broadcasting: entry distance (inf on a miss) and entry axis."""
     t_near = t_far = axis = None
-    for k in range(3):  # slab test, one axis at a time on (N, B) arrays
-        a = (g.box_lo[None, :, k] - o[:, k:k + 1]) * inv[:, k:k + 1]
-        b = (g.box_hi[None, :, k] - o[:, k:k + 1]) * inv[:, k:k + 1]
+    for k in range(3):  # one axis at a time keeps every array (N, B), not (N, B, 3)
+        a = (lo[..., k] - o[..., k]) * inv[..., k]
+        b = (hi[..., k] - o[..., k]) * inv[..., k]
         near, far = np.minimum(a, b), np.maximum(a, b)
         if t_near is None:
             t_near, t_far, axis = near, far, np.zeros(near.shape, np.int8)
@@ -120,6 +120,19 @@ def _boxes_t(g: Geometry, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.
             t_near, t_far = np.maximum(t_near, near), np.minimum(t_far, far)
     hit = (t_far >= t_near) & (t_near > EPS)
     return np.where(hit, t_near, np.inf), axis
+
+
+def _boxes_t(g: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Approximate entry distance (N, B) of every ray into every box, in float32 for speed."""
+    f = np.float32
+    return _slabs(g.box_lo[None].astype(f), g.box_hi[None].astype(f), o[:, None, :].astype(f),
+                  _safe_inverse(d)[:, None, :].astype(f))[0]
+
+
+def _box_exact(g: Geometry, j: np.ndarray, o: np.ndarray,
+               d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (float64) entry distance and axis of each ray into its own box j."""
+    return _slabs(g.box_lo[j], g.box_hi[j], o, _safe_inverse(d))
 
 
 def _cylinders_t(g: Geometry, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +197,7 @@ def nearest_object_t(g: Geometry, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         oc, dc = o[s:s + CHUNK], d[s:s + CHUNK]
         parts = [best[s:s + CHUNK]]
         if len(g.box_lo):
-            parts.append(_boxes_t(g, oc, dc)[0].min(axis=1))
+            parts.append(_boxes_t(g, oc, dc).min(axis=1))
         if len(g.cyl):
             parts.append(_cylinders_t(g, oc, dc)[0].min(axis=1))
         if len(g.sph):
@@ -211,10 +224,10 @@ def _cast_chunk(g: Geometry, o: np.ndarray, d: np.ndarray) -> Hits:
     index = face.copy()
     sub = np.zeros(n, np.int64)  # box entry axis or cylinder part
     if len(g.box_lo):
-        tb, axis = _boxes_t(g, o, d)
-        j = tb.argmin(axis=1)
-        closer = tb[rows, j] < t
-        t, kind, index, sub = _take(closer, tb[rows, j], t, 1, kind, j, index, axis[rows, j], sub)
+        j = _boxes_t(g, o, d).argmin(axis=1)
+        tb, axis = _box_exact(g, j, o, d)
+        closer = tb < t
+        t, kind, index, sub = _take(closer, tb, t, 1, kind, j, index, axis, sub)
     if len(g.cyl):
         tc, part = _cylinders_t(g, o, d)
         j = tc.argmin(axis=1)
