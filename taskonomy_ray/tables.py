@@ -109,6 +109,12 @@ class Storage:
         """The filesystem path of `parts` below the root."""
         return posixpath.join(self.root, *parts)
 
+    def uri_for(self, rel: str) -> str:
+        """A URI (or absolute local path) of `rel`, for tools that take one (Ray Train)."""
+        if self.local:
+            return self.path(rel)
+        return self.uri.rstrip("/") + "/" + rel
+
     def exists(self, *parts: str) -> bool:
         """Whether a file or folder exists below the root."""
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound

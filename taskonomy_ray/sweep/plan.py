@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import tasks as registry
 from .config import SweepConfig
 
 # Stages in the order they first become ready; the progress bars and `status` use this order.
@@ -40,6 +41,16 @@ class Unit:
                    d["barrier"])
 
 
+def imagesets(target: str, regime: int) -> tuple[str, str]:
+    """The (training, test) image sets a transfer into `target` reads (see features.py).
+
+    Single-view targets share `r<regime>` and `test`; a multi-view target's samples are its own
+    groups of views, so it has its own sets.
+    """
+    suffix = f"-{target}" if registry.get_task(target).views > 1 else ""
+    return f"r{regime}{suffix}", f"test{suffix}"
+
+
 def _h(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -52,6 +63,11 @@ def gold_key(cfg: SweepConfig, task: str) -> str:
 def features_key(cfg: SweepConfig, source: str, imageset: str) -> str:
     """Key of one source's cached representations of one image set (`test` or `r<regime>`)."""
     return f"features-{source}-{imageset}-{cfg.digest('data', 'network', 'seed')}"
+
+
+def scratch_key(cfg: SweepConfig, target: str, regime: int) -> str:
+    """Key of the scratch network of (target, regime)."""
+    return f"scratch-{target}-r{regime}-{cfg.digest('data', 'network', 'scratch', 'seed')}"
 
 
 def beam_key(cfg: SweepConfig, target: str, regime: int) -> str:
@@ -98,16 +114,15 @@ def build(cfg: SweepConfig) -> list[Unit]:
         key = gold_key(cfg, task)
         units.append(_unit("gold", key, {"task": task}, render,
                            [checkpoint_path(key), losses_path(key)]))
-    d_scratch = cfg.digest("data", "network", "scratch", "seed")
     for target in cfg.targets:
         for regime in cfg.regimes:
-            key = f"scratch-{target}-r{regime}-{d_scratch}"
+            key = scratch_key(cfg, target, regime)
             units.append(_unit("scratch", key, {"target": target, "regime": regime}, render,
                                [losses_path(key)]))
-    imagesets = ["test", *(f"r{r}" for r in cfg.regimes)]
+    sets = sorted({s for t in cfg.targets for r in cfg.regimes for s in imagesets(t, r)})
     for source in cfg.sources:
         deps = render if source == "random" else [gold_key(cfg, source)]
-        for s in imagesets:
+        for s in sets:
             key = features_key(cfg, source, s)
             units.append(_unit("features", key, {"source": source, "imageset": s}, deps,
                                [features_path(key)]))
@@ -119,7 +134,8 @@ def build(cfg: SweepConfig) -> list[Unit]:
                 o1 = transfer_key(cfg, target, regime, 1, sets)
                 key = beam_key(cfg, target, regime)
                 units.append(_unit("beam", key, {"target": target, "regime": regime},
-                                   [o1, gold_key(cfg, target)], [f"beam/{key}.json"]))
+                                   [o1, gold_key(cfg, target), scratch_key(cfg, target, regime)],
+                                   [f"beam/{key}.json"]))
     units.append(_unit("analysis", "analysis", {}, [], ["affinities.parquet", "taxonomy.json"],
                        barrier=True))
     return units
@@ -130,7 +146,7 @@ def transfer_unit(cfg: SweepConfig, target: str, regime: int, order: int,
     """A fused group of `order`-th order transfers into `target` (one unit of work)."""
     key = transfer_key(cfg, target, regime, order, source_sets)
     sources = sorted({s for group in source_sets for s in group})
-    deps = [features_key(cfg, s, i) for s in sources for i in ("test", f"r{regime}")]
+    deps = [features_key(cfg, s, i) for s in sources for i in imagesets(target, regime)]
     params = {"target": target, "regime": regime, "order": order, "source_sets": source_sets}
     return _unit("transfer", key, params, deps, [losses_path(key)])
 

@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 from ..dataset import SplitConfig
-from ..tables import Storage
+from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
 from . import plan as planning
 
@@ -132,9 +132,128 @@ def run_scratch(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"steps": result.steps, "train_images": result.train_images}
 
 
+def _feature_cache(cfg: sweep_config.SweepConfig, storage: Storage) -> Any:
+    """The run's representation cache, its entries named by the plan's feature unit keys."""
+    from ..features import FeatureCache
+
+    def path_of(source: str, imageset: str) -> str:
+        return planning.features_path(planning.features_key(cfg, source, imageset))
+
+    return FeatureCache(storage, path_of, dtype=_transfer_config(cfg).feature_dtype)
+
+
+def _transfer_config(cfg: sweep_config.SweepConfig) -> Any:
+    from ..transfer import TransferConfig
+
+    return TransferConfig.from_dict({"seed": cfg.seed, **cfg.transfer})
+
+
+def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source: str) -> Any:
+    """A source's frozen encoder: its gold network's, or the fixed-seed random one."""
+    import torch
+
+    from ..models.encoder import random_encoder
+    from ..training import load_encoder
+
+    if source == "random":
+        return random_encoder(cfg.gold_network().model, cfg.seed).eval()
+    data = storage.read_bytes(planning.checkpoint_path(planning.gold_key(cfg, source)))
+    return load_encoder(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+
+
+def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2a: one source encodes one image set, once; every transfer reads the cache."""
+    from ..features import open_imageset
+
+    cfg, storage = _context(ctx)
+    source, imageset = unit.params["source"], unit.params["imageset"]
+    data = open_imageset(ctx["data_root"], imageset,
+                         image_size=cfg.gold_network().model.image_size, splits=splits(cfg),
+                         subset_seed=cfg.seed)
+    _feature_cache(cfg, storage).ensure(
+        source, imageset, lambda: load_source_encoder(cfg, storage, source), data,
+        images=data.images, lazy=True)
+    return {"images": len(data)}
+
+
+def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2b-c: a fused group of transfers into one target; per-image losses written."""
+    import torch
+
+    from ..fused import train_transfer_group
+
+    cfg, storage = _context(ctx)
+    torch.manual_seed(cfg.seed)
+    p = unit.params
+    table = train_transfer_group(p["target"], p["source_sets"], p["regime"],
+                                 _feature_cache(cfg, storage), ctx["data_root"],
+                                 _transfer_config(cfg), cfg.gold_network().model, unit=unit.key,
+                                 splits=splits(cfg), subset_seed=cfg.seed)
+    storage.write_losses(unit.key, table)
+    return {"transfers": len(p["source_sets"]), "rows": table.num_rows}
+
+
+def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2d: rank the target's first-order sources (AHP) and choose its higher orders."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .. import affinity, beam
+
+    cfg, storage = _context(ctx)
+    target, regime = unit.params["target"], unit.params["regime"]
+    losses = pa.concat_tables([storage.read_table(planning.losses_path(d), LOSSES_SCHEMA)
+                               for d in unit.deps])
+    table = affinity.compute_affinities(losses)
+    # rank the real first-order transfers only (the tournament also held the gold standard)
+    first = pc.list_element(table.column("sources"), 0)
+    table = table.filter(pc.and_(pc.equal(table.column("order"), 1),
+                                 pc.invert(pc.is_in(first, pa.array(["self", "pixels"])))))
+    widths = beam.BeamConfig(widths=cfg.beam, max_order=cfg.max_order)
+    chosen: dict[str, list[list[str]]] = {}
+    for sources in beam.expand_target(table, target, regime, widths):
+        chosen.setdefault(str(len(sources)), []).append(list(sources))
+    storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "chosen": chosen})
+    return {"chosen": sum(len(v) for v in chosen.values())}
+
+
+def run_render(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stage 0: render the built-in mini-Taskonomy into the data root (when it is missing)."""
+    from ..render import SynthConfig, synthesize
+
+    cfg, storage = _context(ctx)
+    r = cfg.data.render
+    assert r is not None  # the plan has a render unit only when the workflow asks for one
+    result = synthesize(SynthConfig(out=ctx["data_root"], points=r.points, views=r.views,
+                                    size=r.size, seed=r.seed, buildings=r.buildings),
+                        progress=False)
+    info = {"views": result.views, "bytes": result.bytes, "seconds": result.seconds,
+            "root": ctx["data_root"]}
+    storage.write_json(unit.outputs[0], info)
+    return info
+
+
+def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stages 3-5: affinities from every loss table, the default taxonomy, the report."""
+    from .. import affinity, taxonomy
+
+    cfg, storage = _context(ctx)
+    table = affinity.write_affinities(storage)
+    spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
+    solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
+    storage.write_json("taxonomy.json", solved.to_json())
+    return {"transfers": table.num_rows, "objective": solved.objective,
+            "supervised": list(solved.supervised)}
+
+
 EXECUTORS = {
+    "render": run_render,
     "gold": run_gold,
     "scratch": run_scratch,
+    "features": run_features,
+    "transfer": run_transfer,
+    "beam": run_beam,
+    "analysis": run_analysis,
 }
 
 

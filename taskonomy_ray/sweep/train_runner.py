@@ -1,0 +1,117 @@
+"""Gold networks as Ray Train runs: one `TorchTrainer` per task, resumable by name.
+
+Each run is named by its unit key under `<storage>/ray_train/`; re-creating the trainer with the
+same storage path and name (after a crash, a lost node or a killed driver) resumes it from its
+last reported checkpoint (Ray Train V2).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ..errors import ConfigError, TrainingError
+from ..tables import Storage
+from . import config as sweep_config
+from . import plan as planning
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class RayTrainHooks:
+    """Training hooks backed by `ray.train.report` checkpoints (see `training.Hooks`)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        """The run's latest checkpoint when Ray Train resumed it, else None."""
+        import torch
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            self.last = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu",
+                                   weights_only=False)
+        return self.last
+
+    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Report a checkpoint to Ray Train (which persists it to the run's storage)."""
+        import torch
+
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / CHECKPOINT_FILE)
+            ray.train.report(_numbers(metrics), checkpoint=Checkpoint.from_directory(d))
+        self.last = state
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Metrics without a checkpoint."""
+        ray.train.report(_numbers(metrics))
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _loop(config: dict[str, Any]) -> None:
+    from .units import finish_gold
+
+    unit = planning.Unit.from_json(config["unit"])
+    info = finish_gold(unit, config["ctx"], RayTrainHooks())
+    ray.train.report(_numbers({**info, "finished": True}))
+
+
+def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the gold training of `unit` as a TorchTrainer run; returns its metrics."""
+    cfg = sweep_config.from_dict(ctx["config"])
+    r = cfg.resources
+    if r.gold_workers != 1:
+        raise ConfigError("resources.gold_workers > 1 (data-parallel gold training) is not "
+                          "supported yet: use 1 worker with more CPUs/GPUs per worker")
+    gpus = r.gold_gpus_per_worker
+    per_worker = {"CPU": r.gold_cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        _loop,
+        train_loop_config={"unit": unit.to_json(), "ctx": ctx},
+        scaling_config=ScalingConfig(num_workers=r.gold_workers, use_gpu=gpus > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            storage_path=Storage(ctx["storage"]).uri_for("ray_train"), name=unit.key,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=r.retries)),
+    )
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as e:  # Ray Train raises its own wrapper around the loop's error
+        error = e
+    if error is not None:
+        ours = _our_error(error)
+        if ours is not None:  # deterministic: the same error would recur on retry
+            raise TrainingError(f"gold training {unit.key} failed: {ours}") from error
+        raise error
+    return dict(result.metrics or {})
+
+
+def _our_error(error: BaseException) -> BaseException | None:
+    """The TaskonomyError inside Ray Train's wrappers, if the loop raised one."""
+    from ..errors import TaskonomyError
+
+    seen = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TaskonomyError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(getattr(e, "worker_failures", {}).values() or [])
+    return None
