@@ -131,13 +131,15 @@ def draw_taxonomy(taxonomy: Taxonomy | Mapping[str, Any], path: str | Path,
     ax = fig.add_subplot(1, 1, 1)
     for a in served:
         (tx, ty), srcs = at[a["target"]], [x_top[s] for s in a["sources"] if s in x_top]
-        hub = ((sum(srcs) + tx) / (len(srcs) + 1), 0.55) if len(srcs) > 1 else None
-        for sx in srcs if hub else ():
-            ax.plot([sx, hub[0]], [1.0, hub[1]], color="#555555", linewidth=0.9, zorder=1)
-        ax.annotate("", xy=(tx, ty + 0.08), xytext=hub or (srcs[0], 1.0), zorder=1,
+        start = (srcs[0], 1.0)
+        if len(srcs) > 1:  # hyperedge: the sources meet in a junction, one arrow leaves it
+            start = ((sum(srcs) + tx) / (len(srcs) + 1), 0.55)
+            for sx in srcs:
+                ax.plot([sx, start[0]], [1.0, start[1]], color="#555555", linewidth=0.9,
+                        zorder=1)
+            ax.plot(*start, marker="o", color="black", markersize=5, zorder=2)
+        ax.annotate("", xy=(tx, ty + 0.08), xytext=start, zorder=1,
                     arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 0.9})
-        if hub:
-            ax.plot(*hub, marker="o", color="black", markersize=5, zorder=2)
     for n, x in x_top.items():
         _node(ax, x, 1.0, n, SUPERVISED_TARGET if n in targets else SUPERVISED_SOURCE, True)
     for a in served:
