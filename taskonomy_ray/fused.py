@@ -1,0 +1,385 @@
+"""Stage 2b-c: a group of transfers trained as one batched module, and its per-image loss table.
+
+G heads become one module of grouped convolutions (or, for layers it cannot group, stacked weights
+run with `torch.func.vmap`), so one batch updates every head; each head ends as if trained alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import tables
+from .beam import canonical
+from .dataset import output_channels
+from .errors import ConfigError, DataError, TrainingError
+from .features import FeatureCache, imageset_name, open_imageset
+from .models.decoders import DenseDecoder, VectorHead
+from .transfer import (
+    HeadDropout,
+    TransferConfig,
+    TransferNet,
+    _optimiser,
+    batches,
+    build_transfer_net,
+    draw_masks,
+    head_loss,
+    take,
+)
+
+StackedInputFn = Callable[[torch.Tensor], torch.Tensor]  # indices -> (G, B, ...) head inputs
+
+
+def _mangle(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class VmapTransfers(nn.Module):
+    """G transfer heads of one architecture as one module: weights stacked on a leading axis.
+
+    `forward(x)` takes (G, B, ...) inputs, one slice per head, and returns (G, B, ...) outputs.
+    """
+
+    def __init__(self, nets: Sequence[TransferNet]) -> None:
+        super().__init__()
+        params, buffers = stack_module_state(list(nets))
+        self.param_names = list(params)
+        self.buffer_names = list(buffers)
+        for k, v in params.items():
+            self.register_parameter(_mangle(k), nn.Parameter(v.detach().clone()))
+        for k, v in buffers.items():
+            self.register_buffer(_mangle(k), v.detach().clone())
+        self.size = len(nets)
+        base = copy.deepcopy(nets[0]).to("meta")  # shapes and code only; weights come stacked
+        self._base = [base]  # a list, so the template is not a submodule
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        p = {k: getattr(self, _mangle(k)) for k in self.param_names}
+        b = {k: getattr(self, _mangle(k)) for k in self.buffer_names}
+        return p, b
+
+    def forward(self, x: torch.Tensor) -> Any:
+        base = self._base[0]
+        base.train(self.training)
+
+        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xi: torch.Tensor) -> Any:
+            return functional_call(base, (p, b), (xi,))
+
+        p, b = self._state()
+        return vmap(one)(p, b, x)
+
+    def set_masks(self, masks: Sequence[Sequence[torch.Tensor]]) -> None:
+        """Put head i's dropout masks (`masks[i]`, in `TransferNet.dropouts` order) in place."""
+        names = [k for k in self.buffer_names if k.endswith(".mask")]
+        for j, name in enumerate(names):
+            getattr(self, _mangle(name)).copy_(torch.stack([m[j] for m in masks]))
+
+    def unstack(self, nets: Sequence[TransferNet]) -> None:
+        """Copy head i's weights and statistics into `nets[i]`."""
+        p, b = self._state()
+        for i, net in enumerate(nets):
+            net.load_state_dict({k: v[i].detach().clone() for k, v in {**p, **b}.items()})
+
+
+class NotGroupable(Exception):
+    """A layer has no grouped counterpart here; the vmap backend runs such heads."""
+
+
+class GroupLinear(nn.Module):
+    """G linear layers at once: (B, G*in) -> (B, G*out), weights (G, out, in)."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g = x.shape[0], self.weight.shape[0]
+        y = torch.einsum("bgi,goi->bgo", x.reshape(b, g, -1), self.weight) + self.bias
+        return y.reshape(b, -1)  # head-major, like the convolutions' channels
+
+
+# Layers that act on each channel alone (or have no weights): shared by all heads as they are.
+SHARED = (nn.ReLU, nn.Upsample, nn.Identity, nn.MaxPool2d)
+Link = tuple[str, nn.Module, str, str]  # head state key, grouped module, attribute, how split
+
+
+def _cat(mods: Sequence[nn.Module], attr: str, dim: int = 0) -> torch.Tensor:
+    return torch.cat([getattr(m, attr).detach() for m in mods], dim)
+
+
+def group_layers(mods: Sequence[nn.Module], prefix: str, links: list[Link]) -> nn.Module:
+    """The grouped counterpart of G equal layers; `links` records how to split it back per head.
+
+    Channels are head-major: head g owns channels [g*C, (g+1)*C) of every grouped activation.
+    """
+    m0, g = mods[0], len(mods)
+    like = next(iter(m0.parameters()), None)
+    kw = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+    if isinstance(m0, nn.Sequential):
+        return nn.Sequential(*[group_layers([m[i] for m in mods], f"{prefix}{i}.", links)
+                               for i in range(len(m0))])
+    if isinstance(m0, nn.Conv2d) and m0.padding_mode == "zeros":
+        out = nn.Conv2d(g * m0.in_channels, g * m0.out_channels, m0.kernel_size, m0.stride,
+                        m0.padding, m0.dilation, g * m0.groups, m0.bias is not None, **kw)
+        attrs = ["weight"] + (["bias"] if m0.bias is not None else [])
+    elif isinstance(m0, nn.BatchNorm2d) and m0.affine and m0.track_running_stats:
+        out = nn.BatchNorm2d(g * m0.num_features, m0.eps, m0.momentum, **kw)
+        attrs = ["weight", "bias", "running_mean", "running_var"]
+        out.num_batches_tracked.copy_(m0.num_batches_tracked)
+        links.append((prefix + "num_batches_tracked", out, "num_batches_tracked", "same"))
+    elif isinstance(m0, nn.Linear) and m0.bias is not None:
+        out = GroupLinear(mods)  # type: ignore[arg-type]
+        links += [(prefix + a, out, a, "stack") for a in ("weight", "bias")]
+        return out
+    elif isinstance(m0, HeadDropout):
+        out = HeadDropout(m0.p, (m0.mask.shape[0], g * m0.mask[0].numel())).to(m0.mask)
+        links.append((prefix + "mask", out, "mask", "cat1"))
+        return out
+    elif isinstance(m0, SHARED) or (isinstance(m0, nn.Flatten) and m0.start_dim == 1
+                                    and m0.end_dim == -1):
+        return copy.deepcopy(m0)  # flattening (B, G*C, h, w) keeps each head's block together
+    elif type(m0) in (DenseDecoder, VectorHead) and [n for n, _ in m0.named_children()] == ["net"]:
+        return group_layers([m.net for m in mods], prefix + "net.", links)  # forward = net(x)
+    else:
+        raise NotGroupable(f"no grouped form of {type(m0).__name__} ({prefix})")
+    for a in attrs:
+        with torch.no_grad():
+            getattr(out, a).copy_(_cat(mods, a))
+        links.append((prefix + a, out, a, "cat0"))
+    return out
+
+
+class GroupedTransfers(nn.Module):
+    """G transfer heads as one module of grouped convolutions (channels-last on CPU).
+
+    `forward(x)` takes (G, B, ...) inputs and returns (G, B, ...) outputs, like VmapTransfers.
+    """
+
+    def __init__(self, nets: Sequence[TransferNet]) -> None:
+        super().__init__()
+        self.size, self.views = len(nets), nets[0].views
+        self.links: list[Link] = []
+        r = [n.readout for n in nets]
+        self.register_buffer("lo", _cat(r, "lo", 1))
+        self.register_buffer("hi", _cat(r, "hi", 1))
+        self.links += [("readout.lo", self, "lo", "cat1"), ("readout.hi", self, "hi", "cat1")]
+        self.bn_in = group_layers([x.bn_in for x in r], "readout.bn_in.", self.links)
+        self.stream_a = group_layers([x.stream_a for x in r], "readout.stream_a.", self.links)
+        self.stream_b = group_layers([x.stream_b for x in r], "readout.stream_b.", self.links)
+        self.bn_out = group_layers([x.bn_out for x in r], "readout.bn_out.", self.links)
+        self.decoder = group_layers([n.decoder for n in nets], "decoder.", self.links)
+        # Channels-last suits oneDNN's and cuDNN's grouped convolutions (3x faster backward on
+        # CPU, measured); float64 has no such kernels, so it keeps the plain layout.
+        dtype = nets[0].readout.lo.dtype
+        self.layout = torch.preserve_format if dtype == torch.float64 else torch.channels_last
+        self.to(memory_format=self.layout)
+
+    def _readout(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_in(torch.clamp(x, self.lo, self.hi))  # (B, G*8k, h, w)
+        a, b = self.stream_a(x), self.stream_b(x)  # (B, G*8k, h, w) each
+        n, _, h, w = a.shape
+        z = torch.cat([a.reshape(n, self.size, -1, h, w), b.reshape(n, self.size, -1, h, w)], 2)
+        return self.bn_out(z.reshape(n, -1, h, w))  # per head [stream a, stream b]: (B, G*16k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, b = x.shape[:2]
+        if self.views == 1:  # (G, B, C, h, w) -> (B, G*C, h, w)
+            x = x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])
+            z = self._readout(x.contiguous(memory_format=self.layout))
+        else:  # (G, B, V, C, h, w) -> (B*V, G*C, h, w); views to channels per head after
+            v = x.shape[2]
+            x = x.permute(1, 2, 0, 3, 4, 5).reshape(b * v, -1, *x.shape[-2:])
+            z = self._readout(x.contiguous(memory_format=self.layout))
+            z = z.reshape(b, v, g, -1, *z.shape[-2:]).transpose(1, 2).reshape(b, -1,
+                                                                              *z.shape[-2:])
+        # One layout change here, so gradients flow back into the convolutions channels-last.
+        y = self.decoder(z).contiguous()  # (B, G*out, ...)
+        return y.reshape(b, g, -1, *y.shape[2:]).transpose(0, 1)  # (G, B, out, ...)
+
+    def set_masks(self, masks: Sequence[Sequence[torch.Tensor]]) -> None:
+        """Put head i's dropout masks (`masks[i]`, in `TransferNet.dropouts` order) in place."""
+        drops = [m for m in self.modules() if isinstance(m, HeadDropout)]
+        for j, d in enumerate(drops):
+            d.mask.copy_(torch.cat([m[j] for m in masks], 1))
+
+    def unstack(self, nets: Sequence[TransferNet]) -> None:
+        """Copy head i's weights and statistics into `nets[i]`."""
+        for i, net in enumerate(nets):
+            state = {}
+            for key, mod, attr, how in self.links:
+                t = getattr(mod, attr).detach()
+                if how == "same":
+                    state[key] = t.clone()
+                elif how == "stack":
+                    state[key] = t[i].clone()
+                else:
+                    state[key] = t.chunk(self.size, 0 if how == "cat0" else 1)[i].clone()
+            net.load_state_dict(state)
+
+
+def fuse(nets: Sequence[TransferNet], backend: str = "auto") -> nn.Module:
+    """One batched module for `nets`: grouped convolutions, or vmap where a layer cannot group."""
+    shapes = [{k: v.shape for k, v in n.state_dict().items()} for n in nets]
+    if not nets or any(s != shapes[0] for s in shapes):
+        raise ConfigError("a fused group needs one or more transfers of one architecture "
+                          "(same target, same order); split the group by order")
+    if backend in ("auto", "grouped"):
+        try:
+            return GroupedTransfers(nets)
+        except NotGroupable:
+            if backend == "grouped":
+                raise
+    return VmapTransfers(nets)
+
+
+def _head_losses(target: str, out: torch.Tensor, batch: Mapping[str, torch.Tensor], seed: int,
+                 step: int, images: Sequence[str] | None = None) -> torch.Tensor:
+    """Per-image losses (G, B) of stacked outputs (G, B, ...), head by head.
+
+    Each head's loss is computed as if alone (same metric-loss pixel pairs); losses are cheap
+    next to the batched forward and backward passes.
+    """
+    return torch.stack([head_loss(target, o, dict(batch), seed, step, images)
+                        for o in out.unbind(0)])
+
+
+def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn,
+                labels: Mapping[str, torch.Tensor], n_train: int,
+                cfg: TransferConfig) -> nn.Module:
+    """Train every head of the group on the same batches: the sum of the heads' mean losses.
+
+    Heads share no weights, so head i's gradient is that of its own loss alone; Adam's update is
+    elementwise, so each head follows the trajectory it would follow trained alone.
+    """
+    group = fuse(nets, cfg.fused_backend)
+    group.train()
+    opt = _optimiser(group.parameters(), cfg)
+    gens = [n.mask_generator() for n in nets]
+    for step, idx in enumerate(batches(n_train, cfg)):
+        group.set_masks([draw_masks(n, g) for n, g in zip(nets, gens)])
+        out = group(inputs(idx))  # (G, B, ...)
+        per_head = _head_losses(target, out, take(labels, idx), cfg.seed, step).mean(1)  # (G,)
+        if not torch.isfinite(per_head).all():
+            bad = torch.nonzero(~torch.isfinite(per_head)).flatten().tolist()
+            raise TrainingError(f"fused transfers into {target}: non-finite loss at step {step} "
+                                f"(heads {bad}); lower transfer.lr")
+        opt.zero_grad(set_to_none=True)
+        per_head.sum().backward()
+        opt.step()
+    group.unstack(nets)
+    return group
+
+
+@torch.no_grad()
+def evaluate_fused(group: nn.Module, target: str, inputs: StackedInputFn,
+                   labels: Mapping[str, torch.Tensor], images: Sequence[str],
+                   cfg: TransferConfig) -> np.ndarray:
+    """Per-image test losses (G, len(images)) of every head."""
+    group.eval()
+    out = []
+    for start in range(0, len(images), cfg.eval_batch_size):
+        idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
+        ids = [images[i] for i in idx.tolist()]
+        out.append(_head_losses(target, group(inputs(idx)), take(labels, idx), cfg.seed, 0, ids))
+    return torch.cat(out, 1).float().numpy()
+
+
+# ---------------------------------------------------------------- one unit of work
+
+
+def stacked_inputs(feats: Mapping[str, torch.Tensor], source_sets: Sequence[Sequence[str]],
+                   dtype: torch.dtype = torch.float32) -> StackedInputFn:
+    """Head inputs from cached representations: k sources concatenated on channels, per head."""
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
+        heads = [torch.cat([feats[s][idx] for s in ss], dim=-3) for ss in source_sets]
+        return torch.stack(heads).to(dtype)  # (G, B, [V,] 8k, h, w)
+
+    return inputs
+
+
+def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
+                train_feats: Mapping[str, torch.Tensor], train_labels: Mapping[str, torch.Tensor],
+                test_feats: Mapping[str, torch.Tensor], test_labels: Mapping[str, torch.Tensor],
+                test_images: Sequence[str], model: Any, cfg: TransferConfig, out_channels: int
+                ) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Train transfers of one order into `target`, fused in chunks of `cfg.max_heads`.
+
+    Returns (sources, per-image test losses) per transfer, in the given order.
+    """
+    sets = [canonical(s) for s in source_sets]
+    if len({len(s) for s in sets}) != 1 or len(set(sets)) != len(sets):
+        raise ConfigError(f"a fused group takes distinct source sets of one order, got {sets}")
+    n_train = len(next(iter(train_labels.values())))
+    results = []
+    for start in range(0, len(sets), cfg.max_heads):
+        chunk = sets[start:start + cfg.max_heads]
+        nets = [build_transfer_net(target, ss, regime, model, cfg, out_channels, n_train)
+                for ss in chunk]
+        train_in = stacked_inputs(train_feats, chunk)
+        every = torch.arange(n_train)
+        for net, x in zip(nets, train_in(every)):
+            net.readout.set_clip(x, cfg.clip_sigma)
+        group = train_fused(nets, target, train_in, train_labels, n_train, cfg)
+        losses = evaluate_fused(group, target, stacked_inputs(test_feats, chunk), test_labels,
+                                test_images, cfg)
+        results += list(zip(chunk, losses))
+    return results
+
+
+def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Image ids and stacked label tensors (`<target>`, `<target>_mask`) of a dataset."""
+    keys = (target, f"{target}_mask")
+    images: list[str] = []
+    cols: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if "skipped" in sample:
+            raise DataError(f"sample {sample['image']} is unreadable ({sample['reason']}); "
+                            "transfers need every sample of their image sets: fix the file")
+        images.append(str(sample["image"]))
+        for k in keys:
+            if k in sample:
+                cols[k].append(torch.as_tensor(sample[k]))
+    return images, {k: torch.stack(v) for k, v in cols.items() if v}
+
+
+def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
+                         cache: FeatureCache, data_root: str, cfg: TransferConfig, model: Any,
+                         *, unit: str, splits: Any = None, subset_seed: int = 0) -> pa.Table:
+    """One unit of work: train transfers into `target` (any orders) on the regime's subset.
+
+    Reads representations from `cache` (each (source, image set) must be cached already) and the
+    target's labels from `data_root`; returns every transfer's per-image test losses as one
+    LOSSES_SCHEMA table (kind `transfer`, unit `unit`) for the caller to write atomically.
+    """
+    sets = [canonical(s) for s in source_sets]
+    kw = {"image_size": model.image_size, "tasks": [target], "splits": splits,
+          "subset_seed": subset_seed}
+    train_set, test_set = imageset_name(target, regime), imageset_name(target, None)
+    train_ids, train_labels = load_labels(open_imageset(data_root, train_set, **kw), target)
+    test_ids, test_labels = load_labels(open_imageset(data_root, test_set, **kw), target)
+    sources = sorted({s for ss in sets for s in ss})
+
+    def feats(imageset: str, ids: list[str]) -> dict[str, torch.Tensor]:
+        return {s: torch.from_numpy(cache.load(s, imageset, ids)) for s in sources}
+
+    train_feats, test_feats = feats(train_set, train_ids), feats(test_set, test_ids)
+    channels = output_channels(target, data_root, jigsaw_classes=model.jigsaw_classes,
+                               embedding_dim=model.embedding_dim)
+    parts = []
+    for order in sorted({len(s) for s in sets}):
+        group = [s for s in sets if len(s) == order]
+        for ss, losses in train_group(target, group, regime, train_feats, train_labels,
+                                      test_feats, test_labels, test_ids, model, cfg,
+                                      channels):
+            parts.append(tables.losses_table(unit, "transfer", target, ss, regime, test_ids,
+                                             losses))
+    return pa.concat_tables(parts)

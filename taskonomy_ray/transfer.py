@@ -1,0 +1,293 @@
+"""Stage 2b: the Taskonomy transfer function D_{s->t} on frozen, cached representations.
+
+Readout: clip to mean +/- 5 sigma, batch norm, two parallel streams of two 3x3 convolutions with
+8k channels (k sources concatenated channel-wise), concatenation, batch norm, then t's decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, TrainingError, unknown_name
+from .models.decoders import build_decoder
+from .models.losses import per_image_loss
+from .tasks import TaskSpec, get_task
+
+Batch = dict[str, torch.Tensor]
+InputFn = Callable[[torch.Tensor], torch.Tensor]  # sample indices -> readout input
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Training of one transfer readout (the same for every head of a fused group)."""
+
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # L2 on every weight, as Taskonomy's transfer networks (1e-4)
+    clip_sigma: float = 5.0  # inputs clipped to mean +/- clip_sigma std per channel
+    bn_momentum: float = 0.1  # PyTorch convention (Taskonomy's decay 0.9 = momentum 0.1)
+    seed: int = 0
+    eval_batch_size: int = 256
+    max_heads: int = 32  # heads fused into one batched module at most (memory bound)
+    fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
+    feature_dtype: str = "float16"  # how representations are cached (see features.py)
+
+    def __post_init__(self) -> None:
+        checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
+                  (self.batch_size >= 2, "transfer.batch_size must be >= 2 (batch norm)"),
+                  (self.eval_batch_size >= 1, "transfer.eval_batch_size must be >= 1"),
+                  (self.max_heads >= 1, "transfer.max_heads must be >= 1"),
+                  (self.fused_backend in ("auto", "grouped", "vmap"),
+                   "transfer.fused_backend must be auto, grouped or vmap"),
+                  (self.lr > 0, "transfer.lr must be positive"),
+                  (self.weight_decay >= 0, "transfer.weight_decay must be >= 0"),
+                  (self.clip_sigma > 0, "transfer.clip_sigma must be positive"),
+                  (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
+                  (self.feature_dtype in ("float16", "float32"),
+                   "transfer.feature_dtype must be float16 or float32")]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(what)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TransferConfig:
+        """Build from the workflow's `transfer:` section; unknown keys are errors."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in known:
+                raise unknown_name("transfer setting", k, sorted(known))
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Short hash of every setting (part of unit keys)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def head_seed(target: str, sources: Sequence[str], regime: int, seed: int) -> int:
+    """The initialisation seed of one transfer: the same whichever group it is trained in."""
+    doc = json.dumps([target, list(sources), int(regime), int(seed)])
+    return int.from_bytes(hashlib.sha256(doc.encode()).digest()[:4], "little")
+
+
+def _conv_bn_relu(cin: int, cout: int, momentum: float) -> list[nn.Module]:
+    # No conv bias before batch norm: BN cancels it, and Adam would turn its zero gradient's
+    # rounding noise into full-size random steps (seen as heads drifting apart when fused).
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout, momentum=momentum), nn.ReLU(inplace=False)]
+
+
+class Readout(nn.Module):
+    """Clip, BN, two streams of two 3x3 convs (8k channels each), concatenation, BN."""
+
+    def __init__(self, k: int, rep_channels: int = 8, momentum: float = 0.1) -> None:
+        super().__init__()
+        cin = cout = rep_channels * k  # Taskonomy: 8 channels per source
+        self.out_channels = 2 * cout
+        # Fixed clipping bounds per input channel, set from the training set by `set_clip`.
+        self.register_buffer("lo", torch.full((1, cin, 1, 1), -torch.inf))
+        self.register_buffer("hi", torch.full((1, cin, 1, 1), torch.inf))
+        self.bn_in = nn.BatchNorm2d(cin, momentum=momentum)
+        self.stream_a = nn.Sequential(*_conv_bn_relu(cin, cout, momentum),
+                                      *_conv_bn_relu(cout, cout, momentum))
+        self.stream_b = nn.Sequential(*_conv_bn_relu(cin, cout, momentum),
+                                      *_conv_bn_relu(cout, cout, momentum))
+        self.bn_out = nn.BatchNorm2d(2 * cout, momentum=momentum)
+
+    def set_clip(self, x: torch.Tensor, sigma: float) -> None:
+        """Clip bounds mean +/- sigma std per channel over training inputs (N, [V,] C, h, w)."""
+        x = x.reshape(-1, *x.shape[-3:]).float()
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True)
+        self.lo.copy_(mean - sigma * std)
+        self.hi.copy_(mean + sigma * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_in(torch.clamp(x, self.lo, self.hi))  # (B, 8k, h, w)
+        return self.bn_out(torch.cat([self.stream_a(x), self.stream_b(x)], 1))  # (B, 16k, h, w)
+
+
+class HeadDropout(nn.Module):
+    """Dropout whose mask is a buffer drawn by the trainer from the head's own generator.
+
+    Replaces the decoder's `nn.Dropout` in transfers: under vmap every head then gets its own
+    mask, the same one it would draw trained alone (a shared RNG cannot give that).
+    """
+
+    def __init__(self, p: float, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.p = p
+        self.register_buffer("mask", torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask if self.training else x
+
+
+class TransferNet(nn.Module):
+    """Readout plus the target's decoder; multi-view inputs are read view by view."""
+
+    def __init__(self, target: TaskSpec, k: int, decoder: nn.Module, rep_channels: int = 8,
+                 momentum: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        self.views = target.views
+        self.readout = Readout(k, rep_channels, momentum)
+        self.decoder = decoder
+        self.seed = seed
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.views == 1:
+            return self.decoder(self.readout(x))  # (B, 8k, h, w) -> (B, 16k, h, w) -> output
+        b, v = x.shape[:2]  # (B, V, 8k, h, w): the same readout on every view
+        z = self.readout(x.reshape(b * v, *x.shape[2:]))  # (B*V, 16k, h, w)
+        return self.decoder(z.reshape(b, v * z.shape[1], *z.shape[2:]))  # views on channels
+
+    def dropouts(self) -> list[HeadDropout]:
+        """The per-head dropout layers, in a fixed order."""
+        return [m for m in self.modules() if isinstance(m, HeadDropout)]
+
+    def mask_generator(self) -> torch.Generator:
+        """The generator of this head's dropout masks (seeded per transfer)."""
+        return torch.Generator().manual_seed(self.seed + 1)
+
+
+def draw_masks(net: TransferNet, g: torch.Generator) -> list[torch.Tensor]:
+    """One step's dropout masks of a head, scaled by 1 / (1 - p)."""
+    return [(torch.rand(m.mask.shape, generator=g) >= m.p).float() / (1 - m.p)
+            for m in net.dropouts()]
+
+
+def _swap_dropout(net: TransferNet, example: torch.Tensor) -> None:
+    """Replace every nn.Dropout with a HeadDropout shaped like its input at the training batch."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    named = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Dropout)]
+    hooks = [m.register_forward_hook(lambda mod, a, out, n=n: shapes.__setitem__(n, a[0].shape))
+             for n, m in named]
+    with torch.no_grad():
+        net.eval()
+        net(example)
+    for h in hooks:
+        h.remove()
+    for name, m in named:
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent), leaf, HeadDropout(m.p, tuple(shapes[name])))
+
+
+def build_transfer_net(target: str, sources: Sequence[str], regime: int, model: Any,
+                       cfg: TransferConfig, out_channels: int, n_train: int) -> TransferNet:
+    """A freshly initialised transfer into `target` from `sources` (seeded per transfer).
+
+    The decoder is the target's decoder architecture, randomly initialised, not the gold
+    network's trained decoder: that one was trained on the full training set, so starting from it
+    would leak full supervision of t into every transfer and blur the differences between sources
+    that the small regime is meant to reveal; it also reads t's own 8-channel representation, not
+    the readout's 16k channels. The readout and decoder train together from this seed.
+    """
+    spec = get_task(target)
+    k, seed = len(sources), head_seed(target, sources, regime, cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = build_decoder(spec, out_channels, model,
+                                in_channels=2 * model.rep_channels * k * spec.views)
+        if decoder is None:
+            raise ConfigError(f"{target!r} has no output and cannot be a transfer target")
+        net = TransferNet(spec, k, decoder, model.rep_channels, cfg.bn_momentum, seed)
+    side, c = model.rep_size, model.rep_channels * k
+    bs = min(cfg.batch_size, n_train)
+    shape = (bs, c, side, side) if spec.views == 1 else (bs, spec.views, c, side, side)
+    _swap_dropout(net, torch.zeros(shape))
+    return net
+
+
+def batches(n: int, cfg: TransferConfig) -> list[torch.Tensor]:
+    """The training batches' sample indices: seeded epochs of shuffled indices, `steps` batches.
+
+    Shared by every head of a fused group and by the same transfer trained alone.
+    """
+    if n < 2:
+        raise ConfigError(f"a transfer needs at least 2 training images (batch norm), got {n}")
+    g = torch.Generator().manual_seed(cfg.seed)
+    bs = min(cfg.batch_size, n)
+    out: list[torch.Tensor] = []
+    perm = torch.randperm(n, generator=g)
+    pos = 0
+    while len(out) < cfg.steps:
+        if pos + bs > n:  # drop the ragged tail: every batch has `bs` images (stable BN)
+            perm, pos = torch.randperm(n, generator=g), 0
+        out.append(perm[pos:pos + bs])
+        pos += bs
+    return out
+
+
+def take(labels: Mapping[str, torch.Tensor], idx: torch.Tensor) -> Batch:
+    """The rows `idx` of every label tensor."""
+    return {k: v[idx] for k, v in labels.items()}
+
+
+def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int,
+              images: Sequence[str] | None = None) -> torch.Tensor:
+    """Per-image losses (B,) of one head's output at one training step, or at test (`images`).
+
+    At test the metric loss's pixel pairs are fixed per image id (as for every network scored on
+    that image); in training they are drawn from a generator seeded by (seed, step), so every
+    head of a fused group and the same head alone see the same pairs.
+    """
+    spec = get_task(target)
+    if images is not None:
+        return per_image_loss(spec, out, {**batch, "image": list(images)}, deterministic=True)
+    if spec.loss != "metric":
+        return per_image_loss(spec, out, batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + step)
+        return per_image_loss(spec, out, batch)
+
+
+def _optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
+    # foreach=False: the same elementwise update whether parameters are stacked or not.
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+
+
+def train_transfer(net: TransferNet, target: str, inputs: InputFn,
+                   labels: Mapping[str, torch.Tensor], n_train: int,
+                   cfg: TransferConfig) -> TransferNet:
+    """Train one transfer alone: `inputs(idx)` gives the readout input of training samples idx.
+
+    This is the reference the fused trainer must match, and (with `inputs` running a frozen
+    encoder on images) the naive baseline of the benchmark.
+    """
+    net.train()
+    opt = _optimiser(net.parameters(), cfg)
+    g = net.mask_generator()
+    for step, idx in enumerate(batches(n_train, cfg)):
+        for m, mask in zip(net.dropouts(), draw_masks(net, g)):
+            m.mask.copy_(mask)
+        loss = head_loss(target, net(inputs(idx)), take(labels, idx), cfg.seed, step).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"transfer into {target}: non-finite loss at step {step}; "
+                                "lower transfer.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net
+
+
+@torch.no_grad()
+def evaluate(net: TransferNet, target: str, inputs: InputFn,
+             labels: Mapping[str, torch.Tensor], images: Sequence[str],
+             cfg: TransferConfig) -> np.ndarray:
+    """Per-image test losses (len(images),) of one trained transfer."""
+    net.eval()
+    out = []
+    for start in range(0, len(images), cfg.eval_batch_size):
+        idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
+        ids = [images[i] for i in idx.tolist()]
+        out.append(head_loss(target, net(inputs(idx)), take(labels, idx), cfg.seed, 0, ids))
+    return torch.cat(out).float().numpy()

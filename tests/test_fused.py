@@ -1,0 +1,92 @@
+"""Fused training: every head of a group ends as if it had been trained alone."""
+
+import copy
+
+import pytest
+import torch
+
+from taskonomy_ray.config import preset
+from taskonomy_ray.fused import (
+    GroupedTransfers,
+    VmapTransfers,
+    evaluate_fused,
+    fuse,
+    stacked_inputs,
+    train_fused,
+)
+from taskonomy_ray.tasks import get_task
+from taskonomy_ray.transfer import TransferConfig, build_transfer_net, evaluate, train_transfer
+
+MODEL = preset("mini").model  # 64 px -> 4x4x8 representations
+CFG = TransferConfig(steps=3, batch_size=4, lr=1e-3)
+SOURCES = [("autoencoding",), ("depth_zbuffer",), ("random",)]
+N_TRAIN, N_TEST = 8, 4
+
+
+def _labels(target, n, g, dtype):
+    if target == "normal":  # dense, masked l1
+        return {"normal": torch.rand(n, 3, 64, 64, generator=g, dtype=dtype),
+                "normal_mask": torch.rand(n, 1, 64, 64, generator=g) > 0.2}
+    if target == "room_layout":  # vector head with dropout
+        return {"room_layout": torch.randn(n, 9, generator=g, dtype=dtype)}
+    return {"egomotion": torch.randn(n, 18, generator=g, dtype=dtype)}  # multi-view
+
+
+def _group(target, channels, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    views = get_task(target).views
+    shape = (8, 4, 4) if views == 1 else (views, 8, 4, 4)
+    feats = {s: torch.randn(n, *shape, generator=g).half()
+             for s, n in [(s[0], N_TRAIN + N_TEST) for s in SOURCES]}
+    train = {s: f[:N_TRAIN] for s, f in feats.items()}
+    test = {s: f[N_TRAIN:] for s, f in feats.items()}
+    nets = [build_transfer_net(target, ss, 16, MODEL, CFG, channels, N_TRAIN).to(dtype)
+            for ss in SOURCES]
+    for net, x in zip(nets, stacked_inputs(train, SOURCES)(torch.arange(N_TRAIN))):
+        net.readout.set_clip(x, CFG.clip_sigma)
+    return (nets, train, test, _labels(target, N_TRAIN, g, dtype),
+            _labels(target, N_TEST, g, dtype))
+
+
+@pytest.mark.parametrize("target,channels,backend", [
+    ("normal", 3, "grouped"), ("room_layout", 9, "grouped"), ("egomotion", 18, "grouped"),
+    ("normal", 3, "vmap"),
+])
+def test_each_fused_head_equals_the_same_transfer_trained_alone(target, channels, backend):
+    # In float64, so that the only differences, rounding in grouped vs single convolutions,
+    # stay far below what a wrong gradient, batch or dropout mask would cause.
+    f64 = torch.float64
+    torch.manual_seed(0)
+    nets, train, test, labels, test_labels = _group(target, channels, f64)
+    alone = [copy.deepcopy(n) for n in nets]
+    images = [f"im{i}" for i in range(N_TEST)]
+    cfg = TransferConfig(**{**CFG.__dict__, "fused_backend": backend})
+    group = train_fused(nets, target, stacked_inputs(train, SOURCES, f64), labels, N_TRAIN, cfg)
+    assert isinstance(group, GroupedTransfers if backend == "grouped" else VmapTransfers)
+    fused_losses = evaluate_fused(group, target, stacked_inputs(test, SOURCES, f64), test_labels,
+                                  images, cfg)
+    torch.manual_seed(123)  # the global RNG must not matter: every draw is seeded per head
+    for i, (net, ss) in enumerate(zip(alone, SOURCES)):
+        def one(idx, ss=ss, feats=train):
+            return stacked_inputs(feats, [ss], f64)(idx)[0]
+
+        train_transfer(net, target, one, labels, N_TRAIN, cfg)
+        losses = evaluate(net, target, lambda idx, ss=ss: stacked_inputs(test, [ss], f64)(idx)[0],
+                          test_labels, images, cfg)
+        torch.testing.assert_close(fused_losses[i], losses, rtol=1e-9, atol=1e-12)
+        for (name, a), b in zip(net.state_dict().items(), nets[i].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)
+
+
+def test_heads_of_one_group_learn_different_functions():
+    nets, train, _, labels, _ = _group("room_layout", 9)
+    train_fused(nets, "room_layout", stacked_inputs(train, SOURCES), labels, N_TRAIN, CFG)
+    w = [n.readout.stream_a[0].weight for n in nets]
+    assert not torch.allclose(w[0], w[1])
+
+
+def test_a_group_mixing_orders_is_refused():
+    a = build_transfer_net("normal", ("autoencoding",), 16, MODEL, CFG, 3, N_TRAIN)
+    b = build_transfer_net("normal", ("autoencoding", "random"), 16, MODEL, CFG, 3, N_TRAIN)
+    with pytest.raises(Exception, match="split the group by order"):
+        fuse([a, b])
