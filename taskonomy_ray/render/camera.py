@@ -22,7 +22,7 @@ VIEW_DISTANCE = (1.2, 5.0)  # camera-to-point distance range
 FOV_RANGE = (np.deg2rad(45.0), np.deg2rad(75.0))
 MIN_FACING = 0.25  # cosine between the point's normal and the direction to the camera
 MAX_PITCH = np.deg2rad(65.0)
-ATTEMPTS = 200
+ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,26 @@ def look_at(position: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.n
     return np.stack([c * x + s * y, -s * x + c * y, z], axis=1)
 
 
-def _free(room: Room, p: np.ndarray) -> bool:
+def _free_mask(room: Room, p: np.ndarray) -> np.ndarray:
+    """Which positions (K, 3) are in free space: off the walls and off the furniture."""
     lo, hi = room.lo + WALL_MARGIN, room.hi - WALL_MARGIN
-    if not (lo[0] <= p[0] <= hi[0] and lo[1] <= p[1] <= hi[1]):
-        return False
-    b = room.blocked
-    return not np.any((b[:, 0] <= p[0]) & (p[0] <= b[:, 2]) & (b[:, 1] <= p[1]) & (p[1] <= b[:, 3]))
+    ok = (lo[0] <= p[:, 0]) & (p[:, 0] <= hi[0]) & (lo[1] <= p[:, 1]) & (p[:, 1] <= hi[1])
+    b = room.blocked[None]  # (1, R, 4)
+    x, y = p[:, None, 0], p[:, None, 1]
+    inside = (b[..., 0] <= x) & (x <= b[..., 2]) & (b[..., 1] <= y) & (y <= b[..., 3])
+    return ok & ~inside.any(axis=1)
+
+
+def _candidates(rng: np.random.Generator, room: Room, k: int) -> np.ndarray:
+    """The free positions among `k` uniform draws in the room at camera height, in draw order."""
+    p = np.stack([rng.uniform(room.lo[0], room.hi[0], k), rng.uniform(room.lo[1], room.hi[1], k),
+                  room.lo[2] + rng.uniform(*CAMERA_HEIGHT, k)], axis=1)
+    return p[_free_mask(room, p)]
 
 
 def _free_position(rng: np.random.Generator, room: Room) -> np.ndarray | None:
-    for _ in range(20):
-        p = np.array([rng.uniform(room.lo[0], room.hi[0]), rng.uniform(room.lo[1], room.hi[1]),
-                      room.lo[2] + rng.uniform(*CAMERA_HEIGHT)])
-        if _free(room, p):
-            return p
-    return None
+    free = _candidates(rng, room, 20)
+    return free[0] if len(free) else None
 
 
 def _surface_point(rng: np.random.Generator, room: Room) -> tuple[np.ndarray, np.ndarray] | None:
@@ -107,57 +112,74 @@ def _surface_point(rng: np.random.Generator, room: Room) -> tuple[np.ndarray, np
 
 
 def _fixating_camera(rng: np.random.Generator, room: Room, point: np.ndarray,
-                     normal: np.ndarray, size: int) -> Camera | None:
+                     normal: np.ndarray, size: int, k: int = 24) -> Camera | None:
     """A camera from free space whose optical axis hits `point` unoccluded, facing its surface.
 
     The four pixels around the image centre must see the point's own surface too, so the point
-    is at the centre of a `size` x `size` image and not on a sliver at an object's edge.
+    is at the centre of a `size` x `size` image and not on a sliver at an object's edge. `k`
+    candidate positions are tried in one batched ray cast; the first that passes is kept.
     """
-    p = _free_position(rng, room)
-    if p is None:
+    pos = _candidates(rng, room, k)
+    rolls, fovs = rng.normal(0.0, np.deg2rad(4.0), k), rng.uniform(*FOV_RANGE, k)
+    to_cam = pos - point
+    dist = np.linalg.norm(to_cam, axis=1)
+    keep = (dist >= VIEW_DISTANCE[0]) & (dist <= VIEW_DISTANCE[1])
+    keep &= to_cam @ normal >= MIN_FACING * dist
+    keep &= np.abs(to_cam[:, 2]) <= np.sin(MAX_PITCH) * dist
+    idx = np.flatnonzero(keep)
+    if not len(idx):
         return None
-    to_cam = p - point
-    dist = float(np.linalg.norm(to_cam))
-    if not VIEW_DISTANCE[0] <= dist <= VIEW_DISTANCE[1] or normal @ to_cam / dist < MIN_FACING:
-        return None
-    if abs(np.arcsin(np.clip(-to_cam[2] / dist, -1, 1))) > MAX_PITCH:
-        return None
-    cam = Camera(p, look_at(p, point, float(rng.normal(0.0, np.deg2rad(4.0)))),
-                 float(rng.uniform(*FOV_RANGE)))
-    half = np.tan(cam.fov / 2) / size  # half a pixel, in the image plane at unit depth
-    d = np.array([[0, 0, -1.0], [-half, -half, -1], [half, -half, -1], [-half, half, -1],
-                  [half, half, -1]])
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    h = cast(room.geometry, p, d @ cam.rotation.T)
-    if not h.valid[0] or abs(h.t[0] - dist) > 1e-6 * max(dist, 1.0):
-        return None  # something stands between the camera and the point
-    if (h.surface[1:] != h.surface[0]).any():
-        return None  # the point sits on an edge at this resolution
-    return cam
+    cams = [Camera(pos[i], look_at(pos[i], point, float(rolls[i])), float(fovs[i])) for i in idx]
+    rays = []
+    for cam in cams:
+        half = np.tan(cam.fov / 2) / size  # half a pixel, in the image plane at unit depth
+        d = np.array([[0, 0, -1.0], [-half, -half, -1], [half, -half, -1], [-half, half, -1],
+                      [half, half, -1]])
+        rays.append((d / np.linalg.norm(d, axis=1, keepdims=True)) @ cam.rotation.T)
+    h = cast(room.geometry, np.repeat(pos[idx], 5, axis=0), np.concatenate(rays))
+    t, surface = h.t.reshape(-1, 5), h.surface.reshape(-1, 5)
+    seen = np.abs(t[:, 0] - dist[idx]) <= 1e-6 * np.maximum(dist[idx], 1.0)  # nothing in between
+    whole = (surface[:, 1:] == surface[:, :1]).all(axis=1)  # not on an edge at this resolution
+    good = np.flatnonzero(seen & whole)
+    return cams[good[0]] if len(good) else None
 
 
 def make_point(seed: int, building_index: int, building: Building, index: int,
                views: int, size: int) -> Point:
-    """Point `index` of a building and its `views` cameras, from (seed, building, point, view)."""
-    room = building.rooms[_room_order(seed, building_index, len(building.rooms))[
-        index % len(building.rooms)]]
-    rng = np.random.default_rng([seed, building_index, index, 0x9])
-    for _ in range(ATTEMPTS):
-        found = _surface_point(rng, room)
-        if found is None:
-            continue
-        cams = []
-        for v in range(views):
-            vr = np.random.default_rng([seed, building_index, index, v, int(rng.integers(1 << 30))])
-            cam = next((c for c in (_fixating_camera(vr, room, *found, size) for _ in range(60))
-                        if c is not None), None)
-            if cam is None:
-                break
-            cams.append(cam)
-        if len(cams) == views:
-            return Point(index, found[0], found[1], room.index, tuple(cams))
-    raise DataError(f"{building.name} room {room.index} ({room.room_type}): found no point seen "
-                    f"by {views} cameras in {ATTEMPTS} tries; use fewer --views or another seed")
+    """Point `index` of a building and its `views` cameras, from (seed, building, point, view).
+
+    Points go round-robin over the rooms (in a per-building random order); a room where no point
+    is seen by `views` cameras after ATTEMPTS tries (a small, crowded bathroom with many views)
+    passes the point on to the next room of the order.
+    """
+    order = _room_order(seed, building_index, len(building.rooms))
+    for shift in range(len(order)):
+        room = building.rooms[order[(index + shift) % len(order)]]
+        rng = np.random.default_rng([seed, building_index, index, shift, 0x9])
+        for _ in range(ATTEMPTS):
+            found = _surface_point(rng, room)
+            if found is None:
+                continue
+            cams = _cameras(seed, building_index, index, views, size, room, found,
+                            int(rng.integers(1 << 30)))
+            if cams is not None:
+                return Point(index, found[0], found[1], room.index, cams)
+    raise DataError(f"{building.name}: no room has a point seen by {views} cameras; use fewer "
+                    "--views or another --seed")
+
+
+def _cameras(seed: int, building_index: int, index: int, views: int, size: int, room: Room,
+             found: tuple[np.ndarray, np.ndarray], salt: int) -> tuple[Camera, ...] | None:
+    """The point's cameras, view v drawn from (seed, building, point, v); None if one fails."""
+    cams = []
+    for v in range(views):
+        vr = np.random.default_rng([seed, building_index, index, v, salt])
+        cam = next((c for c in (_fixating_camera(vr, room, *found, size) for _ in range(4))
+                    if c is not None), None)
+        if cam is None:
+            return None
+        cams.append(cam)
+    return tuple(cams)
 
 
 def _room_order(seed: int, building_index: int, n_rooms: int) -> np.ndarray:

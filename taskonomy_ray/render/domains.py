@@ -93,14 +93,19 @@ def keypoints3d(view: View) -> np.ndarray:
     It is near zero on planes (one normal) and creases (normals vary along one direction), and
     large at corners where three faces meet and on doubly curved surfaces.
     """
+    valid = view.valid.astype(np.float64)
     n = np.where(view.valid[..., None], view.normal.astype(np.float64), 0.0)
     s = 1.5 * _scale(n.shape[0])
-    mean = [ndimage.gaussian_filter(n[..., i], s, mode="nearest") for i in range(3)]
+
+    def smooth(x: np.ndarray) -> np.ndarray:  # normalised convolution: windows do not count
+        return ndimage.gaussian_filter(x, s, mode="nearest") / np.maximum(weight, 1e-6)
+
+    weight = ndimage.gaussian_filter(valid, s, mode="nearest")
+    mean = [smooth(n[..., i]) for i in range(3)]
     cov = np.empty(n.shape[:2] + (3, 3))
     for i in range(3):
         for j in range(i, 3):
-            c = ndimage.gaussian_filter(n[..., i] * n[..., j], s, mode="nearest")
-            cov[..., i, j] = cov[..., j, i] = c - mean[i] * mean[j]
+            cov[..., i, j] = cov[..., j, i] = smooth(n[..., i] * n[..., j]) - mean[i] * mean[j]
     lam = np.linalg.eigvalsh(cov)[..., 1]  # ascending: the middle eigenvalue
     return (1.0 - np.exp(-np.maximum(lam, 0.0) / NORMAL_SPREAD_SCALE)).astype(np.float32)
 

@@ -6,9 +6,9 @@ building, point, view), so the same seed gives byte-identical files whatever the
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,17 +81,30 @@ class SynthResult:
     buildings: list[str]
 
 
-@lru_cache(maxsize=4)
-def _plan(seed: int, b: int, points: int, views: int,
-          size: int) -> tuple[Building, tuple[Point, ...]]:
-    """A building and all its points (every worker rebuilds the same plan from the seed)."""
-    building = make_building(seed, b)
-    return building, tuple(make_point(seed, b, building, i, views, size) for i in range(points))
+CHUNK_POINTS = 8  # points per unit of parallel work (planning, then rendering)
 
 
-def render_point(cfg: SynthConfig, b: int, p: int) -> list[dict[str, Any]]:
-    """Every view of point p in building b: a list of {domain: decoded value}."""
-    building, points = _plan(cfg.seed, b, cfg.points, cfg.views, cfg.size)
+@lru_cache(maxsize=8)
+def _building(seed: int, b: int) -> Building:
+    """Building b (each worker rebuilds it from the seed: a few milliseconds)."""
+    return make_building(seed, b)
+
+
+def plan_points(cfg: SynthConfig, b: int, start: int, stop: int) -> list[Point]:
+    """Points start..stop-1 of building b with their cameras (no rendering)."""
+    building = _building(cfg.seed, b)
+    return [make_point(cfg.seed, b, building, i, cfg.views, cfg.size) for i in range(start, stop)]
+
+
+def render_point(cfg: SynthConfig, b: int, p: int,
+                 points: tuple[Point, ...] | None = None) -> list[dict[str, Any]]:
+    """Every view of point p in building b: a list of {domain: decoded value}.
+
+    `points` are all the building's points (planned when not given); the other points are
+    needed for point_info's nonfixated_points_in_view.
+    """
+    building = _building(cfg.seed, b)
+    points = tuple(plan_points(cfg, b, 0, cfg.points)) if points is None else points
     point = points[p]
     room = building.rooms[point.room]
     out = []
@@ -145,21 +158,26 @@ def visible_points(points: tuple[Point, ...], point: Point, cam: Camera, view: V
     return seen
 
 
-def _write_unit(args: tuple[SynthConfig, int, int]) -> tuple[int, int]:
-    """Render and write one point's views; returns (views, bytes written)."""
-    cfg, b, p = args
+def _plan_task(args: tuple[SynthConfig, int, int, int]) -> list[Point]:
+    return plan_points(*args)
+
+
+def _render_task(args: tuple[SynthConfig, int, list[int], tuple[Point, ...]]) -> tuple[int, int]:
+    """Render and write some points' views; returns (views, bytes written)."""
+    cfg, b, ps, points = args
     name = building_name(b)
     total = 0
-    for v, values in enumerate(render_point(cfg, b, p)):
-        for dom, value in values.items():
-            total += layout.write(cfg.out, name, p, v, dom, value).stat().st_size
-    return cfg.views, total
+    for p in ps:
+        for v, values in enumerate(render_point(cfg, b, p, points)):
+            for dom, value in values.items():
+                total += layout.write(cfg.out, name, p, v, dom, value).stat().st_size
+    return len(ps) * cfg.views, total
 
 
-def _units(cfg: SynthConfig) -> Iterator[tuple[SynthConfig, int, int]]:
-    for b in range(cfg.buildings):
-        for p in range(cfg.points):
-            yield cfg, b, p
+def _chunks(cfg: SynthConfig) -> list[tuple[int, int, int]]:
+    """(building, start, stop) point ranges, the unit of parallel work."""
+    return [(b, s, min(s + CHUNK_POINTS, cfg.points)) for b in range(cfg.buildings)
+            for s in range(0, cfg.points, CHUNK_POINTS)]
 
 
 def dataset_info(cfg: SynthConfig) -> dict[str, Any]:
@@ -185,17 +203,20 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     n_views, n_bytes = 0, 0
     bar = tqdm(total=cfg.buildings * cfg.points * cfg.views, unit="view", disable=not progress,
                desc="synth")
-    if cfg.n_workers == 1:
-        results: Iterator[tuple[int, int]] = map(_write_unit, _units(cfg))
+    spawn = mp.get_context("spawn")
+    with spawn.Pool(cfg.n_workers) if cfg.n_workers > 1 else contextlib.nullcontext() as pool:
+        chunks = _chunks(cfg)
+        ordered = pool.imap if pool else map
+        # Phase 1: plan every point (cheap, in parallel); every chunk needs its building's points.
+        plans: dict[int, list[Point]] = {b: [] for b in range(cfg.buildings)}
+        for (b, _, _), pts in zip(chunks, ordered(_plan_task, [(cfg, *c) for c in chunks])):
+            plans[b] += pts
+        # Phase 2: render and write, in any order (every file depends on its own view only).
+        tasks = [(cfg, b, list(range(s, e)), tuple(plans[b])) for b, s, e in chunks]
+        results = pool.imap_unordered(_render_task, tasks) if pool else map(_render_task, tasks)
         for v, nb in results:
             n_views, n_bytes = n_views + v, n_bytes + nb
             bar.update(v)
-    else:
-        chunk = max(1, min(16, cfg.points // (4 * cfg.n_workers) or 1))
-        with mp.get_context("spawn").Pool(cfg.n_workers) as pool:
-            for v, nb in pool.imap_unordered(_write_unit, _units(cfg), chunksize=chunk):
-                n_views, n_bytes = n_views + v, n_bytes + nb
-                bar.update(v)
     bar.close()
     if cfg.preview:
         from .preview import write_preview
