@@ -1,0 +1,289 @@
+"""Steps 3-5 as a page: the HTML report of a sweep or of the published Taskonomy results.
+
+`write_report` computes every number (affinity matrices, task tree, taxonomies, budget curves,
+significance against random policies; for a sweep also samples, sanity and run facts), draws the
+figures next to `index.html`, and renders a Jinja2 template that only lays the numbers out.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, evaluate, plots, report_plots, taxonomy
+from .errors import ConfigError
+from .tables import AFFINITIES_FILE, Storage
+
+DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
+DEFAULT_ORDERS = (1, 2, 4)
+DEFAULT_DRAWN = (3, 8)  # budgets drawn as graphs, for every order
+DEFAULT_POLICIES = 100  # random feasible policies per significance test
+PUBLISHED_OUT = "report-published"
+REPORT_DIR = "report"  # below a sweep's storage
+TEMPLATE = "report.html.j2"
+PSEUDO_COLUMNS = ("self", "pixels")  # not transfer sources: kept out of the matrices
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report solves and shows; validated here so the command line fails early."""
+
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # points of the budget curves
+    orders: tuple[int, ...] = DEFAULT_ORDERS  # one curve per maximum transfer order
+    drawn: tuple[float, ...] = DEFAULT_DRAWN  # budgets drawn as graphs, per order
+    random_policies: int = DEFAULT_POLICIES
+    seed: int = 0
+    regime: int | None = None  # None: the table's largest
+    samples: int = 3  # test images per gold network (sweep only)
+    data_root: str | None = None  # overrides the dataset root of run.json (sweep only)
+
+    def __post_init__(self) -> None:
+        for name in ("budgets", "orders", "drawn"):
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
+        if not self.budgets or any(not (math.isfinite(b) and b >= 0) for b in self.budgets):
+            raise ConfigError(f"report budgets must be finite numbers >= 0, got {self.budgets}")
+        if any(b < 0 for b in self.drawn):
+            raise ConfigError(f"drawn budgets must be >= 0, got {self.drawn}")
+        if not self.orders or min(self.orders) < 1:
+            raise ConfigError(f"report orders must be integers >= 1, got {self.orders}")
+        if self.random_policies < 1 or self.samples < 0:
+            raise ConfigError("random_policies must be >= 1 and samples >= 0")
+
+
+def write_report(source: str | Path, out_dir: str | Path | None = None, *,
+                 published: bool = False, budgets: Sequence[float] = DEFAULT_BUDGETS,
+                 orders: Sequence[int] = DEFAULT_ORDERS, drawn: Sequence[float] = DEFAULT_DRAWN,
+                 random_policies: int = DEFAULT_POLICIES, regime: int | None = None,
+                 samples: int = 3, data_root: str | None = None, seed: int = 0) -> Path:
+    """Write the report of a sweep's storage (or of the published CSV) and return index.html.
+
+    Default folder: `<storage>/report` for a sweep (staged locally, then uploaded, when the
+    storage is an object store), `report-published/` for the published results.
+    """
+    cfg = ReportConfig(tuple(budgets), tuple(orders), tuple(drawn), random_policies, seed,
+                       regime, samples, data_root)
+    if published:
+        from .published import load_published
+
+        out = Path(out_dir or PUBLISHED_OUT)
+        table = load_published(source)
+        return _render(out, table, cfg, f"published Taskonomy results ({Path(source).name})",
+                       str(source), None)
+    storage = Storage(str(source))
+    if not storage.exists(AFFINITIES_FILE):
+        raise ConfigError(f"{storage.path(AFFINITIES_FILE)} is missing: the sweep has not reached "
+                          "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")
+    if out_dir is not None or storage.local:
+        out = Path(out_dir) if out_dir is not None else Path(storage.path(REPORT_DIR))
+        return _render(out, storage.read_affinities(), cfg, f"sweep {storage.uri}",
+                       storage.uri, storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = _render(Path(tmp), storage.read_affinities(), cfg, f"sweep {storage.uri}",
+                        storage.uri, storage)
+        for f in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(f"{REPORT_DIR}/{f.name}", f.read_bytes())
+    return Path(storage.uri_for(f"{REPORT_DIR}/{index.name}"))
+
+
+def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: str,
+            storage: Storage | None) -> Path:
+    """Compute every section, draw the figures into `out`, render index.html."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # figures of an earlier report with other settings
+        old.unlink()
+    regime = pick_regime(table, cfg.regime)
+    context: dict[str, Any] = {
+        "title": title, "source": source, "version": __version__, "regime": regime,
+        "regimes": sorted(set(table.column("regime").to_pylist())),
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "affinity": affinity_section(table, regime, out),
+    }
+    pinned = None
+    if storage is not None and storage.exists("taxonomy.json"):
+        pinned = storage.read_json("taxonomy.json")
+    context.update(taxonomy_sections(table, regime, cfg, out, pinned))
+    if storage is not None:
+        from .report_sweep import sweep_sections
+
+        context["sweep"] = sweep_sections(storage, cfg, out)
+    context["seconds"] = f"{time.perf_counter() - t0:.1f}"
+    index = out / "index.html"
+    index.write_text(render_html(context))
+    return index
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """The page: the packaged Jinja2 template filled with `context` (autoescaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("taskonomy_ray", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(**context)
+
+
+def pick_regime(table: pa.Table, wanted: int | None) -> int:
+    """The regime to report: `wanted`, or the table's largest."""
+    regimes = sorted(set(table.column("regime").to_pylist()))
+    if not regimes:
+        raise ConfigError("the affinities table is empty; nothing to report")
+    if wanted is None:
+        return int(regimes[-1])
+    if wanted not in regimes:
+        raise ConfigError(f"regime {wanted} is not in the table; available: {regimes}")
+    return int(wanted)
+
+
+# --- step 3: first-order affinities and the task similarity tree ---------------------------
+
+
+def first_order(table: pa.Table, regime: int, column: str
+                ) -> tuple[list[str], list[str], np.ndarray]:
+    """(targets, sources, matrix[target, source]) of one column over first-order transfers."""
+    rows = [r for r in table.to_pylist() if r["regime"] == regime and r["order"] == 1
+            and r["sources"][0] not in PSEUDO_COLUMNS]
+    names = taxonomy.tasks.task_names()
+    rank = {n: i for i, n in enumerate(names)}
+    targets = sorted({r["target"] for r in rows}, key=lambda n: (rank.get(n, len(rank)), n))
+    sources = sorted({r["sources"][0] for r in rows}, key=lambda n: (rank.get(n, len(rank)), n))
+    matrix = np.full((len(targets), len(sources)), np.nan)
+    ti, si = {t: i for i, t in enumerate(targets)}, {s: j for j, s in enumerate(sources)}
+    for r in rows:
+        if r[column] is not None:
+            matrix[ti[r["target"]], si[r["sources"][0]]] = r[column]
+    return targets, sources, matrix
+
+
+def task_tree(affinity: np.ndarray) -> dict[str, Any]:
+    """Agglomerative clustering of sources by their transfer-out patterns (matrix columns).
+
+    Each source is described by its affinities into every target, each target's row scaled to a
+    maximum of 1 so that targets with flat affinities weigh as much as peaked ones; unmeasured
+    transfers count as 0. Average linkage on Euclidean distance.
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+
+    x = np.nan_to_num(affinity, nan=0.0)
+    x = x / np.maximum(x.max(axis=1, keepdims=True), 1e-12)
+    z = linkage(x.T, method="average", metric="euclidean")
+    d = dendrogram(z, no_plot=True)
+    return {"icoord": d["icoord"], "dcoord": d["dcoord"], "leaves": [int(i) for i in d["leaves"]]}
+
+
+def affinity_section(table: pa.Table, regime: int, out: Path) -> dict[str, Any]:
+    """Heat maps (before and after AHP) ordered by the task tree, and the tree itself."""
+    targets, sources, affinity = first_order(table, regime, "affinity")
+    _, _, quality = first_order(table, regime, "quality")
+    if len(sources) < 2 or not targets:
+        return {"note": f"regime {regime} has fewer than two first-order sources: no matrix "
+                        "or tree to draw", "matrix": None, "tree": None}
+    tree = task_tree(affinity)
+    order = [sources[i] for i in tree["leaves"]]
+    rows = [t for t in order if t in targets] + [t for t in targets if t not in order]
+    pick = [targets.index(t) for t in rows], [sources.index(s) for s in order]
+    report_plots.plot_affinity_matrices(
+        rows, order, quality[np.ix_(*pick)], affinity[np.ix_(*pick)], out / "affinity.png",
+        f"first-order transfers, regime {regime}: {len(rows)} targets x {len(order)} sources")
+    report_plots.plot_task_tree(sources, tree["icoord"], tree["dcoord"], tree["leaves"],
+                                out / "task_tree.png", f"task similarity tree (regime {regime})")
+    return {"note": None, "matrix": "affinity.png", "tree": "task_tree.png",
+            "targets": len(rows), "sources": len(order), "leaf_order": ", ".join(order)}
+
+
+# --- steps 4-5: taxonomies, budget curves, significance ------------------------------------
+
+
+def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path,
+                      pinned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Budget curves per order, and drawn taxonomies with per-target tables and significance.
+
+    The notes say what was left out: orders above the table's, budgets that cannot serve every
+    target or that exceed the number of tasks.
+    """
+    top = int(max(r for r, reg in zip(table.column("order").to_pylist(),
+                                      table.column("regime").to_pylist()) if reg == regime))
+    orders = [o for o in cfg.orders if o <= top] or [top]
+    above = ", ".join(str(o) for o in cfg.orders if o > top)
+    notes = [f"orders {above} exceed the table's largest order ({top}) and would repeat "
+             "it"] if above else []
+    pairs = {(o, b) for o in orders for b in cfg.drawn}
+    if pinned is not None and pinned.get("regime") == regime:
+        pairs.add((int(pinned["max_order"]), float(pinned["budget"])))
+    curve, points, drawn = [], [], []
+    for order in sorted({*orders, *(o for o, _ in pairs)}):
+        problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(max_order=order,
+                                                                     regime=regime))
+        least, most = taxonomy.min_budget(problem), len(problem.supervisable)
+        wanted = sorted({*(cfg.budgets if order in orders else ()),
+                         *(b for o, b in pairs if o == order)})
+        usable = [b for b in wanted if least <= b <= most]
+        if len(usable) < len(wanted):
+            left = ", ".join(f"{b:g}" for b in wanted if b not in usable)
+            notes.append(f"order {order}: budgets {left} are outside [{least:g}, {most}] "
+                         "(below, no policy serves every target; above, every task is already "
+                         "supervised)")
+        for budget in usable:
+            solved = taxonomy.solve(problem, budget)
+            sig = evaluate.significance(problem, solved, cfg.random_policies, cfg.seed)
+            if order in orders and budget in cfg.budgets:
+                curve.append(solved)
+                points.append(_curve_row(solved, sig))
+            if (order, budget) in pairs:
+                drawn.append(_drawn(solved, sig, out, pinned))
+    if curve:
+        plots.plot_budget_curve(curve, out / "budget_curve.png",
+                                f"budget curves, regime {regime}")
+    return {"curve": {"image": "budget_curve.png" if curve else None, "rows": points,
+                      "policies": cfg.random_policies}, "taxonomies": drawn, "notes": notes}
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance]) -> dict[str, str]:
+    return {"order": str(t.max_order), "budget": f"{t.budget:g}", "objective": _fmt(t.objective),
+            "gain": _fmt(t.gain), "quality": _fmt(t.quality),
+            "percentile": _fmt(sig["objective"].percentile, 1),
+            "supervised": ", ".join(t.supervised)}
+
+
+def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance], out: Path,
+           pinned: dict[str, Any] | None) -> dict[str, Any]:
+    """One taxonomy: its graph, per-target rows and its significance against random policies."""
+    name = f"taxonomy_o{t.max_order}_b{t.budget:g}".replace(".", "p") + ".png"
+    plots.draw_taxonomy(t, out / name)
+    is_pinned = pinned is not None and (pinned["max_order"], float(pinned["budget"])) == (
+        t.max_order, float(t.budget))
+    rows = [{"target": a.target, "served_by": "supervised" if a.supervised
+             else " + ".join(a.sources), "supervised": a.supervised,
+             "order": "-" if a.supervised else str(len(a.sources)),
+             "affinity": _fmt(a.affinity, 4), "gain": _fmt(a.gain), "quality": _fmt(a.quality)}
+            for a in t.transfers]
+    significance = [{"metric": k, "value": _fmt(s.taxonomy), "percentile": _fmt(s.percentile, 1),
+                     "p_value": _fmt(s.p_value), "random_mean": _fmt(float(s.random.mean())),
+                     "random_p95": _fmt(float(np.quantile(s.random, 0.95)))}
+                    for k, s in sig.items()]
+    return {"image": name, "order": str(t.max_order), "budget": f"{t.budget:g}",
+            "pinned": is_pinned, "objective": _fmt(t.objective), "gain": _fmt(t.gain),
+            "quality": _fmt(t.quality), "supervised": ", ".join(t.supervised), "rows": rows,
+            "significance": significance, "anchor": name.removesuffix(".png")}
+
+
+def default_out(source: str | Path, published: bool) -> str:
+    """Where `taskonomy-ray report` writes when --out is not given (for messages)."""
+    return PUBLISHED_OUT if published else Storage(str(source)).path(REPORT_DIR)
+
+
+__all__ = ["ReportConfig", "affinity_section", "first_order", "pick_regime", "render_html",
+           "task_tree", "taxonomy_sections", "write_report"]

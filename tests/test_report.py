@@ -1,0 +1,188 @@
+"""The HTML report: built from the published results and from a tiny sweep storage.
+
+The sweep storage is made here the way a sweep leaves it (run.json, plan.json, gold checkpoints
+and losses of real tiny trainings, synthetic scratch and transfer losses, the ledger, sweep.json),
+so every section of the page has data to show.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures import make_root
+
+from taskonomy_ray import __version__, affinity, cli, evaluate, report, tables, taxonomy, training
+from taskonomy_ray.errors import ConfigError
+from taskonomy_ray.published import load_published
+from taskonomy_ray.sweep import config as sweep_config
+from taskonomy_ray.sweep import ledger, plan
+from taskonomy_ray.sweep import units as sweep_units
+
+GOLD_TASKS = ("normal", "class_object", "segment_unsup2d")
+REGIME = 4
+FAST = {"budgets": (1, 3), "orders": (1, 2), "drawn": (3,), "random_policies": 20}
+
+
+def sweep_config_for(root: Path) -> sweep_config.SweepConfig:
+    """A three-task sweep over a fixture root, with a network small enough to train in seconds."""
+    return sweep_config.from_dict({
+        "name": "report-test", "data": {"root": str(root)}, "tasks": list(GOLD_TASKS),
+        "regimes": [REGIME], "max_order": 2,
+        "network": {"model": {"image_size": 32, "width": 4, "decoder_width": 8, "head_width": 16,
+                              "embedding_dim": 8},
+                    "train": {"steps": 4, "batch_size": 4}},
+        "resources": {"gold_trainer": "task"}, "solve": {"budget": 1, "max_order": 2}})
+
+
+def _synthetic(unit: str, kind: str, target: str, sources: list[str], gold: dict[str, float],
+               rng: np.random.Generator, worse: tuple[float, float]) -> tables.pa.Table:
+    """Losses of a baseline or transfer: the gold loss times a random factor per image."""
+    images = sorted(gold)
+    loss = [gold[i] * rng.uniform(*worse) for i in images]
+    return tables.losses_table(unit, kind, target, sources, REGIME, images, loss)
+
+
+def build_sweep_storage(tmp: Path) -> tuple[tables.Storage, sweep_config.SweepConfig]:
+    """A finished tiny sweep's storage; the `random` target's beam unit is recorded as failed."""
+    torch.set_num_threads(1)
+    cfg = sweep_config_for(make_root(tmp / "data", buildings=4, points=3, views=3, size=32))
+    storage = tables.Storage(str(tmp / "store"))
+    storage.write_json(tables.RUN_FILE, {"config": cfg.to_json(), "version": __version__})
+    units = plan.build(cfg)
+    storage.write_json("plan.json", {"units": [u.to_json() for u in units]})
+    rng, golds = np.random.default_rng(0), {}
+    for task in GOLD_TASKS:
+        key = plan.gold_key(cfg, task)
+        result = training.train_gold(task, cfg.data.root, cfg.gold_network(), unit=key,
+                                     ckpt_dir=tmp / "ckpt" / task, splits=sweep_units.splits(cfg))
+        storage.write_bytes(plan.checkpoint_path(key),
+                            (tmp / "ckpt" / task / training.CHECKPOINT_FILE).read_bytes())
+        storage.write_losses(key, result.losses)
+        golds[task] = dict(zip(result.losses["image"].to_pylist(),
+                               result.losses["loss"].to_pylist()))
+    for u in units:
+        if u.stage == "scratch":
+            t = u.params["target"]
+            storage.write_losses(u.key, _synthetic(u.key, "scratch", t, ["pixels"], golds[t],
+                                                   rng, (0.9, 1.6)))
+        if u.stage == "transfer":
+            t = u.params["target"]
+            parts = [_synthetic(u.key, "transfer", t, s, golds[t], rng,
+                                (2.0, 3.0) if s == ["random"] else (0.7, 2.0))
+                     for s in u.params["source_sets"]]
+            pair = [s for s in GOLD_TASKS if s != t]
+            key2 = plan.transfer_key(cfg, t, REGIME, 2, [pair])
+            storage.write_losses(key2, _synthetic(key2, "transfer", t, pair, golds[t], rng,
+                                                  (0.6, 1.5)))
+            storage.write_losses(u.key, tables.pa.concat_tables(parts))
+    table = affinity.write_affinities(storage)
+    solved = taxonomy.solve_taxonomy(table, taxonomy.ProblemSpec(max_order=2), 1)
+    storage.write_json("taxonomy.json", solved.to_json())
+    failed = plan.beam_key(cfg, "normal", REGIME)
+    ledger.record(storage, failed, "started")
+    ledger.record(storage, failed, "failed", error="RuntimeError: out of memory")
+    storage.write_json("sweep.json", {"counts": {}, "failures": {failed: "out of memory"},
+                                      "wall_s": 12.5, "stats": {
+                                          "stage_span_s": {"gold": 7.25}, "unit_s": {"gold": 9.0}}})
+    return storage, cfg
+
+
+@pytest.fixture(scope="module")
+def sweep_storage(tmp_path_factory: pytest.TempPathFactory):
+    return build_sweep_storage(tmp_path_factory.mktemp("report-sweep"))
+
+
+def _page(index: Path) -> str:
+    text = index.read_text()
+    for src in re.findall(r'<img src="([^"]+)"', text):
+        data = (index.parent / html.unescape(src)).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", src
+    return text
+
+
+def test_published_report_shows_what_the_solver_and_significance_test_compute(
+        published_csv: Path, tmp_path: Path) -> None:
+    index = report.write_report(published_csv, tmp_path / "out", published=True, **FAST)
+    page = _page(index)
+    assert {"affinity.png", "task_tree.png", "budget_curve.png"} <= {
+        p.name for p in index.parent.iterdir()}
+    problem = taxonomy.build_problem(load_published(published_csv),
+                                     taxonomy.ProblemSpec(max_order=2))
+    solved = taxonomy.solve(problem, 3)
+    sig = evaluate.significance(problem, solved, 20, 0)
+    assert f"{solved.objective:.3f}" in page and ", ".join(solved.supervised) in page
+    assert f"{sig['objective'].percentile:.1f}" in page
+    for a in solved.transfers:
+        assert f"<td>{a.target}</td>" in page
+    assert "taxonomy_o2_b3.png" in page and "taxonomy_o1_b3.png" in page
+    assert "Run facts" not in page  # sweep-only sections are absent
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained: nothing fetched
+
+
+def test_budgets_that_cannot_be_met_are_named_in_the_page(published_csv: Path,
+                                                          tmp_path: Path) -> None:
+    index = report.write_report(published_csv, tmp_path, published=True,
+                                **{**FAST, "budgets": (0, 3, 40), "orders": (1, 30)})
+    page = index.read_text()
+    assert "order 1: budgets 0, 40 are outside [1, 26]" in page
+    assert "orders 30 exceed the table&#39;s largest order (24)" in page
+
+
+def test_task_tree_joins_sources_with_identical_transfer_patterns_first() -> None:
+    a = np.array([[0.5, 0.5, 0.1, 0.2], [0.1, 0.1, 0.6, 0.3], [0.2, 0.2, 0.1, 0.4]])
+    tree = report.task_tree(a)
+    leaves = tree["leaves"]
+    assert abs(leaves.index(0) - leaves.index(1)) == 1  # sources 0 and 1 have equal columns
+    assert min(min(d) for d in tree["dcoord"]) == 0 and max(tree["dcoord"][0]) == 0
+
+
+def test_sweep_report_shows_samples_sanity_and_run_facts(sweep_storage, tmp_path: Path) -> None:
+    storage, cfg = sweep_storage
+    index = report.write_report(storage.uri, **FAST)
+    assert index == Path(storage.path("report", "index.html"))
+    page = _page(index)
+    for task in GOLD_TASKS:
+        assert f'src="samples_{task}.png"' in page
+    losses = storage.read_losses().to_pylist()
+    gold = {r["image"]: r["loss"] for r in losses
+            if r["kind"] == "gold" and r["target"] == "normal"}
+    rand = {r["image"]: r["loss"] for r in losses if r["target"] == "normal"
+            and r["sources"] == ["random"]}
+    expect = np.mean([gold[i] < rand[i] for i in gold])
+    assert re.search(rf"<td>normal</td><td class=\"num\">{REGIME}</td><td class=\"num\">"
+                     rf"{len(gold)}</td>\s*<td class=\"num\">{expect:.2f}</td>", page)
+    assert "RuntimeError: out of memory" in page and plan.beam_key(cfg, "normal", REGIME) in page
+    assert "<td class=\"num\">7.2</td>" in page and "12.5 s" in page  # from sweep.json
+    assert "the sweep's own solve (taxonomy.json)" in page  # its budget 1, order 2 is drawn
+    assert "not measured by a sweep" in page
+
+
+def test_sweep_report_without_its_dataset_says_so(sweep_storage, tmp_path: Path) -> None:
+    storage, _ = sweep_storage
+    index = report.write_report(storage.uri, tmp_path / "elsewhere", data_root=str(tmp_path / "x"),
+                                **FAST)
+    page = index.read_text()
+    assert "is not here, so no test images can be shown" in page and "samples_" not in page
+
+
+def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="has not reached its analysis stage"):
+        report.write_report(tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="orders must be integers >= 1"):
+        report.ReportConfig(orders=(0,))
+    with pytest.raises(ConfigError, match="budgets must be finite"):
+        report.ReportConfig(budgets=(float("nan"),))
+
+
+def test_report_command_writes_the_published_page(published_csv: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["report", "--published", str(published_csv), "--out", str(tmp_path),
+                     "--budgets", "2", "--orders", "1", "--draw", "2", "--policies", "10"])
+    assert code == 0 and (tmp_path / "index.html").exists()
+    assert str(tmp_path / "index.html") in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
