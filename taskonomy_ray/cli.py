@@ -191,6 +191,53 @@ def _run_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report --------------------------------------------------------------------------------
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="a self-contained HTML report of a sweep or of the "
+                       "published Taskonomy results")
+    p.add_argument("storage", nargs="?", help="a sweep's storage (reads affinities.parquet)")
+    p.add_argument("--published", metavar="CSV_OR_RESULTS_DIR",
+                   help="report on the published transfers.csv (or a results/ folder) instead")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: STORAGE/report, or "
+                   "report-published/ with --published)")
+    p.add_argument("--budgets", default="1,2,3,4,6,8,12", metavar="SPEC",
+                   help="budget-curve points: '1-8' or '1,2,5' (default 1,2,3,4,6,8,12)")
+    p.add_argument("--orders", type=int, nargs="+", default=[1, 2, 4], metavar="K",
+                   help="one budget curve per maximum transfer order (default 1 2 4)")
+    p.add_argument("--draw", default="3,8", metavar="SPEC",
+                   help="budgets whose taxonomies are drawn, for every order (default 3,8)")
+    p.add_argument("--policies", type=int, default=100, metavar="N",
+                   help="random feasible policies per significance test (default 100)")
+    p.add_argument("--regime", type=int, help="transfer training-set size (default: largest)")
+    p.add_argument("--samples", type=int, default=3, metavar="N",
+                   help="test images shown per gold network (sweep only; 0: none)")
+    p.add_argument("--data", metavar="DIR", help="the sweep's dataset root, when it is not at "
+                   "the path recorded in run.json (sweep only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import time
+
+    from .errors import ConfigError
+    from .report import write_report
+    from .taxonomy import parse_budgets
+
+    if (args.storage is None) == (args.published is None):
+        raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")
+    t0 = time.perf_counter()
+    index = write_report(args.published or args.storage, args.out,
+                         published=args.published is not None,
+                         budgets=parse_budgets(args.budgets), orders=args.orders,
+                         drawn=parse_budgets(args.draw), random_policies=args.policies,
+                         regime=args.regime, samples=args.samples, data_root=args.data,
+                         seed=args.seed)
+    print(f"wrote {index} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # --- registry of commands ------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Handler]] = {
@@ -199,6 +246,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Handler]
     "sweep": (_add_sweep, _run_sweep),
     "status": (_add_status, _run_status),
     "solve": (_add_solve, _run_solve),
+    "report": (_add_report, _run_report),
 }
 
 
