@@ -78,10 +78,11 @@ class Features:
 
 @torch.no_grad()
 def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
-                   batch_size: int = 64, dtype: str = "float16") -> Features:
+                   batch_size: int = 64, dtype: str = "float16",
+                   device: str | torch.device = "cpu") -> Features:
     """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches."""
     if isinstance(encoder, torch.nn.Module):
-        encoder.eval()
+        encoder.eval().to(device)
     images: list[str] = []
     chunks: list[np.ndarray] = []
     batch: list[torch.Tensor] = []
@@ -89,8 +90,8 @@ def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
     def flush() -> None:
         x = torch.stack(batch)  # (B, 3, H, W) or (B, V, 3, H, W)
         lead = x.shape[:-3]
-        z = encoder(x.reshape(-1, *x.shape[-3:]))  # (B*V, C, h, w)
-        chunks.append(z.reshape(*lead, *z.shape[1:]).float().numpy().astype(DTYPES[dtype]))
+        z = encoder(x.reshape(-1, *x.shape[-3:]).to(device)).float().cpu()  # (B*V, C, h, w)
+        chunks.append(z.reshape(*lead, *z.shape[1:]).numpy().astype(DTYPES[dtype]))
         batch.clear()
 
     for i in range(len(samples)):
@@ -145,7 +146,8 @@ class FeatureCache:
 
     def ensure(self, source: str, imageset: str, encoder: Encoder | Callable[[], Encoder],
                samples: Sequence[Mapping[str, Any]], *, images: Sequence[str] | None = None,
-               batch_size: int = 64, lazy: bool = False) -> str:
+               batch_size: int = 64, lazy: bool = False,
+               device: str | torch.device = "cpu") -> str:
         """Encode `samples` with `source`'s frozen encoder unless cached; returns the path.
 
         With `lazy=True`, `encoder` is a zero-argument loader called only on a miss, so a hit
@@ -157,7 +159,8 @@ class FeatureCache:
         if self.storage.exists(rel):
             return rel
         enc = encoder() if lazy else encoder  # type: ignore[call-arg]
-        feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype)
+        feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype,
+                               device=device)
         if images is not None and feats.images != [str(i) for i in images]:
             raise ConfigError(f"the samples' ids differ from the `images` given for {source!r}; "
                               "pass the dataset's ids in sample order")
@@ -227,3 +230,41 @@ def open_imageset(data_root: str, imageset: str, *, image_size: int, tasks: Sequ
     if regime is None:
         return TaskonomyDataset(data_root, wanted, split=TEST, **kw)
     return regime_dataset(data_root, wanted, regime, seed=subset_seed, **kw)
+
+
+def cache_imageset(cache: FeatureCache, source: str, imageset: str,
+                   encoder: Callable[[], Encoder], data_root: str, *, image_size: int,
+                   splits: Any = None, subset_seed: int = 0, batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> str:
+    """One feature-cache unit: encode image set `imageset` with `source`'s encoder, once.
+
+    `encoder` is a zero-argument loader (see `encoder_loader`), called only when the entry is
+    missing. Returns the entry's storage-relative path.
+    """
+    if cache.is_cached(source, imageset):
+        return cache.path_of(source, imageset)
+    data = open_imageset(data_root, imageset, image_size=image_size, splits=splits,
+                         subset_seed=subset_seed)
+    return cache.ensure(source, imageset, encoder, data, images=data.images,
+                        batch_size=batch_size, lazy=True, device=device)
+
+
+def encoder_loader(source: str, checkpoint: str | None, model: Any, *, random_seed: int = 0
+                   ) -> Callable[[], Encoder]:
+    """A loader of `source`'s frozen encoder: the gold checkpoint's, or the fixed-seed random one.
+
+    `random_seed` must be the seed of the run's `random` baseline (models.random_encoder).
+    """
+    def load() -> Encoder:
+        if source == "random":
+            from .models import random_encoder
+
+            return random_encoder(model, random_seed)
+        if checkpoint is None:
+            raise ConfigError(f"source {source!r} needs its gold checkpoint; train it first")
+        from .training import load_encoder
+
+        return load_encoder(checkpoint)
+
+    get_task(source)
+    return load

@@ -31,6 +31,7 @@ from .transfer import (
     build_transfer_net,
     draw_masks,
     head_loss,
+    resolve_device,
     take,
 )
 
@@ -263,10 +264,11 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
     group.train()
     opt = _optimiser(group.parameters(), cfg)
     gens = [n.mask_generator() for n in nets]
+    dev = next(group.parameters()).device
     for step, idx in enumerate(batches(n_train, cfg)):
         group.set_masks([draw_masks(n, g) for n, g in zip(nets, gens)])
-        out = group(inputs(idx))  # (G, B, ...)
-        per_head = _head_losses(target, out, take(labels, idx), cfg.seed, step).mean(1)  # (G,)
+        out = group(inputs(idx).to(dev))  # (G, B, ...)
+        per_head = _head_losses(target, out, take(labels, idx, dev), cfg.seed, step).mean(1)
         if not torch.isfinite(per_head).all():
             bad = torch.nonzero(~torch.isfinite(per_head)).flatten().tolist()
             raise TrainingError(f"fused transfers into {target}: non-finite loss at step {step} "
@@ -284,11 +286,13 @@ def evaluate_fused(group: nn.Module, target: str, inputs: StackedInputFn,
                    cfg: TransferConfig) -> np.ndarray:
     """Per-image test losses (G, len(images)) of every head."""
     group.eval()
+    dev = next(group.parameters()).device
     out = []
     for start in range(0, len(images), cfg.eval_batch_size):
         idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
         ids = [images[i] for i in idx.tolist()]
-        out.append(_head_losses(target, group(inputs(idx)), take(labels, idx), cfg.seed, 0, ids))
+        x, batch = inputs(idx).to(dev), take(labels, idx, dev)
+        out.append(_head_losses(target, group(x), batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out, 1).float().numpy()
 
 
@@ -322,11 +326,11 @@ def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
     for start in range(0, len(sets), cfg.max_heads):
         chunk = sets[start:start + cfg.max_heads]
         nets = [build_transfer_net(target, ss, regime, model, cfg, out_channels, n_train)
-                for ss in chunk]
+                .to(resolve_device(cfg)) for ss in chunk]
         train_in = stacked_inputs(train_feats, chunk)
         every = torch.arange(n_train)
         for net, x in zip(nets, train_in(every)):
-            net.readout.set_clip(x, cfg.clip_sigma)
+            net.readout.set_clip(x.to(net.readout.lo.device), cfg.clip_sigma)
         group = train_fused(nets, target, train_in, train_labels, n_train, cfg)
         losses = evaluate_fused(group, target, stacked_inputs(test_feats, chunk), test_labels,
                                 test_images, cfg)

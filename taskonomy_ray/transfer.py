@@ -38,6 +38,7 @@ class TransferConfig:
     seed: int = 0
     eval_batch_size: int = 256
     max_heads: int = 32  # heads fused into one batched module at most (memory bound)
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
     feature_dtype: str = "float16"  # how representations are cached (see features.py)
 
@@ -46,6 +47,7 @@ class TransferConfig:
                   (self.batch_size >= 2, "transfer.batch_size must be >= 2 (batch norm)"),
                   (self.eval_batch_size >= 1, "transfer.eval_batch_size must be >= 1"),
                   (self.max_heads >= 1, "transfer.max_heads must be >= 1"),
+                  (self.device in ("auto", "cpu", "cuda"), "transfer.device: auto, cpu or cuda"),
                   (self.fused_backend in ("auto", "grouped", "vmap"),
                    "transfer.fused_backend must be auto, grouped or vmap"),
                   (self.lr > 0, "transfer.lr must be positive"),
@@ -227,9 +229,19 @@ def batches(n: int, cfg: TransferConfig) -> list[torch.Tensor]:
     return out
 
 
-def take(labels: Mapping[str, torch.Tensor], idx: torch.Tensor) -> Batch:
-    """The rows `idx` of every label tensor."""
-    return {k: v[idx] for k, v in labels.items()}
+def take(labels: Mapping[str, torch.Tensor], idx: torch.Tensor,
+         device: torch.device | None = None) -> Batch:
+    """The rows `idx` of every label tensor (labels stay on the CPU; batches move)."""
+    return {k: v[idx].to(device) if device is not None else v[idx] for k, v in labels.items()}
+
+
+def resolve_device(cfg: TransferConfig) -> torch.device:
+    """The device transfers train on: `auto` picks CUDA when present."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("transfer.device is cuda but no CUDA device is visible; use auto or cpu")
+    return torch.device(cfg.device)
 
 
 def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int,
@@ -266,10 +278,12 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn,
     net.train()
     opt = _optimiser(net.parameters(), cfg)
     g = net.mask_generator()
+    dev = net.readout.lo.device
     for step, idx in enumerate(batches(n_train, cfg)):
         for m, mask in zip(net.dropouts(), draw_masks(net, g)):
             m.mask.copy_(mask)
-        loss = head_loss(target, net(inputs(idx)), take(labels, idx), cfg.seed, step).mean()
+        out = net(inputs(idx).to(dev))
+        loss = head_loss(target, out, take(labels, idx, dev), cfg.seed, step).mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"transfer into {target}: non-finite loss at step {step}; "
                                 "lower transfer.lr")
@@ -285,9 +299,11 @@ def evaluate(net: TransferNet, target: str, inputs: InputFn,
              cfg: TransferConfig) -> np.ndarray:
     """Per-image test losses (len(images),) of one trained transfer."""
     net.eval()
+    dev = net.readout.lo.device
     out = []
     for start in range(0, len(images), cfg.eval_batch_size):
         idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
         ids = [images[i] for i in idx.tolist()]
-        out.append(head_loss(target, net(inputs(idx)), take(labels, idx), cfg.seed, 0, ids))
+        batch = take(labels, idx, dev)
+        out.append(head_loss(target, net(inputs(idx).to(dev)), batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out).float().numpy()

@@ -1,0 +1,143 @@
+"""The transfer function and one transfer unit of work, end to end on a tiny root."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from fixtures import make_root
+
+from taskonomy_ray import features, tables
+from taskonomy_ray.config import preset
+from taskonomy_ray.errors import ConfigError, StorageError
+from taskonomy_ray.fused import train_transfer_group
+from taskonomy_ray.tables import LOSSES_SCHEMA, Storage
+from taskonomy_ray.transfer import Readout, TransferConfig, build_transfer_net
+
+MODEL = preset("mini").model  # 64 px -> 4x4x8 representations
+CFG = TransferConfig(steps=2, batch_size=4, eval_batch_size=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return make_root(tmp_path_factory.mktemp("transfer"), buildings=3, points=4, views=3,
+                     size=32)
+
+
+def test_readout_has_two_streams_of_8k_channels_per_k_sources():
+    for k in (1, 3):
+        r = Readout(k)
+        convs = [m for m in r.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == 4 and all(c.kernel_size == (3, 3) and c.stride == (1, 1)
+                                       for c in convs)
+        assert {c.out_channels for c in convs} == {8 * k}
+        assert r.bn_in.num_features == 8 * k and r.bn_out.num_features == 16 * k
+        assert r(torch.randn(4, 8 * k, 4, 4)).shape == (4, 16 * k, 4, 4)
+
+
+def test_inputs_are_clipped_to_five_sigma_of_the_training_representations():
+    r = Readout(1)
+    train = torch.randn(64, 8, 4, 4)
+    r.set_clip(train, 5.0)
+    hi = train.mean((0, 2, 3)) + 5 * train.std((0, 2, 3))
+    torch.testing.assert_close(r.hi.flatten(), hi)
+    r.eval()
+    outlier = torch.zeros(2, 8, 4, 4)
+    outlier[:, 0] = 1e6
+    capped = outlier.clone()
+    capped[:, 0] = hi[0]
+    torch.testing.assert_close(r(outlier), r(capped))
+
+
+def test_initialisation_is_seeded_per_transfer_not_by_the_global_rng():
+    torch.manual_seed(1)
+    a = build_transfer_net("normal", ("reshading",), 128, MODEL, CFG, 3, 16)
+    torch.manual_seed(2)
+    b = build_transfer_net("normal", ("reshading",), 128, MODEL, CFG, 3, 16)
+    c = build_transfer_net("normal", ("depth_zbuffer",), 128, MODEL, CFG, 3, 16)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert not torch.equal(a.decoder.net[0][0].weight, c.decoder.net[0][0].weight)
+    assert a.decoder.net[0][0].in_channels == 16  # the readout's 16k channels, not t's 8
+
+
+def test_multi_view_targets_read_every_views_representation():
+    net = build_transfer_net("egomotion", ("normal", "random"), 16, MODEL, CFG, 18, 8).eval()
+    x = torch.randn(2, 3, 16, 4, 4)  # (B, V, 8k, h, w)
+    y = x.clone()
+    y[:, 2] += 1.0  # change only the third view
+    assert net(x).shape == (2, 18)
+    assert not torch.allclose(net(x), net(y))
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        TransferConfig.from_dict({"step": 3})
+    with pytest.raises(ConfigError, match="batch norm"):
+        TransferConfig(batch_size=1)
+    assert TransferConfig.from_dict({"steps": 3}).steps == 3
+
+
+def _cache(tmp_path: Path, root: Path, sources, imagesets) -> features.FeatureCache:
+    # Random encoders with distinct seeds stand in for trained ones: same shapes, same code path.
+    cache = features.FeatureCache(Storage(str(tmp_path / "run")),
+                                  features.keyed_paths({s: f"seed{i}" for i, s in
+                                                        enumerate(sources)}))
+    for i, s in enumerate(sources):
+        load = features.encoder_loader("random", None, MODEL, random_seed=i)
+        for imageset in imagesets:
+            features.cache_imageset(cache, s, imageset, load, str(root),
+                                    image_size=MODEL.image_size)
+    return cache
+
+
+def test_a_transfer_unit_trains_every_order_and_scores_every_test_image(root, tmp_path):
+    cache = _cache(tmp_path, root, ["normal", "reshading", "random"], ["r8", "test"])
+    sets = [["normal"], ["reshading"], ["random"], ["normal", "reshading"]]
+    table = train_transfer_group("depth_zbuffer", sets, 8, cache, str(root), CFG, MODEL,
+                                 unit="transfer-depth_zbuffer-r8-test")
+    assert table.schema.equals(LOSSES_SCHEMA)
+    n_test = len(features.open_imageset(str(root), "test", image_size=64))
+    assert table.num_rows == 4 * n_test
+    per_transfer: dict[tuple, set] = {}
+    for r in table.select(["sources", "image"]).to_pylist():
+        per_transfer.setdefault(tuple(r["sources"]), set()).add(r["image"])
+    assert {k: len(v) for k, v in per_transfer.items()} == {
+        ("normal",): n_test, ("reshading",): n_test, ("random",): n_test,
+        ("reshading", "normal"): n_test}  # sources spelt in registry order
+    assert set(table.column("order").to_pylist()) == {1, 2}
+    assert set(table.column("kind").to_pylist()) == {"transfer"}
+    assert set(table.column("regime").to_pylist()) == {8}
+    Storage(str(tmp_path / "run")).write_losses("transfer-depth_zbuffer-r8-test", table)
+    again = Storage(str(tmp_path / "run")).read_losses()
+    assert again.num_rows == table.num_rows
+
+
+def test_multi_view_targets_use_their_own_image_sets(root, tmp_path):
+    sets = ["r8-egomotion", "test-egomotion"]
+    cache = _cache(tmp_path, root, ["normal"], sets)
+    table = train_transfer_group("egomotion", [["normal"]], 8, cache, str(root), CFG, MODEL,
+                                 unit="u")
+    assert table.num_rows == len(features.open_imageset(str(root), "test-egomotion",
+                                                        image_size=64))
+    assert "+" in table.column("image")[0].as_py()  # a sample id names all its views
+
+
+def test_missing_representations_say_to_run_the_cache_step(root, tmp_path):
+    cache = _cache(tmp_path, root, ["normal"], ["test"])  # the training subset is not cached
+    with pytest.raises(StorageError, match="run the feature cache step"):
+        train_transfer_group("depth_zbuffer", [["normal"]], 8, cache, str(root), CFG, MODEL,
+                             unit="u")
+
+
+def test_losses_table_type_matches_the_design_schema():
+    t = tables.losses_table("u", "transfer", "normal", ["a", "b"], 8, ["i"], [0.5])
+    assert isinstance(t, pa.Table) and t.column("order")[0].as_py() == 2
