@@ -30,6 +30,8 @@ DEFAULT_POLICIES = 100  # random feasible policies per significance test
 PUBLISHED_OUT = "report-published"
 REPORT_DIR = "report"  # below a sweep's storage
 TEMPLATE = "report.html.j2"
+FIGURES = ("affinity.png", "task_tree.png", "budget_curve.png", "taxonomy_o*_b*.png",
+           "samples_*.png")  # every file name the report writes besides index.html
 PSEUDO_COLUMNS = ("self", "pixels")  # not transfer sources: kept out of the matrices
 
 
@@ -99,8 +101,9 @@ def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: s
     """Compute every section, draw the figures into `out`, render index.html."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # figures of an earlier report with other settings
-        old.unlink()
+    for pattern in FIGURES:  # figures of an earlier report with other settings, only ours
+        for old in out.glob(pattern):
+            old.unlink()
     regime = pick_regime(table, cfg.regime)
     context: dict[str, Any] = {
         "title": title, "source": source, "version": __version__, "regime": regime,

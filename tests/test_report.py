@@ -186,3 +186,29 @@ def test_report_command_writes_the_published_page(published_csv: Path, tmp_path:
     assert code == 0 and (tmp_path / "index.html").exists()
     assert str(tmp_path / "index.html") in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_second_report_replaces_its_own_figures_and_keeps_other_files(
+        published_csv: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_bytes(b"mine")
+    report.write_report(published_csv, tmp_path, published=True, **FAST)
+    report.write_report(published_csv, tmp_path, published=True, **{**FAST, "drawn": (1,)})
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "notes.png" in names and "taxonomy_o1_b1.png" in names
+    assert "taxonomy_o1_b3.png" not in names  # drawn by the first report only
+
+
+def test_object_store_sweep_gets_its_report_uploaded_under_report(
+        sweep_storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage, _ = sweep_storage
+
+    class ObjectStore(tables.Storage):
+        def __init__(self, uri: str) -> None:
+            super().__init__(uri)
+            self.local = False  # as s3:// or gs://: write whole objects, no local folder
+
+    monkeypatch.setattr(report, "Storage", ObjectStore)
+    index = report.write_report(storage.uri, samples=0, **FAST)
+    assert str(index) == storage.uri_for("report/index.html")
+    assert b"Taskonomy report" in storage.read_bytes("report/index.html")
+    assert storage.exists("report/budget_curve.png")
