@@ -131,6 +131,18 @@ def test_texture_edges_are_not_all_occlusion_edges(root):
     assert tex > 0 and tex_only > 0.3 * tex
 
 
+def test_appearance_is_not_a_function_of_geometry(root):
+    from taskonomy_ray.render.domains import grey
+
+    luma, shade = [], []
+    for key in _views(root):
+        valid = layout.depth_valid(_read(root, key, "depth_zbuffer"))
+        luma.append(grey(_read(root, key, "rgb"))[valid])
+        shade.append(_read(root, key, "reshading")[valid])
+    # albedo (textures) and room lights, not the camera-light cosine, drive the image
+    assert abs(np.corrcoef(np.concatenate(luma), np.concatenate(shade))[0, 1]) < 0.6
+
+
 def test_segment_semantic_ids_agree_with_class_object(root):
     names = layout.read_info(root)["class_object"]
     for key in _views(root):

@@ -227,34 +227,13 @@ def _wall_piece(b: _Builder, prims: list[fu.Prim], wall: int, along: float, d: f
 
 def _structure(rng: np.random.Generator, b: _Builder, lo: np.ndarray, hi: np.ndarray,
                rtype: str) -> tuple[list[np.ndarray], list[tuple]]:
-    """Doors (insets), windows (openings with frames), posters and skirting; all id 0."""
-    used: list[tuple[int, float, float]] = []
-    clear, openings = [], []
-    n_doors = int(rng.integers(2, 4)) if rtype == "corridor" else 1 + int(rng.random() < 0.4)
-    for _ in range(n_doors):
-        wall = int(rng.integers(4))
-        c = _free_segment(rng, used, wall, lo, hi, DOOR_W)
-        if c is None:
-            continue
-        _wall_piece(b, [fu.box(-DOOR_W / 2, -0.015, 0, DOOR_W / 2, 0.015, DOOR_H, "door"),
-                        ("sph", (DOOR_W / 2 - 0.1, -0.045, 1.0, 0.03), "metal")], wall, c, 0.03,
-                    lo, hi)
-        turns, cx, cy = _on_wall(wall, c, 0.0, lo, hi, 1.0)
-        r = fu.place(fu.box(-0.55, -0.5, 0, 0.55, 0.5, 0, ""), turns, cx, cy)[1]
-        clear.append(np.array([r[0], r[1], r[3], r[4]]))
-    for _ in range(0 if rtype == "corridor" else int(rng.integers(0, 3))):
-        wall, width = int(rng.integers(4)), float(rng.uniform(0.8, 1.6))
-        c = _free_segment(rng, used, wall, lo, hi, width + 0.1)
-        if c is None:
-            continue
-        z0, z1 = float(rng.uniform(0.8, 1.0)), float(min(rng.uniform(2.0, 2.3), hi[2] - 0.2))
-        openings.append((wall, c - width / 2, c + width / 2, z0, z1))
-        t = 0.05  # frame bars around the hole, 5 cm proud of the wall
-        _wall_piece(b, [fu.box(-width / 2 - t, -t / 2, z0 - t, width / 2 + t, t / 2, z0, "ceramic"),
-                        fu.box(-width / 2 - t, -t / 2, z1, width / 2 + t, t / 2, z1 + t, "ceramic"),
-                        fu.box(-width / 2 - t, -t / 2, z0, -width / 2, t / 2, z1, "ceramic"),
-                        fu.box(width / 2, -t / 2, z0, width / 2 + t, t / 2, z1, "ceramic")],
-                    wall, c, t, lo, hi)
+    """Doors (insets), windows (openings with frames), posters and skirting; all object id 0.
+
+    Returns the floor rectangles in front of doors (kept clear of furniture) and the openings.
+    """
+    used: list[tuple[int, float, float]] = []  # (wall, from, to) already taken along each wall
+    clear = _doors(rng, b, lo, hi, rtype, used)
+    openings = _windows(rng, b, lo, hi, rtype, used)
     for k in range(int(rng.integers(0, 3))):
         wall, pw = int(rng.integers(4)), float(rng.uniform(0.4, 1.0))
         c = _free_segment(rng, used, wall, lo, hi, pw)
@@ -267,6 +246,45 @@ def _structure(rng: np.random.Generator, b: _Builder, lo: np.ndarray, hi: np.nda
         _wall_piece(b, [fu.box(-(a1 - a0) / 2, -0.006, 0, (a1 - a0) / 2, 0.006, 0.08, "ceramic")],
                     wall, (a0 + a1) / 2, 0.012, lo, hi)
     return clear, openings
+
+
+def _doors(rng: np.random.Generator, b: _Builder, lo: np.ndarray, hi: np.ndarray, rtype: str,
+           used: list[tuple[int, float, float]]) -> list[np.ndarray]:
+    """Door panels 3 cm proud of the wall, with knobs; returns the floor to keep clear."""
+    clear = []
+    n_doors = int(rng.integers(2, 4)) if rtype == "corridor" else 1 + int(rng.random() < 0.4)
+    for _ in range(n_doors):
+        wall = int(rng.integers(4))
+        c = _free_segment(rng, used, wall, lo, hi, DOOR_W)
+        if c is None:
+            continue
+        _wall_piece(b, [fu.box(-DOOR_W / 2, -0.015, 0, DOOR_W / 2, 0.015, DOOR_H, "door"),
+                        ("sph", (DOOR_W / 2 - 0.1, -0.045, 1.0, 0.03), "metal")], wall, c, 0.03,
+                    lo, hi)
+        turns, cx, cy = _on_wall(wall, c, 0.0, lo, hi, 1.0)
+        r = fu.place(fu.box(-0.55, -0.5, 0, 0.55, 0.5, 0, ""), turns, cx, cy)[1]
+        clear.append(np.array([r[0], r[1], r[3], r[4]]))
+    return clear
+
+
+def _windows(rng: np.random.Generator, b: _Builder, lo: np.ndarray, hi: np.ndarray, rtype: str,
+             used: list[tuple[int, float, float]]) -> list[tuple]:
+    """Window holes in the shell (rays leave the room: no depth), framed by 5 cm bars."""
+    openings = []
+    for _ in range(0 if rtype == "corridor" else int(rng.integers(0, 3))):
+        wall, width = int(rng.integers(4)), float(rng.uniform(0.8, 1.6))
+        c = _free_segment(rng, used, wall, lo, hi, width + 0.1)
+        if c is None:
+            continue
+        z0, z1 = float(rng.uniform(0.8, 1.0)), float(min(rng.uniform(2.0, 2.3), hi[2] - 0.2))
+        openings.append((wall, c - width / 2, c + width / 2, z0, z1))
+        t, w2 = 0.05, width / 2
+        _wall_piece(b, [fu.box(-w2 - t, -t / 2, z0 - t, w2 + t, t / 2, z0, "ceramic"),
+                        fu.box(-w2 - t, -t / 2, z1, w2 + t, t / 2, z1 + t, "ceramic"),
+                        fu.box(-w2 - t, -t / 2, z0, -w2, t / 2, z1, "ceramic"),
+                        fu.box(w2, -t / 2, z0, w2 + t, t / 2, z1, "ceramic")],
+                    wall, c, t, lo, hi)
+    return openings
 
 
 def _fits(rect: np.ndarray, lo: np.ndarray, hi: np.ndarray, others: list[np.ndarray]) -> bool:
