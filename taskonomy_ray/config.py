@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError, unknown_name
 
 OPTIMISERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
 
@@ -62,6 +63,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4  # Taskonomy trained with Adam at 1e-4 (paper's supplementary material)
     optimiser: str = "adam"
+    schedule: str = "constant"  # learning rate over the run: constant, or cosine decay to 0
+    warmup: int = 0  # steps of linear warm-up before the schedule
     weight_decay: float = 2e-6
     seed: int = 0
     amp: str = "auto"  # mixed precision: auto = on for CUDA (bf16), off on CPU
@@ -84,6 +87,9 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
         if self.optimiser not in OPTIMISERS:
             raise unknown_name("optimiser", self.optimiser, OPTIMISERS)
+        _check(self.warmup >= 0, "train.warmup must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise unknown_name("schedule", self.schedule, SCHEDULES)
         if self.device not in DEVICES:
             raise unknown_name("device", self.device, DEVICES)
         if self.amp not in AMP_MODES:
@@ -112,6 +118,7 @@ PRESETS: dict[str, NetworkConfig] = {
         ModelConfig(image_size=64, width=8, decoder_width=32, head_width=128,
                     jigsaw_classes=24, embedding_dim=8),
         TrainConfig(steps=120, batch_size=16, lr=2e-3, weight_decay=1e-5, channels_last=False,
+                    schedule="cosine", warmup=10,
                     eval_batch_size=64),
     ),
 }

@@ -10,6 +10,7 @@ Checkpoints go through a small `Hooks` object, so the same loop runs with a loca
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ from .models import (
     Encoder,
     TaskNetwork,
     build_task_network,
+    init_output_bias,
     network_input,
     per_image_loss,
     represent,
@@ -134,6 +136,16 @@ def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return cls(params, cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier at `step`: linear warm-up, then constant or cosine to 0."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup) / span)))
+
+
 def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
@@ -181,6 +193,10 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         net.encoder.eval()  # a frozen encoder keeps its batch-norm statistics too
     while step < tc.steps:
         batch = next(it)
+        if step == 0 and net.decoder is not None:
+            init_output_bias(net.decoder, spec, batch)
+        for group in opt.param_groups:
+            group["lr"] = tc.lr * lr_factor(tc, step)
         with _autocast(tc, device):
             pred = net(_to(network_input(spec, batch), device, tc.channels_last))
         loss = per_image_loss(spec, pred, batch).mean()

@@ -113,3 +113,22 @@ def test_semantic_loss_skips_uncertain_pixels_and_metric_pairs_are_fixed_per_ima
     alone = per_image_loss(emb, pred[1:], {"segment_unsup2d": batch["segment_unsup2d"][1:],
                                            "image": ["b"]}, deterministic=True)
     assert torch.allclose(one[1:], alone)
+
+
+def test_output_bias_starts_at_the_mean_label_or_class_prior() -> None:
+    from taskonomy_ray.models import init_output_bias
+    from taskonomy_ray.tasks import get_task
+
+    net = build_task_network("depth_zbuffer", TINY, 1, seed=0)
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, 0] = False
+    label = torch.full((2, 1, 4, 4), 4.0)
+    label[:, :, 0] = 120.0  # invalid pixels do not count
+    init_output_bias(net.decoder, get_task("depth_zbuffer"),
+                     {"depth_zbuffer": label, "depth_zbuffer_mask": mask})
+    assert net.decoder.net[-1].bias.tolist() == pytest.approx([4.0])
+    cls = build_task_network("point_matching", TINY, 2, seed=0)
+    init_output_bias(cls.decoder, get_task("point_matching"),
+                     {"point_matching": torch.tensor([1, 1, 1, 0])})
+    b = cls.decoder.net[-1].bias
+    assert b[1] > b[0]

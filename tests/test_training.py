@@ -106,3 +106,11 @@ def test_config_overrides_reject_unknown_keys_with_a_suggestion(tmp_path: Path) 
     assert config.from_dict(cfg.to_dict(), base="mini") == cfg
     with pytest.raises(ConfigError, match="multiple of 16"):
         config.ModelConfig(image_size=40)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    cfg = config.TrainConfig(steps=100, warmup=10, schedule="cosine")
+    f = [training.lr_factor(cfg, s) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[100] == pytest.approx(0.0)
+    assert training.lr_factor(config.TrainConfig(), 50) == 1.0

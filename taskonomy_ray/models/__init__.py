@@ -11,8 +11,8 @@ from .decoders import build_decoder
 from .encoder import Encoder, random_encoder
 from .losses import per_image_loss
 
-__all__ = ["Encoder", "TaskNetwork", "build_task_network", "network_input", "per_image_loss",
-           "random_encoder", "represent"]
+__all__ = ["Encoder", "TaskNetwork", "build_task_network", "init_output_bias", "network_input",
+           "per_image_loss", "random_encoder", "represent"]
 
 
 def represent(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,3 +57,25 @@ def build_task_network(task: str, cfg: ModelConfig, channels: int, seed: int | N
 def network_input(spec: TaskSpec, batch: dict) -> torch.Tensor:
     """What the task network sees: the derived input (noisy, grey, masked, tiles) or rgb."""
     return batch.get(f"{spec.name}_input", batch["rgb"])
+
+
+@torch.no_grad()
+def init_output_bias(decoder: nn.Module, spec: TaskSpec, batch: dict) -> None:
+    """Start the decoder's output at the batch's mean label (log class frequencies for classes).
+
+    Labels such as depth in metres sit far from 0; with Adam's bounded steps the output layer
+    would need hundreds of steps just to reach their mean, so short trainings start there.
+    """
+    last = decoder.net[-1]
+    y = batch[spec.name]
+    if spec.loss in ("l1", "l2"):
+        y = y.float()
+        mask = batch.get(f"{spec.name}_mask")
+        per_channel = y.flatten(2) if y.dim() == 4 else y[..., None]  # (B, C, N)
+        w = mask.flatten(2).float() if mask is not None else torch.ones_like(per_channel[:, :1])
+        last.bias.copy_((per_channel * w).sum((0, 2)) / w.sum((0, 2)).clamp_min(1))
+    elif spec.loss == "kl":
+        last.bias.copy_(torch.log(y.float().mean(0) + 1e-3))
+    elif spec.loss == "cross_entropy":
+        counts = torch.bincount(y.flatten(), minlength=last.bias.numel())[: last.bias.numel()]
+        last.bias.copy_(torch.log(counts.float() / counts.sum() + 1e-3))

@@ -41,6 +41,9 @@ class Bottleneck(nn.Module):
         elif stride != 1:  # TF-slim subsamples the identity of a strided last unit
             self.shortcut = nn.MaxPool2d(1, stride)
         self.relu = nn.ReLU(inplace=True)
+        # Each residual branch starts at zero (last batch norm's scale 0), so the deep trunk
+        # starts close to its shortcuts and trains fast (Goyal et al. 2017).
+        nn.init.zeros_(self.body[2][1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))
