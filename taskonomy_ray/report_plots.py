@@ -52,9 +52,10 @@ def plot_affinity_matrices(targets: Sequence[str], sources: Sequence[str], quali
     axes = fig.subplots(1, 2)
     positive = affinity[np.isfinite(affinity) & (affinity > 0)]
     lo, hi = (positive.min(), positive.max()) if positive.size else (1e-3, 1.0)
-    panels = [(quality, "Quality: win rate vs gold (before AHP)", {"vmin": 0.0, "vmax": 1.0}),
-              (affinity, "AHP affinity (after, log scale)",
-               {"norm": LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))})]
+    panels: list[tuple[np.ndarray, str, dict[str, Any]]] = [
+        (quality, "Quality: win rate vs gold (before AHP)", {"vmin": 0.0, "vmax": 1.0}),
+        (affinity, "AHP affinity (after, log scale)",
+         {"norm": LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))})]
     for ax, (values, name, scale) in zip(axes, panels):
         ax.set_facecolor("#dddddd")
         image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", **scale)
