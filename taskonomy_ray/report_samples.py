@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import report_plots
+from . import layout, report_plots
 from .config import ModelConfig
 from .dataset import SplitConfig, TaskonomyDataset, collate
 from .errors import TaskonomyError
@@ -74,7 +74,8 @@ def predict_rows(task: str, checkpoint: bytes, data_root: str, splits: SplitConf
         return []
     x = network_input(spec, batch)
     pred = net(x).float()
-    return [[_input_picture(x[i]), *_output_pictures(spec, pred[i], batch, i)]
+    names = layout.read_info(data_root).get(spec.domains[0]) if spec.domains else None
+    return [[_input_picture(x[i]), *_output_pictures(spec, pred[i], batch, i, names)]
             for i in range(len(batch["image"]))]
 
 
@@ -94,9 +95,9 @@ def _rgb(x: torch.Tensor) -> np.ndarray:
     return np.clip(a[:3].transpose(1, 2, 0), 0, 1)
 
 
-def _output_pictures(spec: TaskSpec, pred: torch.Tensor, batch: dict[str, Any],
-                     i: int) -> list[np.ndarray | str]:
-    """[prediction, truth] of sample i, by the task's output kind."""
+def _output_pictures(spec: TaskSpec, pred: torch.Tensor, batch: dict[str, Any], i: int,
+                     names: list[str] | None = None) -> list[np.ndarray | str]:
+    """[prediction, truth] of sample i, by the task's output kind (`names`: class names)."""
     label = batch[spec.name][i]
     mask = batch.get(f"{spec.name}_mask")
     if spec.output == "pixel_regression":
@@ -107,7 +108,7 @@ def _output_pictures(spec: TaskSpec, pred: torch.Tensor, batch: dict[str, Any],
     if spec.output == "pixel_embedding":
         return [_embedding(pred), _ids(label)]
     if spec.output == "class_distribution":
-        return [_top(torch.softmax(pred, 0)), _top(label)]
+        return [_top(torch.softmax(pred, 0), names), _top(label, names)]
     if spec.loss == "cross_entropy":  # one class per sample: jigsaw, point_matching
         p = torch.softmax(pred, 0)
         return [f"class {int(p.argmax())}\np = {float(p.max()):.2f}", f"class {int(label)}"]
@@ -146,9 +147,12 @@ def _embedding(e: torch.Tensor) -> np.ndarray:
     return y.T.reshape(3, *e.shape[1:]).numpy().transpose(1, 2, 0)
 
 
-def _top(p: torch.Tensor, k: int = 3) -> str:
+def _top(p: torch.Tensor, names: list[str] | None, k: int = 3) -> str:
+    """The k most likely classes with their probabilities, by name where the dataset has them."""
     values, index = torch.topk(p.float(), min(k, p.numel()))
-    return "\n".join(f"class {int(j)}: {float(v):.2f}" for v, j in zip(values, index))
+    labels = names if names is not None and len(names) == p.numel() else None
+    return "\n".join(f"{labels[int(j)] if labels else f'class {int(j)}'}: {float(v):.2f}"
+                     for v, j in zip(values, index))
 
 
 def _vector(v: torch.Tensor, k: int = 6) -> str:
