@@ -258,18 +258,7 @@ def _edges(rows: list[dict], spec: ProblemSpec, targets: set[str], supervisable:
 
 def solve(problem: Problem, budget: float, backend: str = DEFAULT_BACKEND) -> Taxonomy:
     """The optimal taxonomy of `problem` under `budget` (proven optimal: zero MIP gap)."""
-    if not (math.isfinite(budget) and budget >= 0):
-        raise ConfigError(f"the budget must be a finite number >= 0, got {budget}")
-    model, sup, pick = _model(problem, maximise=True)
-    model += pulp.lpSum(problem.costs[n] * sup[n] for n in problem.supervisable) <= budget
-    if _run(model, backend) == "Infeasible":
-        need = min_budget(problem, backend)
-        raise SolverError(f"budget {budget:g} cannot serve all {len(problem.targets)} targets: "
-                          f"the smallest budget that can is {need:g}; raise --budget or drop "
-                          "targets (--targets)")
-    chosen = frozenset(n for n in problem.supervisable if sup[n].varValue > 0.5)
-    edges = [e for e, var in zip(problem.edges, pick) if var.varValue > 0.5]
-    return assemble(problem, budget, chosen, edges)
+    return budget_curve(problem, [budget], backend)[0]
 
 
 def solve_taxonomy(affinities: pa.Table, spec: ProblemSpec, budget: float,
@@ -280,8 +269,28 @@ def solve_taxonomy(affinities: pa.Table, spec: ProblemSpec, budget: float,
 
 def budget_curve(problem: Problem, budgets: Sequence[float],
                  backend: str = DEFAULT_BACKEND) -> list[Taxonomy]:
-    """One optimal taxonomy per budget (the supervision-budget curve); no retraining needed."""
-    return [solve(problem, b, backend) for b in budgets]
+    """One optimal taxonomy per budget (the supervision-budget curve); no retraining needed.
+
+    The model is built once and only the budget's right-hand side changes between solves.
+    """
+    for budget in budgets:
+        if not (math.isfinite(budget) and budget >= 0):
+            raise ConfigError(f"the budget must be a finite number >= 0, got {budget}")
+    model, sup, pick = _model(problem, maximise=True)
+    model += (pulp.lpSum(problem.costs[n] * sup[n] for n in problem.supervisable) <= 0,
+              "budget")
+    out = []
+    for budget in budgets:
+        model.get_constraint_by_name("budget").changeRHS(budget)
+        if _run(model, backend) == "Infeasible":
+            need = min_budget(problem, backend)
+            raise SolverError(f"budget {budget:g} cannot serve all {len(problem.targets)} "
+                              f"targets: the smallest budget that can is {need:g}; raise "
+                              "--budget or drop targets (--targets)")
+        chosen = frozenset(n for n in problem.supervisable if sup[n].varValue > 0.5)
+        edges = [e for e, var in zip(problem.edges, pick) if var.varValue > 0.5]
+        out.append(assemble(problem, budget, chosen, edges))
+    return out
 
 
 def min_budget(problem: Problem, backend: str = DEFAULT_BACKEND) -> float:

@@ -128,6 +128,7 @@ def test_pruning_drops_only_dominated_transfers(pub):
                        and f.weight >= e.weight for f in kept)
 
 
+@pytest.mark.filterwarnings("ignore:PULP_CBC_CMD is deprecated:DeprecationWarning")
 def test_cbc_and_highs_back_ends_agree(pub):
     problem = taxonomy.build_problem(pub, taxonomy.ProblemSpec(max_order=3, regime=16000))
     highs, cbc = taxonomy.solve(problem, 4, "highs"), taxonomy.solve(problem, 4, "cbc")
