@@ -29,8 +29,17 @@ _PALETTE = np.random.default_rng(7).uniform(0.15, 0.95, (4096, 3))  # fixed colo
 def gold_samples(storage: Storage, gold_units: list[dict[str, Any]], data_root: str,
                  splits: SplitConfig, n: int, out: Path) -> dict[str, Any]:
     """One PNG per trained gold network; tasks that cannot be shown are listed with why."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few tiny forward passes: threads only add start-up cost
+    try:
+        return _draw_all(storage, gold_units, data_root, splits, n, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _draw_all(storage: Storage, gold_units: list[dict[str, Any]], data_root: str,
+              splits: SplitConfig, n: int, out: Path) -> dict[str, Any]:
     images, skipped = [], []
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     for unit in gold_units:
         task, ckpt = unit["params"]["task"], checkpoint_path(unit["key"])
         reason = _why_not(task, storage, ckpt)
