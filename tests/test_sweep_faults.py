@@ -2,10 +2,14 @@
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from test_sweep_runner import WORKFLOW
 
@@ -29,3 +33,51 @@ def test_units_of_a_removed_worker_node_are_retried_elsewhere(tmp_path):
     assert out["ok"], out["failures"]
     assert out["missing"] == []
     assert out["killed"] in out["retried"]  # the killed unit ran again, on another node
+
+
+def sweep_cmd(storage, data):
+    return [sys.executable, "-m", "taskonomy_ray", "sweep", str(HERE.parent / "workflows" /
+            "smoke.yaml"), "--storage", str(storage), "--data", str(data), "--no-progress"]
+
+
+def kill_group(proc):
+    """SIGKILL the driver and everything it started (its local Ray), like a crashed machine."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def test_driver_killed_at_random_points_resumes_without_redoing_work(tmp_path):
+    from taskonomy_ray.sweep import ledger, plan
+    from taskonomy_ray.tables import Storage
+
+    clean = subprocess.run(sweep_cmd(tmp_path / "clean", tmp_path / "data-clean"),
+                           capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    rng = random.Random(7)
+    storage, data = tmp_path / "killed", tmp_path / "data-killed"
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(sweep_cmd(storage, data), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(6.0, 16.0))  # Ray starts in ~5 s; units run after that
+        if proc.poll() is None:
+            kill_group(proc)
+            kills += 1
+    assert kills >= 2, "the sweep finished before it could be killed: lengthen the smoke run"
+    final = subprocess.run(sweep_cmd(storage, data), capture_output=True, text=True,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    st = Storage(str(storage))
+    units = [plan.Unit.from_json(u) for u in st.read_json("plan.json")["units"]]
+    done_twice = [u.key for u in units if ledger.history(st, u.key).completions > 1]
+    assert done_twice == []
+    assert all(st.exists(o) for u in units for o in u.outputs)
+    order = [("target", "ascending"), ("order", "ascending"), ("affinity", "ascending")]
+    a = pq.read_table(tmp_path / "clean" / "affinities.parquet").sort_by(order)
+    b = pq.read_table(storage / "affinities.parquet").sort_by(order)
+    assert a.equals(b)
