@@ -209,8 +209,10 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
         ordered = pool.imap if pool else map
         # Phase 1: plan every point (cheap, in parallel); every chunk needs its building's points.
         plans: dict[int, list[Point]] = {b: [] for b in range(cfg.buildings)}
+        bar.set_description("synth (placing cameras)")
         for (b, _, _), pts in zip(chunks, ordered(_plan_task, [(cfg, *c) for c in chunks])):
             plans[b] += pts
+        bar.set_description("synth")
         # Phase 2: render and write, in any order (every file depends on its own view only).
         tasks = [(cfg, b, list(range(s, e)), tuple(plans[b])) for b, s, e in chunks]
         results = pool.imap_unordered(_render_task, tasks) if pool else map(_render_task, tasks)
