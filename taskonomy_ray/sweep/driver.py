@@ -141,7 +141,20 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
                               for s in stats.first_start}})
     storage.write_json(SUMMARY_FILE, {"counts": result.counts, "failures": result.failures,
                                       "wall_s": result.wall_s, "stats": result.stats})
+    if sched.state.get("analysis") == "done":  # the report shows the run facts just written
+        write_sweep_report(storage, ctx, result)
     return result
+
+
+def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResult) -> None:
+    """The HTML report of the finished sweep; a failure is reported, never loses results."""
+    from ..errors import TaskonomyError
+    from ..report import write_report
+
+    try:
+        write_report(storage.uri, data_root=ctx["data_root"])
+    except TaskonomyError as e:
+        result.failures["report"] = f"{type(e).__name__}: {e}"
 
 
 def write_plan(storage: Storage, sched: Scheduler) -> None:
