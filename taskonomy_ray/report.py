@@ -265,7 +265,9 @@ def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance], out: Pat
            pinned: dict[str, Any] | None) -> dict[str, Any]:
     """One taxonomy: its graph, per-target rows and its significance against random policies."""
     name = f"taxonomy_o{t.max_order}_b{t.budget:g}".replace(".", "p") + ".png"
-    plots.draw_taxonomy(t, out / name)
+    # The page states objective and means above the picture; a short title fits small graphs.
+    plots.draw_taxonomy(t, out / name, f"order <= {t.max_order}, budget {t.budget:g}, "
+                                       f"regime {t.regime}")
     is_pinned = pinned is not None and (pinned["max_order"], float(pinned["budget"])) == (
         t.max_order, float(t.budget))
     rows = [{"target": a.target, "served_by": "supervised" if a.supervised
