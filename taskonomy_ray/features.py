@@ -268,3 +268,9 @@ def encoder_loader(source: str, checkpoint: str | None, model: Any, *, random_se
 
     get_task(source)
     return load
+
+
+def imagesets(targets: Sequence[str], regimes: Sequence[int]) -> list[str]:
+    """Every image set a sweep caches per source: `test`, `r<regime>`, and multi-view targets'."""
+    names = [imageset_name(t, r) for r in [None, *regimes] for t in [None, *targets]]
+    return list(dict.fromkeys(names))

@@ -171,6 +171,8 @@ def _swap_dropout(net: TransferNet, example: torch.Tensor) -> None:
     """Replace every nn.Dropout with a HeadDropout shaped like its input at the training batch."""
     shapes: dict[str, tuple[int, ...]] = {}
     named = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Dropout)]
+    if not named:
+        return
     hooks = [m.register_forward_hook(lambda mod, a, out, n=n: shapes.__setitem__(n, a[0].shape))
              for n, m in named]
     with torch.no_grad():

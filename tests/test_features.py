@@ -100,3 +100,5 @@ def test_image_set_names_round_trip():
     assert features.imageset_name("egomotion", 128) == "r128-egomotion"
     assert features.parse_imageset("test-egomotion") == (None, "egomotion")
     assert features.parse_imageset("r512") == (512, None)
+    assert features.imagesets(["normal", "egomotion"], [128]) == [
+        "test", "test-egomotion", "r128", "r128-egomotion"]
