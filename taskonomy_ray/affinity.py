@@ -33,10 +33,13 @@ def win_matrix(losses: np.ndarray) -> np.ndarray:
     if m == 0:
         raise DataError("a tournament needs at least one test image")
     lt = np.zeros((n, n), dtype=np.int64)
-    step = max(1, _CHUNK // max(1, n * n))
+    step = max(1, min(m, _CHUNK // max(1, n * n)))
+    buf = np.empty((n, n, step), dtype=bool)  # reused: a fresh block each time costs page faults
     for lo in range(0, m, step):
         block = x[:, lo:lo + step]  # (n, c)
-        lt += np.count_nonzero(block[:, None, :] < block[None, :, :], axis=2)
+        less = buf[:, :, :block.shape[1]]
+        np.less(block[:, None, :], block[None, :, :], out=less)  # (n, n, c)
+        lt += np.count_nonzero(less, axis=2)
     return 0.5 + (lt - lt.T) / (2.0 * m)
 
 
