@@ -156,7 +156,7 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
         raise SolverError("the affinities table is empty; compute affinities first")
     regime = _pick_regime(sorted({r["regime"] for r in rows}), spec.regime)
     rows = [r for r in rows if r["regime"] == regime]
-    in_table = sorted({r["target"] for r in rows})
+    in_table = sorted({r["target"] for r in rows} - tasks.SOURCE_ONLY)  # never targets
     mentioned = set(in_table) | {s for r in rows for s in r["sources"]}
     known = [n for n in tasks.task_names() if n in mentioned] + sorted(
         mentioned - set(tasks.task_names()) - EXCLUDED_SOURCES)

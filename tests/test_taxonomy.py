@@ -75,6 +75,13 @@ def test_rows_using_the_target_itself_self_or_pixels_as_a_source_are_not_candida
     assert all(e.sources != ("self",) for e in problem.edges)
 
 
+def test_source_only_tasks_in_the_table_are_never_targets():
+    odd = pa.concat_tables([SMALL, _table([("jigsaw", ["self"], 1.0),
+                                           ("jigsaw", ["normal"], 0.5)])])
+    problem = taxonomy.build_problem(odd, taxonomy.ProblemSpec())
+    assert "jigsaw" not in problem.targets
+
+
 def test_max_order_drops_higher_order_transfers():
     problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(max_order=1))
     assert all(len(e.sources) == 1 for e in problem.edges)
