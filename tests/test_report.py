@@ -212,3 +212,13 @@ def test_object_store_sweep_gets_its_report_uploaded_under_report(
     assert str(index) == storage.uri_for("report/index.html")
     assert b"Taskonomy report" in storage.read_bytes("report/index.html")
     assert storage.exists("report/budget_curve.png")
+
+
+def test_storage_with_only_affinities_reports_what_is_missing(published_csv: Path,
+                                                             tmp_path: Path) -> None:
+    storage = tables.Storage(str(tmp_path / "store"))
+    storage.write_affinities(load_published(published_csv))
+    page = report.write_report(storage.uri, **FAST).read_text()
+    for missing in ("run.json is missing", "plan.json is missing", "sweep.json is missing",
+                    "No gold-network losses", "the dataset of this storage is unknown"):
+        assert missing in page
