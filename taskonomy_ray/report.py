@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, evaluate, plots, report_plots, taxonomy
+from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
 from .errors import ConfigError
 from .tables import AFFINITIES_FILE, Storage
 
@@ -155,7 +155,7 @@ def first_order(table: pa.Table, regime: int, column: str
     """(targets, sources, matrix[target, source]) of one column over first-order transfers."""
     rows = [r for r in table.to_pylist() if r["regime"] == regime and r["order"] == 1
             and r["sources"][0] not in PSEUDO_COLUMNS]
-    names = taxonomy.tasks.task_names()
+    names = tasks.task_names()
     rank = {n: i for i, n in enumerate(names)}
     targets = sorted({r["target"] for r in rows}, key=lambda n: (rank.get(n, len(rank)), n))
     sources = sorted({r["sources"][0] for r in rows}, key=lambda n: (rank.get(n, len(rank)), n))
