@@ -7,7 +7,7 @@ material slot that the room maps onto its building's style.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ class Piece:
     """One object instance: its category and primitives in the local frame."""
 
     category: str
-    prims: list[Prim]
+    prims: Sequence[Prim]
 
 
 @dataclass
@@ -58,8 +58,9 @@ def table(rng: np.random.Generator, low: bool = False) -> Item:
     h = rng.uniform(0.38, 0.46) if low else rng.uniform(0.72, 0.77)
     if not low and rng.random() < 0.3:
         r = rng.uniform(0.4, 0.6)
-        prims = [("cyl", (0, 0, h - 0.04, h, r), "wood"), ("cyl", (0, 0, 0.02, h, 0.05), "metal"),
-                 ("cyl", (0, 0, 0, 0.03, 0.25), "metal")]
+        prims: list[Prim] = [("cyl", (0, 0, h - 0.04, h, r), "wood"),
+                             ("cyl", (0, 0, 0.02, h, 0.05), "metal"),
+                             ("cyl", (0, 0, 0, 0.03, 0.25), "metal")]
         w = d = 2 * r
     else:
         w, d = rng.uniform(0.9, 1.7), rng.uniform(0.6, 0.95)
@@ -196,7 +197,8 @@ def desk(rng: np.random.Generator) -> Item:
 def floor_lamp(rng: np.random.Generator) -> Item:
     """A floor lamp: base disc, pole, and a cylindrical or spherical shade."""
     hgt = rng.uniform(1.3, 1.7)
-    prims = [("cyl", (0, 0, 0, 0.03, 0.16), "metal"), ("cyl", (0, 0, 0.03, hgt, 0.015), "metal")]
+    prims: list[Prim] = [("cyl", (0, 0, 0, 0.03, 0.16), "metal"),
+                         ("cyl", (0, 0, 0.03, hgt, 0.015), "metal")]
     if rng.random() < 0.5:
         prims.append(("cyl", (0, 0, hgt - 0.05, hgt + 0.25, 0.2), "accent"))
     else:
@@ -207,7 +209,7 @@ def floor_lamp(rng: np.random.Generator) -> Item:
 def plant(rng: np.random.Generator) -> Item:
     """A potted plant: a cylindrical pot and a few spherical clumps of foliage."""
     r, ph = rng.uniform(0.12, 0.2), rng.uniform(0.25, 0.4)
-    prims = [("cyl", (0, 0, 0, ph, r), "pot")]
+    prims: list[Prim] = [("cyl", (0, 0, 0, ph, r), "pot")]
     for _ in range(int(rng.integers(2, 5))):
         fr = rng.uniform(0.15, 0.25)
         prims.append(("sph", (rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1),

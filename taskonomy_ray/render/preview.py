@@ -53,8 +53,8 @@ def _top(dist: np.ndarray, names: list[str], k: int = 6) -> list[str]:
 
 def _layout_tile(rgb: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     """The RGB image with the stored room box (green) and vanishing directions drawn on it."""
-    size = rgb.shape[0]
-    im = Image.fromarray((rgb * 255).astype(np.uint8)).resize((TILE, TILE), Image.NEAREST)
+    im = Image.fromarray((rgb * 255).astype(np.uint8))
+    im = im.resize((TILE, TILE), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(im)
     f = (TILE / 2) / np.tan(info["field_of_view_rads"] / 2)
     lay = np.asarray(info["room_layout"])
@@ -72,7 +72,6 @@ def _layout_tile(rgb: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         tip = _clip_near(np.array([0, 0, -1.0]), np.array([0, 0, -1.0]) + 0.5 * vp)
         if tip is not None:
             draw.line([_pix(q, f) for q in tip], fill=colour, width=2)
-    del size
     return np.asarray(im).astype(np.float64) / 255.0
 
 
@@ -127,7 +126,7 @@ def _fit(a: np.ndarray) -> np.ndarray:
     if a.shape[0] == TILE:
         return a
     im = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8))
-    return np.asarray(im.resize((TILE, TILE), Image.NEAREST)).astype(np.float64) / 255.0
+    return np.asarray(im.resize((TILE, TILE), Image.Resampling.NEAREST)).astype(np.float64) / 255.0
 
 
 def pick_views(root: Path, n: int = 4, per_building: int = 12) -> list[tuple[str, int, int]]:
@@ -142,7 +141,8 @@ def pick_views(root: Path, n: int = 4, per_building: int = 12) -> list[tuple[str
             room = layout.read(root, building, p, v, "point_info").get("room_type", "")
             scored.append((-len(np.unique(seg[seg >= 2])), room, (building, p, v)))
     scored.sort(key=lambda s: s[0])  # stable: ties keep the dataset order
-    picked, rooms = [], set()
+    picked: list[tuple[str, int, int]] = []
+    rooms: set[str] = set()
     for _score, room, key in scored:  # first pass: one view per room type
         if room not in rooms and len(picked) < n:
             picked.append(key)

@@ -108,16 +108,17 @@ def _safe_inverse(d: np.ndarray) -> np.ndarray:
 def _slabs(lo: np.ndarray, hi: np.ndarray, o: np.ndarray,
            inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Slab test with broadcasting: entry distance (inf on a miss) and entry axis."""
-    t_near = t_far = axis = None
-    for k in range(3):  # one axis at a time keeps every array (N, B), not (N, B, 3)
+    def axis_slab(k: int) -> tuple[np.ndarray, np.ndarray]:
         a = (lo[..., k] - o[..., k]) * inv[..., k]
         b = (hi[..., k] - o[..., k]) * inv[..., k]
-        near, far = np.minimum(a, b), np.maximum(a, b)
-        if t_near is None:
-            t_near, t_far, axis = near, far, np.zeros(near.shape, np.int8)
-        else:
-            axis = np.where(near > t_near, np.int8(k), axis)
-            t_near, t_far = np.maximum(t_near, near), np.minimum(t_far, far)
+        return np.minimum(a, b), np.maximum(a, b)
+
+    t_near, t_far = axis_slab(0)  # one axis at a time keeps every array (N, B), not (N, B, 3)
+    axis = np.zeros(t_near.shape, np.int8)
+    for k in (1, 2):
+        near, far = axis_slab(k)
+        axis = np.where(near > t_near, np.int8(k), axis)
+        t_near, t_far = np.maximum(t_near, near), np.minimum(t_far, far)
     hit = (t_far >= t_near) & (t_near > EPS)
     return np.where(hit, t_near, np.inf), axis
 

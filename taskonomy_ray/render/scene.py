@@ -103,10 +103,10 @@ def _style(rng: np.random.Generator) -> dict[str, Material]:
 
     s = int(rng.integers(1 << 30))
     wall, wood = pick(WALL_COLOURS), pick(WOOD_COLOURS)
-    dark_wood = tuple(0.6 * c for c in wood)
+    dark_wood = _scaled(wood, 0.6)
     return {
         "wall": Material("plain", wall, seed=s),
-        "wall_accent": Material("stripes", wall, tuple(0.8 * c for c in colour(0.4, 0.9)),
+        "wall_accent": Material("stripes", wall, _scaled(colour(0.4, 0.9), 0.8),
                                 float(rng.uniform(0.15, 0.4)), s + 1),
         "floor_wood": Material("wood", pick(WOOD_COLOURS), dark_wood, float(rng.uniform(0.12, 0.2)),
                                s + 2),
@@ -132,6 +132,10 @@ def _style(rng: np.random.Generator) -> dict[str, Material]:
         **{f"poster{k}": Material("poster", colour(0.05, 0.95), colour(0.05, 0.95),
                                   float(rng.uniform(0.3, 0.6)), s + 20 + k) for k in range(3)},
     }
+
+
+def _scaled(c: tuple[float, float, float], k: float) -> tuple[float, float, float]:
+    return (c[0] * k, c[1] * k, c[2] * k)
 
 
 class _Builder:
