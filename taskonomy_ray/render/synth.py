@@ -194,7 +194,11 @@ def dataset_info(cfg: SynthConfig) -> dict[str, Any]:
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
-    """Render the whole dataset into cfg.out (in parallel), then the optional preview sheet."""
+    """Render the whole dataset into cfg.out (in parallel), then the optional preview sheet.
+
+    Workers are spawned processes (safe next to threads, e.g. inside a Ray worker), so a script
+    that calls this with more than one worker needs the usual `if __name__ == "__main__":` guard.
+    """
     from tqdm import tqdm
 
     start = time.perf_counter()
