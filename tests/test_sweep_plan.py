@@ -123,3 +123,18 @@ def test_transient_failures_are_retried_a_bounded_number_of_times():
     s = Scheduler(plan.build(cfg), is_done=lambda u: False, retries=2)
     run_all(s, fail=lambda u: "transient: node died" if u.key == flaky else None)
     assert s.tries[flaky] == 3 and s.state[flaky] == "failed"
+
+
+def test_ledger_history_reads_running_done_and_failed(tmp_path):
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.tables import Storage
+
+    st = Storage(str(tmp_path))
+    assert ledger.history(st, "u").state == "planned"
+    ledger.record(st, "u", "started")
+    assert ledger.history(st, "u").state == "running"
+    ledger.record(st, "u", "failed", error="boom")
+    ledger.record(st, "u", "started")
+    ledger.record(st, "u", "done")
+    h = ledger.history(st, "u")
+    assert (h.state, h.attempts, h.completions, h.last_error) == ("done", 2, 1, "boom")

@@ -28,7 +28,10 @@ class UnitHistory:
     @property
     def state(self) -> str:
         """`done`, `failed`, `running` (started, not ended: running or interrupted), `planned`."""
-        return self.events[-1]["event"] if self.events else "planned"
+        if not self.events:
+            return "planned"
+        last = self.events[-1]["event"]
+        return "running" if last == "started" else last
 
     @property
     def completions(self) -> int:
