@@ -51,7 +51,7 @@ def main(workflow: str, storage_uri: str) -> None:
     t = threading.Thread(target=kill_when_busy, daemon=True)
     t.start()
     result = driver.run_sweep(workflow, storage_uri=storage_uri,
-                              execute=sweep_fakes.fake_execute, progress=False)
+                              execute=sweep_fakes.fake_execute, progress=False, report=False)
     t.join()
     units = [plan.Unit.from_json(u) for u in storage.read_json("plan.json")["units"]]
     missing = [u.key for u in units if not driver.outputs_exist(storage, u)]

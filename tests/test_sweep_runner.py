@@ -35,7 +35,7 @@ def workflow(tmp_path, **replace):
 
 def sweep(tmp_path, wf=None, **kw):
     return driver.run_sweep(wf or workflow(tmp_path), storage_uri=str(tmp_path / "store"),
-                            execute=sweep_fakes.fake_execute, progress=False, **kw)
+                            execute=sweep_fakes.fake_execute, progress=False, report=False, **kw)
 
 
 def test_sweep_runs_every_unit_once_and_expands_the_beam(ray_session, tmp_path):

@@ -66,12 +66,14 @@ class Resources:
     gpus_per_unit: float = 0.0
     retries: int = 2  # transient failures (not deterministic ones) are retried this often
     max_calls: int = 0  # worker process reuse for GPU tasks (0: unlimited)
+    queue_slack: int = 0  # units queued in Ray beyond capacity (autoscaling clusters: > 0)
 
     def __post_init__(self) -> None:
         if self.gold_trainer not in ("ray_train", "task"):
             raise ConfigError("resources.gold_trainer must be 'ray_train' or 'task'")
-        if self.gold_workers < 1 or self.retries < 0 or self.max_calls < 0:
-            raise ConfigError("resources: gold_workers >= 1, retries >= 0, max_calls >= 0")
+        if min(self.gold_workers - 1, self.retries, self.max_calls, self.queue_slack) < 0:
+            raise ConfigError("resources: gold_workers >= 1; retries, max_calls and queue_slack "
+                              ">= 0")
         if min(self.gold_cpus_per_worker, self.cpus_per_unit) <= 0:
             raise ConfigError("resources: CPUs per worker/unit must be positive")
         if min(self.gold_gpus_per_worker, self.gpus_per_unit) < 0:

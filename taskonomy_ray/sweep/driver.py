@@ -112,7 +112,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
               data_root: str | None = None, address: str | None = None,
               force_config: bool = False, progress: bool | None = None,
-              execute=None) -> SweepResult:
+              execute=None, report: bool = True) -> SweepResult:
     """Run (or resume) a whole sweep; returns its summary. Failures are reported, not raised."""
     from . import runner, units
 
@@ -132,7 +132,9 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
 
     write_plan(storage, sched)
     stats = runner.run(sched, ctx, execute or units.execute, units.options(cfg),
-                       stage_limits=units.stage_limits(cfg), progress=progress, on_done=on_done)
+                       cost=units.cost(cfg), capacity=units.capacity,
+                       queue_slack=cfg.resources.queue_slack, progress=progress,
+                       on_done=on_done)
     write_plan(storage, sched)
     result = SweepResult(storage.uri, sched.counts(), sched.failures(), time.time() - t0,
                          {"wall_s": stats.wall_s, "driver_s": stats.driver_s,
@@ -141,7 +143,7 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
                               for s in stats.first_start}})
     storage.write_json(SUMMARY_FILE, {"counts": result.counts, "failures": result.failures,
                                       "wall_s": result.wall_s, "stats": result.stats})
-    if sched.state.get("analysis") == "done":  # the report shows the run facts just written
+    if report and sched.state.get("analysis") == "done":  # shows the run facts just written
         write_sweep_report(storage, ctx, result)
     return result
 

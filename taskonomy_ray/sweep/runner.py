@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,10 +96,16 @@ class Bars:
 
 
 def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
-        options: Callable[[Unit], dict[str, Any]], *, max_in_flight: int = 64,
-        stage_limits: dict[str, int] | None = None, progress: bool | None = None,
+        options: Callable[[Unit], dict[str, Any]], *, cost: Callable[[Unit], float],
+        capacity: Callable[[], float], queue_slack: int = 0, progress: bool | None = None,
         on_done: Callable[[Unit, dict[str, Any]], None] | None = None) -> RunStats:
-    """Drive `sched` to the end on the connected Ray cluster; returns what was measured."""
+    """Drive `sched` to the end on the connected Ray cluster; returns what was measured.
+
+    Units are admitted while their CPU `cost` fits the cluster's `capacity` (plus `queue_slack`
+    units waiting inside Ray, which an autoscaler sees as demand). Ray's own queue thus stays
+    short and the scheduler's stage order decides what runs next: gold networks, on the critical
+    path, are not starved by a queue of scratch trainings.
+    """
     remote = ray.remote(run_unit)
     stats = RunStats()
     bars = Bars(sched, progress)
@@ -109,13 +114,16 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
     try:
         while True:
             t0 = time.time()
-            running = Counter(u.stage for u in in_flight.values())
+            cap = capacity()
+            used = sum(cost(u) for u in in_flight.values())
+            waiting = max(0, len(in_flight) - int(cap))
             for unit in sched.ready():
-                if len(in_flight) >= max_in_flight:
-                    break
-                if running[unit.stage] >= (stage_limits or {}).get(unit.stage, max_in_flight):
+                c = cost(unit)
+                fits = used + c <= cap + 1e-9 or not in_flight
+                if not fits and waiting >= queue_slack:
                     continue
-                running[unit.stage] += 1
+                waiting += 0 if fits else 1
+                used += c
                 sched.started(unit)
                 ref = remote.options(name=unit.key, **options(unit)).remote(unit, ctx, execute)
                 in_flight[ref] = unit

@@ -35,18 +35,23 @@ def options(cfg: sweep_config.SweepConfig):
     return opts
 
 
-def stage_limits(cfg: sweep_config.SweepConfig) -> dict[str, int]:
-    """At most this many units of a stage in flight (gold launchers hold no CPU themselves)."""
+def cost(cfg: sweep_config.SweepConfig):
+    """CPUs a unit occupies while it runs (a gold run: its Ray Train workers')."""
+    r = cfg.resources
+
+    def unit_cost(unit: planning.Unit) -> float:
+        if unit.stage == "gold":
+            return r.gold_workers * r.gold_cpus_per_worker
+        return r.cpus_per_unit
+
+    return unit_cost
+
+
+def capacity() -> float:
+    """The cluster's CPUs now (it grows as an autoscaler adds nodes)."""
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    r = cfg.resources
-    per_gold = r.gold_workers * r.gold_cpus_per_worker
-    gold = max(1, int(cpus // per_gold))
-    if r.gold_gpus_per_worker:
-        gold = max(1, min(gold, int(gpus // (r.gold_workers * r.gold_gpus_per_worker)) or 1))
-    return {"gold": gold, "render": 1, "analysis": 1}
+    return float(ray.cluster_resources().get("CPU", 1.0))
 
 
 def splits(cfg: sweep_config.SweepConfig) -> SplitConfig:
