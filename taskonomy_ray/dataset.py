@@ -269,7 +269,8 @@ class TaskonomyDataset(Dataset):
             raise ConfigError(f"{multi[0].name} is multi-view and must be the only task of its "
                               "dataset; build one dataset per multi-view task")
         self.multi = multi[0] if multi else None
-        self.perms = jigsaw_permutations(jigsaw_classes)
+        jig = any(s.derived == "jigsaw" for s in self.specs)
+        self.perms = jigsaw_permutations(jigsaw_classes) if jig else np.zeros((0, 9), np.int64)
         self.bad_files: dict[str, str] = {}
         found = layout.buildings(self.root)
         self.buildings = (sorted(found) if split == "all"
