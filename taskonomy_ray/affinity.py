@@ -91,22 +91,14 @@ def compute_affinities(losses: pa.Table) -> pa.Table:
     table = check_schema(losses, LOSSES_SCHEMA, "losses")
     if table.num_rows == 0:
         raise DataError("the losses table is empty; run `taskonomy-ray sweep` first")
-    loss = table.column("loss").to_numpy().astype(np.float32, copy=False)
-    _check_finite(table, loss)
-    target_codes, target_names = _encode(table.column("target"))
-    small = np.int16 if len(target_names) < 2**15 else np.int64  # int16: numpy's radix sort
-    order = np.argsort(target_codes.astype(small), kind="stable")
-    bounds = np.searchsorted(target_codes[order], np.arange(len(target_names) + 1))
-    keys = pc.binary_join(table.column("sources"), "\x1f")
-    src_codes, src_names = _encode(keys)
-    img_codes, img_names = _encode(table.column("image"))
-    units = table.column("unit")  # read only where a transfer starts, for error messages
-    regimes = table.column("regime").to_numpy()
+    _check_finite(table, table.column("loss").to_numpy())
+    # Work one target at a time on its own rows: every per-row array then has about 1/22 of
+    # the rows, so the 30 M-row scale never allocates whole-table temporaries.
+    target_codes, target_names = _encode_few(table.column("target"))
+    runs = _runs(target_codes)
     parts = []
     for t, target in enumerate(target_names):
-        rows = order[bounds[t]:bounds[t + 1]]
-        matrix, transfers = _pivot(rows, regimes, src_codes, src_names, img_codes, img_names,
-                                   units, loss, target)
+        matrix, transfers = _pivot(_rows_of(table, runs, t), target)
         parts.extend(_target_rows(target, matrix, transfers))
     if not parts:
         raise DataError("no transfers to rank: the losses table holds only baselines")
@@ -135,6 +127,27 @@ def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
     return codes.astype(np.int64), chunks[0].dictionary.to_pylist()
 
 
+def _encode_few(column: pa.ChunkedArray, join: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Like `_encode`, for a column with few distinct values that is near constant per chunk.
+
+    Losses arrive as one chunk per unit, each with one target and few source lists, so encoding
+    chunk by chunk and merging the small dictionaries beats one pass over 30 M strings.
+    `join` first joins a list<string> column with a separator.
+    """
+    index: dict[str, int] = {}
+    parts = []
+    for chunk in column.chunks:
+        if join:
+            chunk = pc.binary_join(chunk, "\x1f")
+        enc = pc.dictionary_encode(chunk)
+        remap = np.array([index.setdefault(v, len(index)) for v in enc.dictionary.to_pylist()],
+                         dtype=np.int64)
+        parts.append(remap[enc.indices.to_numpy(zero_copy_only=False)] if len(remap) else
+                     np.zeros(len(chunk), dtype=np.int64))
+    codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return codes, list(index)
+
+
 def _check_finite(table: pa.Table, loss: np.ndarray) -> None:
     bad = ~np.isfinite(loss)
     if bad.any():
@@ -145,26 +158,45 @@ def _check_finite(table: pa.Table, loss: np.ndarray) -> None:
         )
 
 
-def _pivot(rows: np.ndarray, regimes: np.ndarray, src_codes: np.ndarray, src_names: list[str],
-           img_codes: np.ndarray, img_names: list[str], units: pa.ChunkedArray,
-           loss: np.ndarray, target: str
-           ) -> tuple[np.ndarray, list[_Transfer]]:
-    """(transfers, images) loss matrix of one target, refusing duplicates and missing images."""
-    src = src_codes[rows]
-    reg = regimes[rows].astype(np.int64)
-    is_gold = np.array([tuple(s.split("\x1f")) == GOLD for s in src_names])[src]
-    reg = np.where(is_gold, -1, reg)  # the gold standard joins every regime
+def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end, code) of every run of equal consecutive codes."""
+    starts = np.flatnonzero(np.diff(codes)) + 1
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), starts])
+    ends = np.concatenate([starts[1:], np.array([len(codes)], dtype=np.int64)])
+    return starts, ends, codes[starts]
+
+
+def _rows_of(table: pa.Table, runs: tuple[np.ndarray, ...], code: int) -> pa.Table:
+    """The rows of one target, as zero-copy slices when they form few runs.
+
+    Runs are the usual case (one unit per chunk); scattered rows are gathered instead.
+    """
+    starts, ends, codes = runs
+    pick = codes == code
+    if pick.sum() > 64 + table.num_rows // 1024:  # scattered rows: gathering them is cheaper
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts[pick], ends[pick])])
+        return table.take(rows)
+    return pa.concat_tables([table.slice(a, b - a) for a, b in zip(starts[pick], ends[pick])])
+
+
+def _pivot(part: pa.Table, target: str) -> tuple[np.ndarray, list[_Transfer]]:
+    """(transfers, images) loss matrix of one target's rows, refusing duplicates and gaps."""
+    src, src_names = _encode(pc.binary_join(part.column("sources"), "\x1f"))
+    im, img_names = _encode(part.column("image"))
+    regimes = part.column("regime").to_numpy().astype(np.int64)
+    is_gold = np.array([tuple(s.split("\x1f")) == GOLD for s in src_names], dtype=bool)[src]
+    reg = np.where(is_gold, -1, regimes)  # the gold standard joins every regime
     key = reg * (len(src_names) + 1) + src
     ukeys, first, tr = np.unique(key, return_index=True, return_inverse=True)
-    uimg, im = np.unique(img_codes[rows], return_inverse=True)
+    units = part.column("unit")
     transfers = [
-        _Transfer(int(regimes[rows[f]]) if int(k // (len(src_names) + 1)) >= 0 else -1,
+        _Transfer(int(regimes[f]) if int(k // (len(src_names) + 1)) >= 0 else -1,
                   tuple(src_names[int(k % (len(src_names) + 1))].split("\x1f")),
-                  units[int(rows[f])].as_py())
+                  units[int(f)].as_py())
         for k, f in zip(ukeys, first)
     ]
-    matrix = np.full((len(ukeys), len(uimg)), np.nan, dtype=np.float32)
-    matrix[tr, im] = loss[rows]
+    matrix = np.full((len(ukeys), len(img_names)), np.nan, dtype=np.float32)
+    matrix[tr, im] = part.column("loss").to_numpy()
     filled = np.count_nonzero(~np.isnan(matrix), axis=1)
     counts = np.bincount(tr, minlength=len(ukeys))
     for i, tf in enumerate(transfers):
@@ -172,11 +204,12 @@ def _pivot(rows: np.ndarray, regimes: np.ndarray, src_codes: np.ndarray, src_nam
         if counts[i] != filled[i]:
             raise DataError(f"{what}: {counts[i] - filled[i]} duplicate image losses; the same "
                             "transfer was written twice: delete one of its loss files")
-        if filled[i] != len(uimg):
-            missing = [img_names[int(uimg[j])] for j in np.flatnonzero(np.isnan(matrix[i]))[:3]]
-            raise DataError(f"{what}: no loss on {len(uimg) - filled[i]} of the {len(uimg)} test "
-                            f"images of this target (e.g. {missing}); every transfer must be "
-                            "tested on the same images: re-run that unit's evaluation")
+        if filled[i] != len(img_names):
+            missing = [img_names[int(j)] for j in np.flatnonzero(np.isnan(matrix[i]))[:3]]
+            raise DataError(f"{what}: no loss on {len(img_names) - filled[i]} of the "
+                            f"{len(img_names)} test images of this target (e.g. {missing}); "
+                            "every transfer must be tested on the same images: re-run that "
+                            "unit's evaluation")
     return matrix, transfers
 
 
