@@ -22,6 +22,10 @@ def fake_execute(unit, ctx):
         storage.write_json(f"running/{unit.key}.json",
                            {"node": ray.get_runtime_context().get_node_id()})
     time.sleep(knobs.get("seconds", 0.0))
+    busy = knobs.get("busy_seconds", 0.0)  # CPU work: takes longer when cores are shared
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < busy:
+        pass
     if any(part in unit.key for part in knobs.get("fail", [])):
         from taskonomy_ray.errors import TrainingError
 

@@ -64,7 +64,9 @@ def _loop(config: dict[str, Any]) -> None:
 
     unit = planning.Unit.from_json(config["unit"])
     info = finish_gold(unit, config["ctx"], RayTrainHooks())
-    ray.train.report(_numbers({**info, "finished": True}))
+    # Result.metrics holds the last checkpoint's metrics, so the unit's own summary goes to
+    # storage for fit_gold to return.
+    Storage(config["ctx"]["storage"]).write_json(_summary(unit), info)
 
 
 def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +98,11 @@ def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         if ours is not None:  # deterministic: the same error would recur on retry
             raise TrainingError(f"gold training {unit.key} failed: {ours}") from error
         raise error
-    return dict(result.metrics or {})
+    return Storage(ctx["storage"]).read_json(_summary(unit))
+
+
+def _summary(unit: planning.Unit) -> str:
+    return f"checkpoints/{unit.key}/summary.json"
 
 
 def _our_error(error: BaseException) -> BaseException | None:
