@@ -295,9 +295,10 @@ class TaskonomyDataset(Dataset):
 
     def _make_samples(self) -> list[Sample]:
         idx = self._index()
-        rule = PAIRING.get(self.multi.name, "") if self.multi else "single"
+        name = self.multi.name if self.multi else ""
+        rule = PAIRING.get(name, "") if self.multi else "single"
         if not rule:
-            raise ConfigError(f"no view pairing rule for {self.multi.name}; add it to PAIRING")
+            raise ConfigError(f"no view pairing rule for {name}; add it to PAIRING")
         out: list[Sample] = []
         for b, points in idx.items():
             views = [View(b, p, v) for p in sorted(points) for v in points[p]]

@@ -178,7 +178,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     device = resolve_device(tc)
     net.to(device)
     if tc.channels_last:
-        net.to(memory_format=torch.channels_last)
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = _optimiser(net.parameters(), tc)
     step, history, saved = 0, [], hooks.load()
     if saved is not None:
@@ -237,8 +237,8 @@ def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
 
 def _datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
               on_bad_file: str, **train_kw: Any) -> tuple[TaskonomyDataset, TaskonomyDataset]:
-    kw = {"size": cfg.model.image_size, "jigsaw_classes": cfg.model.jigsaw_classes,
-          "on_bad_file": on_bad_file, "splits": splits}
+    kw: dict[str, Any] = {"size": cfg.model.image_size, "on_bad_file": on_bad_file,
+                          "jigsaw_classes": cfg.model.jigsaw_classes, "splits": splits}
     train = TaskonomyDataset(root, [task], **{"split": "train", **kw, **train_kw})
     return train, TaskonomyDataset(root, [task], split="test", **kw)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -66,7 +68,7 @@ def init_output_bias(decoder: nn.Module, spec: TaskSpec, batch: dict) -> None:
     Labels such as depth in metres sit far from 0; with Adam's bounded steps the output layer
     would need hundreds of steps just to reach their mean, so short trainings start there.
     """
-    last = decoder.net[-1]
+    last: Any = decoder.net[-1]  # the output conv or linear layer
     y = batch[spec.name]
     if spec.loss in ("l1", "l2"):
         y = y.float()
