@@ -30,7 +30,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, C, h, w)
 PathFn = Callable[[str, str], str]  # (source, image set name) -> storage-relative path
 
 
-def keyed_paths(encoder_keys: Mapping[str, str], dtype: str = "float16") -> PathFn:
+def keyed_paths(encoder_keys: Mapping[str, str], dtype: str = "float32") -> PathFn:
     """Default cache paths: `features/<source>/<image set>-<hash>.npz`.
 
     The hash covers the source, the key of its encoder weights (e.g. the gold unit's key, or
@@ -78,7 +78,7 @@ class Features:
 
 @torch.no_grad()
 def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
-                   batch_size: int = 64, dtype: str = "float16",
+                   batch_size: int = 64, dtype: str = "float32",
                    device: str | torch.device = "cpu") -> Features:
     """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches."""
     if isinstance(encoder, torch.nn.Module):
@@ -133,7 +133,7 @@ class FeatureCache:
 
     storage: Storage
     path_of: PathFn
-    dtype: str = "float16"
+    dtype: str = "float32"  # float16 halves storage; see TransferConfig.feature_dtype
     _memo: dict[str, Features] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -40,7 +40,9 @@ class TransferConfig:
     max_heads: int = 32  # heads fused into one batched module at most (memory bound)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
-    feature_dtype: str = "float16"  # how representations are cached (see features.py)
+    # How representations are cached: float32 by default, since float16 moved mean test losses
+    # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
+    feature_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),

@@ -74,7 +74,7 @@ def test_keys_change_with_encoder_weights_image_set_and_dtype(tmp_path):
     assert a == features.keyed_paths({"normal": "w1"})("normal", "r8")
     assert a != features.keyed_paths({"normal": "w2"})("normal", "r8")
     assert a != features.keyed_paths({"normal": "w1"})("normal", "test")
-    assert a != features.keyed_paths({"normal": "w1"}, "float32")("normal", "r8")
+    assert a != features.keyed_paths({"normal": "w1"}, "float16")("normal", "r8")
 
 
 def test_multi_view_samples_encode_each_view(tmp_path):
