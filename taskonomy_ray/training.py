@@ -26,7 +26,7 @@ from torch import nn
 from . import tables
 from .config import ModelConfig, NetworkConfig, TrainConfig
 from .dataset import SplitConfig, TaskonomyDataset, batches, output_channels
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .models import (
     Encoder,
     TaskNetwork,
@@ -155,8 +155,14 @@ def _forever(data: TaskonomyDataset, cfg: TrainConfig, epoch: int) -> Iterator[d
     """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch)."""
     drop = len(data) > cfg.batch_size  # keep batch norm away from one-image batches
     while True:
-        yield from batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
-                           num_workers=cfg.num_workers, drop_last=drop)
+        n = 0
+        for batch in batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
+                             num_workers=cfg.num_workers, drop_last=drop):
+            n += 1
+            yield batch
+        if n == 0:  # every sample was skipped: stop instead of looping for ever
+            raise DataError(f"no loadable sample in split {data.split!r} of {data.root}:\n"
+                            f"{data.bad_file_report()}")
         epoch += 1
 
 

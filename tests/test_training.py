@@ -114,3 +114,22 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[100] == pytest.approx(0.0)
     assert training.lr_factor(config.TrainConfig(), 50) == 1.0
+
+
+def test_skipped_files_leave_training_running_and_the_table_without_them(tmp_path: Path) -> None:
+    from taskonomy_ray import layout
+    from taskonomy_ray.errors import DataError
+
+    root = make_root(tmp_path / "r", buildings=3, points=2, views=2, size=32)
+    test = TaskonomyDataset(root, ["reshading"], split="test")
+    bad = test.samples[0][0][0]
+    layout.path_for(root, bad.building, bad.point, bad.view, "reshading").write_bytes(b"junk")
+    short = config.from_dict({"train": {"steps": 3}}, base=CFG)
+    result = training.train_gold("reshading", root, short, on_bad_file="skip")
+    assert bad.id not in result.losses["image"].to_pylist()
+    assert result.losses.num_rows == len(test) - 1
+    for s in TaskonomyDataset(root, ["reshading"], split="train").samples:
+        v = s[0][0]
+        layout.path_for(root, v.building, v.point, v.view, "reshading").unlink()
+    with pytest.raises(DataError, match="no loadable sample"):
+        training.train_gold("reshading", root, short, on_bad_file="skip")
