@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .errors import ConfigError
 from .taxonomy import Taxonomy
 
 SUPERVISED_TARGET = "#6baed6"  # a target that is itself supervised
@@ -37,7 +38,7 @@ def plot_budget_curve(points: Sequence[Taxonomy | Mapping[str, Any]], path: str 
     """
     rows = sorted((_as_dict(p) for p in points), key=lambda d: (d["max_order"], d["budget"]))
     if not rows:
-        raise ValueError("no budget-curve points to plot")
+        raise ConfigError("no budget-curve points to plot; solve at least one budget")
     fig = Figure(figsize=(10, 4), dpi=110)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
