@@ -164,7 +164,8 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
     novel = _names(spec.novel, in_table, "target")
     for name in set(novel) - set(targets):
         targets.append(name)
-    default_sources = [n for n in tasks.task_names() if n in mentioned]
+    # `random` is a baseline encoder, not a task one could label: supervisable only if named.
+    default_sources = [n for n in tasks.task_names() if n in mentioned and n != "random"]
     chosen = set(_names(spec.sources, known, "source")) if spec.sources else None
     sources = [n for n in known if n in chosen] if chosen is not None else default_sources
     supervisable = tuple(n for n in sources if n not in novel)

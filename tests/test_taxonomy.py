@@ -262,3 +262,14 @@ def test_format_taxonomy_is_a_readable_table():
     text = taxonomy.format_taxonomy(taxonomy.solve(taxonomy.build_problem(
         SMALL, taxonomy.ProblemSpec()), 1))
     assert "supervised (1): normal" in text and "(supervised)" in text
+
+
+def test_random_encoder_is_never_supervised_unless_named(published_csv):
+    from taskonomy_ray.published import load_published
+
+    table = load_published(published_csv)
+    problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(max_order=1, regime=16000))
+    assert "random" not in problem.supervisable
+    named = taxonomy.build_problem(
+        table, taxonomy.ProblemSpec(max_order=1, regime=16000, sources=("random", "normal")))
+    assert "random" in named.supervisable
