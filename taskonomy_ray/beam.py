@@ -132,6 +132,14 @@ def expand_target(affinities: pa.Table, target: str, regime: int,
     return higher_order_sources(rank_sources(affinities, target, regime), cfg)
 
 
+def by_order(combos: Sequence[Sequence[str]]) -> dict[str, list[list[str]]]:
+    """Combinations grouped by order, JSON-ready: {"2": [[a, b], ...], ...}, one group per order."""
+    out: dict[str, list[list[str]]] = {}
+    for c in combos:
+        out.setdefault(str(len(c)), []).append(list(c))
+    return out
+
+
 def planned_counts(dictionary: Sequence[str] | None = None, cfg: BeamConfig = BeamConfig(), *,
                    include_self: bool = True, include_random: bool = True) -> dict[int, int]:
     """Transfers planned per order for one regime: {order: count}.

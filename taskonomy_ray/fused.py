@@ -329,7 +329,8 @@ def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
                 .to(resolve_device(cfg)) for ss in chunk]
         train_in = stacked_inputs(train_feats, chunk)
         every = torch.arange(n_train)
-        for net, x in zip(nets, train_in(every)):
+        for net, ss in zip(nets, chunk):  # one head at a time: (N, 8k, h, w) each
+            x = stacked_inputs(train_feats, [ss])(every)[0]
             net.readout.set_clip(x.to(net.readout.lo.device), cfg.clip_sigma)
         group = train_fused(nets, target, train_in, train_labels, n_train, cfg)
         losses = evaluate_fused(group, target, stacked_inputs(test_feats, chunk), test_labels,

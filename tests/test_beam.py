@@ -49,6 +49,8 @@ def test_expansion_takes_pairs_triples_of_top5_and_quads_of_top6():
     want |= {frozenset(c) for c in combinations(top6, 4)}
     assert {frozenset(c) for c in combos} == want
     assert len(combos) == 35
+    groups = beam.by_order(combos)
+    assert {k: len(v) for k, v in groups.items()} == {"2": 10, "3": 10, "4": 15}
     # neither random nor the target itself enters a combination, whatever its affinity
     assert not any({"random", "normal"} & set(c) for c in combos)
 
