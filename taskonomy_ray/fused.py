@@ -26,11 +26,11 @@ from .transfer import (
     HeadDropout,
     TransferConfig,
     TransferNet,
-    _optimiser,
     batches,
     build_transfer_net,
     draw_masks,
     head_loss,
+    make_optimiser,
     resolve_device,
     take,
 )
@@ -262,7 +262,7 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
     """
     group = fuse(nets, cfg.fused_backend)
     group.train()
-    opt = _optimiser(group.parameters(), cfg)
+    opt = make_optimiser(group.parameters(), cfg)
     gens = [n.mask_generator() for n in nets]
     dev = next(group.parameters()).device
     for step, idx in enumerate(batches(n_train, cfg)):

@@ -266,7 +266,7 @@ def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int
         return per_image_loss(spec, out, batch)
 
 
-def _optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
+def make_optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
     # foreach=False: the same elementwise update whether parameters are stacked or not.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
 
@@ -280,7 +280,7 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn,
     encoder on images) the naive baseline of the benchmark.
     """
     net.train()
-    opt = _optimiser(net.parameters(), cfg)
+    opt = make_optimiser(net.parameters(), cfg)
     g = net.mask_generator()
     dev = net.readout.lo.device
     for step, idx in enumerate(batches(n_train, cfg)):
