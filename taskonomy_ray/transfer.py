@@ -267,7 +267,7 @@ def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int
 
 
 def make_optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
-    # foreach=False: the same elementwise update whether parameters are stacked or not.
+    """Adam with L2 weight decay; elementwise, so stacked heads update as they would alone."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
 
 
