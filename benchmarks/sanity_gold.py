@@ -148,11 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buildings", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="override the mini preset's steps")
+    p.add_argument("--config", default=None, help="YAML overrides of the mini preset")
     p.add_argument("--tasks", nargs="*", default=None)
     p.add_argument("--out", default="docs/sanity.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = config.preset("mini")
+    cfg = config.load_yaml(args.config, base="mini") if args.config else config.preset("mini")
     if args.steps:
         cfg = config.from_dict({"train": {"steps": args.steps}}, base=cfg)
     root = Path(args.root)
