@@ -1,17 +1,22 @@
-"""Benchmark of step 2: transfers per minute, fused + cached against the naive way.
+"""Benchmark of step 2: transfers per minute, fused + cached against two naive ways.
 
 Run: `.venv/bin/python benchmarks/bench_transfers.py [--data DIR] [--steps 40] [--quick]` (about
-3-5 min on 2 cores, plus ~30 s to render the data on the first run). In one process, on the same
-rendered mini data (64 px, 4x4x8 representations), the same batches and the same steps:
-- naive: one transfer at a time, every frozen source encoder re-run on every batch (and on the
-  test images), as Taskonomy's code did;
-- fused + cached: each source encodes each image set once (timed, charged once), then every
-  order's transfers into a target train as one grouped module from the cache.
-Per target the transfers follow the sweep's mix scaled by 1/5 (first order : pairs : triples :
-quads = 5 : 2 : 2 : 3 of 26 : 10 : 10 : 15), so the naive side runs ~2.2 encoders per transfer.
-Source encoders are fixed-seed random ones: the same code and cost as trained ones.
-Also: feature-cache bytes per source and image, float16 vs float32 caches' effect on the
-per-image losses, and a FLOP-based projection of the paper-scale sweep. Last line: JSON.
+10-15 min on 2 busy cores, plus ~30 s to render the data on the first run). In one process, on
+the same rendered mini data (64 px, 4x4x8 representations), the same batches and the same steps:
+- naive as the original: one transfer at a time; every training and test batch is read from the
+  dataset (`ds[i]`: the rgb PNGs and the target's label files decoded) when it is used, as
+  Taskonomy's loader fed each step, then the k frozen encoders run on it, then the transfer;
+- naive in memory: the same, but every sample is read once into tensors (charged), so only the
+  encoders are re-run per batch;
+- fused + cached: each source encodes each image set once (charged once per set in the run),
+  the target's labels are read once (`fused.load_labels`, charged), then every order's
+  transfers into a target train as one grouped module from the cache.
+Both naive ways must give the same per-image losses (asserted). Per target the transfers follow
+the sweep's mix scaled by 1/5 (first order : pairs : triples : quads = 5 : 2 : 2 : 3 of
+26 : 10 : 10 : 15), so the naive ways run ~2.2 encoders per transfer. Source encoders are
+fixed-seed random ones: the same code and cost as trained ones. Also: feature-cache bytes per
+source and image, float16 vs float32 caches' effect on the per-image losses, and a FLOP-based
+projection of the paper-scale sweep. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -71,11 +76,57 @@ def render(data: Path) -> None:
     synthesize(SynthConfig(out=str(data), points=24, views=3, size=64, buildings=4), False)
 
 
-def load(data: Path, target: str, imageset: str, size: int):
-    ds = features.open_imageset(str(data), imageset, image_size=size, tasks=[target])
-    ids, labels = load_labels(ds, target)
-    rgb = torch.stack([torch.as_tensor(ds[i]["rgb"]) for i in range(len(ds))])
-    return ds, ids, labels, rgb
+def preload(ds, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Every sample read once and kept as tensors (rgb and the label columns `keys`)."""
+    samples = [ds[i] for i in range(len(ds))]
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("rgb", *keys)}
+
+
+class DiskBatches:
+    """Batches read from the dataset when first asked for, as Taskonomy's loader fed each step.
+
+    `get(idx)` decodes samples idx (`ds[i]`: the rgb PNGs and the target's label files); the
+    readout input and the labels of one step share that read (one-entry memo), as one loader
+    batch did. `reads` counts the batches read, so the caller can check none was skipped.
+    """
+
+    def __init__(self, ds, keys: list[str]) -> None:
+        self.ds, self.keys, self.reads = ds, keys, 0
+        self._idx: tuple[int, ...] | None = None
+        self._batch: dict[str, torch.Tensor] = {}
+
+    def get(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        key = tuple(idx.tolist())
+        if key != self._idx:
+            self._batch = preload(_Rows(self.ds, key), self.keys)
+            self._idx, self.reads = key, self.reads + 1
+        return self._batch
+
+    def labels(self) -> dict[str, _Column]:
+        return {k: _Column(self, k) for k in self.keys}
+
+
+class _Rows:
+    """The samples `rows` of a dataset, read on access (a batch's view of it)."""
+
+    def __init__(self, ds, rows: tuple[int, ...]) -> None:
+        self.ds, self.rows = ds, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.ds[self.rows[i]]
+
+
+class _Column:
+    """One label column of a DiskBatches, indexable like a label tensor (`take` reads it)."""
+
+    def __init__(self, src: DiskBatches, key: str) -> None:
+        self.src, self.key = src, key
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.src.get(idx)[self.key]
 
 
 def data_ms_per_batch(ds, bs: int) -> float:
@@ -85,24 +136,42 @@ def data_ms_per_batch(ds, bs: int) -> float:
     return 1000 * (time.perf_counter() - t)
 
 
-def naive(target, sets, encoders, rgb_tr, lab_tr, rgb_te, lab_te, ids_te, clip, model, cfg,
-          channels):
-    """Each transfer alone, its k frozen encoders re-run on every batch and on the test set."""
-    out = {}
+def encode(encoders, ss, x: torch.Tensor) -> torch.Tensor:
+    """The k frozen encoders of `ss` on images (B, [V,] 3, H, W), concatenated on channels."""
+    with torch.no_grad():
+        flat = x.reshape(-1, *x.shape[-3:])
+        z = torch.cat([encoders[s](flat) for s in ss], 1)
+        return z.reshape(*x.shape[:-3], *z.shape[1:])
+
+
+def feed(data, encoders, ss, keys: list[str]):
+    """(inputs, labels, n, reader) of one image set for a transfer from `ss`.
+
+    `data` is either preloaded tensors (`rgb` and the label columns: the in-memory naive way)
+    or the dataset itself (the original way: each batch read from disk when it is used).
+    """
+    if isinstance(data, dict):
+        return (lambda i: encode(encoders, ss, data["rgb"][i]), {k: data[k] for k in keys},
+                len(data["rgb"]), None)
+    disk = DiskBatches(data, keys)
+    return lambda i: encode(encoders, ss, disk.get(i)["rgb"]), disk.labels(), len(data), disk
+
+
+def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channels, keys):
+    """Each transfer alone, its k frozen encoders re-run on every batch and on the test set.
+
+    Returns the per-image test losses per transfer and the number of batches read from disk.
+    """
+    out, reads = {}, 0
     for ss in sets:
-        net = build_transfer_net(target, ss, REGIME, model, cfg, channels, len(rgb_tr))
+        tr_in, tr_lab, n_tr, tr_disk = feed(train, encoders, ss, keys)
+        te_in, te_lab, _, te_disk = feed(test, encoders, ss, keys)
+        net = build_transfer_net(target, ss, REGIME, model, cfg, channels, n_tr)
         net.readout.set_clip(clip[ss], cfg.clip_sigma)
-
-        def inputs(idx, rgb, ss=ss):
-            with torch.no_grad():
-                x = rgb[idx]
-                flat = x.reshape(-1, *x.shape[-3:])
-                z = torch.cat([encoders[s](flat) for s in ss], 1)
-                return z.reshape(*x.shape[:-3], *z.shape[1:])
-
-        train_transfer(net, target, lambda i: inputs(i, rgb_tr), lab_tr, len(rgb_tr), cfg)
-        out[ss] = evaluate(net, target, lambda i: inputs(i, rgb_te), lab_te, ids_te, cfg)
-    return out
+        train_transfer(net, target, tr_in, tr_lab, n_tr, cfg)
+        out[ss] = evaluate(net, target, te_in, te_lab, ids_te, cfg)
+        reads += sum(d.reads for d in (tr_disk, te_disk) if d is not None)
+    return out, reads
 
 
 def fused(target, sets, cache, tr_set, te_set, ids_tr, lab_tr, ids_te, lab_te, model, cfg,
@@ -197,6 +266,81 @@ def warm_up(model) -> None:
                 model, cfg, 9)
 
 
+def cache_step(cache, encoders, data: Path, image_size: int, imagesets) -> None:
+    """Encode every (source, image set) not cached yet, reading images as the sweep's cache
+    units do (`features.cache_imageset`): charged once per image set in the run."""
+    for s in SOURCES:
+        for imageset in imagesets:
+            features.cache_imageset(cache, s, imageset, lambda s=s: encoders[s], str(data),
+                                    image_size=image_size)
+
+
+def timed(fn, *args):
+    """fn(*args) and its (wall, CPU) seconds."""
+    t = clock()
+    out = fn(*args)
+    return out, since(t)
+
+
+def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """One target's 12 transfers three ways; its row and the (wall, CPU) seconds per way."""
+    data, model, cfg, encoders, caches, sets = (ctx[k] for k in (
+        "data", "model", "cfg", "encoders", "caches", "sets"))
+    tr_set, te_set = features.imageset_name(target, REGIME), features.imageset_name(target, None)
+    ds_tr, ds_te = (features.open_imageset(str(data), x, image_size=model.image_size,
+                                           tasks=[target]) for x in (tr_set, te_set))
+    channels = output_channels(target, str(data), jigsaw_classes=model.jigsaw_classes,
+                               embedding_dim=model.embedding_dim)
+    # fused + cached: the cache step (float32, the default), the labels once, the groups
+    _, cache_t = timed(cache_step, caches["float32"], encoders, data, model.image_size,
+                       (tr_set, te_set))
+    (ids_tr, lab_tr), lab_t = timed(load_labels, ds_tr, target)
+    (ids_te, lab_te), lab_te_t = timed(load_labels, ds_te, target)
+    f32, fused_t = timed(fused, target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr,
+                         ids_te, lab_te, model, cfg, channels)
+    label_t = (lab_t[0] + lab_te_t[0], lab_t[1] + lab_te_t[1])
+    keys = sorted(lab_tr)
+    # float16 cache, for its effect on the losses only (not timed)
+    cache_step(caches["float16"], encoders, data, model.image_size, (tr_set, te_set))
+    f16 = fused(target, sets, caches["float16"], tr_set, te_set, ids_tr, lab_tr, ids_te, lab_te,
+                model, cfg, channels)
+    f32tr = {s: torch.from_numpy(caches["float32"].load(s, tr_set, ids_tr)) for s in SOURCES}
+    clip = {ss: stacked_inputs(f32tr, [ss])(torch.arange(len(ids_tr)))[0] for ss in sets}
+    # naive in memory: every sample read once into tensors (charged), encoders on every batch
+    (pre_tr, pre_te), pre_t = timed(lambda: (preload(ds_tr, keys), preload(ds_te, keys)))
+    if any(not torch.equal(pre_tr[k], lab_tr[k]) for k in keys):
+        raise AssertionError(f"{target}: preloaded labels differ from fused.load_labels'")
+    (nv, _), nv_t = timed(naive, target, sets, encoders, pre_tr, pre_te, ids_te, clip, model,
+                          cfg, channels, keys)
+    # naive as the original: every training and test batch read from disk, then encoders
+    (orig, reads), orig_t = timed(naive, target, sets, encoders, ds_tr, ds_te, ids_te, clip,
+                                  model, cfg, channels, keys)
+    want = len(sets) * (cfg.steps + -(-len(ds_te) // cfg.eval_batch_size))
+    if reads != want:
+        raise AssertionError(f"{target}: the original-style naive read {reads} batches, not {want}")
+    same = max(float(np.max(np.abs(orig[k] - nv[k]) / np.maximum(np.abs(nv[k]), 1e-12)))
+               for k in sets)
+    if same > 1e-5:
+        raise AssertionError(f"{target}: disk-fed and in-memory naive losses differ ({same:.2e})")
+    ways = {"fused": _add(cache_t, label_t, fused_t), "naive_in_memory": _add(pre_t, nv_t),
+            "naive_original": orig_t}
+    row = {f"{w}_{u}_s": t[i] for w, t in ways.items() for i, u in enumerate(("wall", "cpu"))}
+    row.update({"cache_cpu_s": cache_t[1], "labels_cpu_s": label_t[1], "preload_cpu_s": pre_t[1],
+                "batches_read_from_disk": reads, "naive_original_vs_in_memory_max_rel": same,
+                "data_ms_per_batch": data_ms_per_batch(ds_tr, cfg.batch_size),
+                # float16 cache vs float32 cache, against the noise floor: the same float32
+                # inputs trained naive vs fused differ only in rounding order
+                "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32)})
+    for base in ("naive_in_memory", "naive_original"):
+        row[f"speedup_vs_{base}"] = {u: ways[base][i] / ways["fused"][i]
+                                     for i, u in enumerate(("wall", "cpu"))}
+    return row, ways
+
+
+def _add(*ts: tuple[float, float]) -> tuple[float, float]:
+    return sum(t[0] for t in ts), sum(t[1] for t in ts)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", type=Path, default=None, help="mini data root (rendered if absent)")
@@ -211,69 +355,31 @@ def main() -> None:
     warm_up(model)
     cfg = TransferConfig(steps=10 if a.quick else a.steps, batch_size=16, eval_batch_size=64)
     targets = dict(list(TARGETS.items())[::3]) if a.quick else TARGETS
-    encoders = {s: random_encoder(model, seed=i) for i, s in enumerate(SOURCES)}
-    sets = transfer_mix(SOURCES)
-    keys = {s: f"random-{i}" for i, s in enumerate(SOURCES)}
+    enc_keys = {s: f"random-{i}" for i, s in enumerate(SOURCES)}
     caches = {d: features.FeatureCache(Storage(str(tmp / f"run-{d}")),
-                                       features.keyed_paths(keys, d), d)
+                                       features.keyed_paths(enc_keys, d), d)
               for d in ("float16", "float32")}
-    res: dict = {"targets": {}, "steps": cfg.steps, "regime": REGIME,
-                 "transfers_per_target": len(sets)}
-    tot = {"naive": [0.0, 0.0], "fused": [0.0, 0.0]}
-    for target in targets:
-        tr_set = features.imageset_name(target, REGIME)
-        te_set = features.imageset_name(target, None)
-        ds_tr, ids_tr, lab_tr, rgb_tr = load(data, target, tr_set, model.image_size)
-        _, ids_te, lab_te, rgb_te = load(data, target, te_set, model.image_size)
-        channels = output_channels(target, str(data), jigsaw_classes=model.jigsaw_classes,
-                                   embedding_dim=model.embedding_dim)
-        t = clock()  # the cache step, charged once per image set (shared by single-view targets)
-        for s in SOURCES:
-            for imageset, ds in ((tr_set, ds_tr), (te_set, None)):
-                if not caches["float16"].is_cached(s, imageset):
-                    ds = ds or features.open_imageset(str(data), imageset,
-                                                      image_size=model.image_size)
-                    caches["float16"].ensure(s, imageset, encoders[s], ds)
-        cache_w, cache_c = since(t)
-        t = clock()
-        f16 = fused(target, sets, caches["float16"], tr_set, te_set, ids_tr, lab_tr, ids_te,
-                    lab_te, model, cfg, channels)
-        fw, fc = since(t)
-        for s in SOURCES:  # float32 cache (for the float16 comparison only; not timed)
-            for imageset in (tr_set, te_set):
-                ds = features.open_imageset(str(data), imageset, image_size=model.image_size)
-                caches["float32"].ensure(s, imageset, encoders[s], ds)
-        f32 = fused(target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr, ids_te,
-                    lab_te, model, cfg, channels)
-        f32tr = {s: torch.from_numpy(caches["float32"].load(s, tr_set, ids_tr)) for s in SOURCES}
-        clip = {ss: x for ss, x in zip(sets, [stacked_inputs(f32tr, [ss])(
-            torch.arange(len(ids_tr)))[0] for ss in sets])}
-        t = clock()
-        nv = naive(target, sets, encoders, rgb_tr, lab_tr, rgb_te, lab_te, ids_te, clip, model,
-                   cfg, channels)
-        nw, nc = since(t)
-        res["targets"][target] = {
-            "naive_wall_s": nw, "naive_cpu_s": nc, "fused_wall_s": fw + cache_w,
-            "fused_cpu_s": fc + cache_c, "cache_wall_s": cache_w,
-            "speedup_wall": nw / (fw + cache_w), "speedup_cpu": nc / (fc + cache_c),
-            "data_ms_per_batch": data_ms_per_batch(ds_tr, cfg.batch_size),
-            # float16 cache vs float32 cache, against the noise floor: the same float32 inputs
-            # trained naive vs fused differ only in rounding order, which training amplifies
-            "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32)}
-        w = targets[target]
-        tot["naive"][0] += w * nw
-        tot["naive"][1] += w * nc
-        tot["fused"][0] += w * (fw + cache_w)
-        tot["fused"][1] += w * (fc + cache_c)
-        print(target, json.dumps(res["targets"][target]), flush=True)
-    n = len(sets)
+    ctx = {"data": data, "model": model, "cfg": cfg, "caches": caches,
+           "encoders": {s: random_encoder(model, seed=i) for i, s in enumerate(SOURCES)},
+           "sets": transfer_mix(SOURCES)}
+    n = len(ctx["sets"])
+    res: dict = {"targets": {}, "steps": cfg.steps, "regime": REGIME, "transfers_per_target": n}
+    tot: dict[str, list[float]] = {}
+    for target, w in targets.items():
+        row, ways = bench_target(target, ctx)
+        res["targets"][target] = row
+        for way, t in ways.items():
+            acc = tot.setdefault(way, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + w * t[0], acc[1] + w * t[1]
+        print(target, json.dumps(row), flush=True)
     wsum = sum(targets.values())
     # Per minute of single-thread CPU time (robust on a shared machine) and of wall time.
-    for mode in ("naive", "fused"):
-        res[f"transfers_per_cpu_min_{mode}"] = 60 * n * wsum / tot[mode][1]
-        res[f"transfers_per_wall_min_{mode}"] = 60 * n * wsum / tot[mode][0]
-    res["speedup_wall"] = tot["naive"][0] / tot["fused"][0]
-    res["speedup_cpu"] = tot["naive"][1] / tot["fused"][1]
+    for way, (wall, cpu) in tot.items():
+        res[f"transfers_per_cpu_min_{way}"] = 60 * n * wsum / cpu
+        res[f"transfers_per_wall_min_{way}"] = 60 * n * wsum / wall
+    for base in ("naive_in_memory", "naive_original"):
+        res[f"speedup_vs_{base}"] = {u: tot[base][i] / tot["fused"][i]
+                                     for i, u in enumerate(("wall", "cpu"))}
     for d, cache in caches.items():  # one single-view entry: array and file bytes per image
         rel = cache.path_of(SOURCES[0], f"r{REGIME}")
         blob = cache.storage.read_bytes(rel)
