@@ -120,9 +120,9 @@ def build(cfg: SweepConfig) -> list[Unit]:
             units.append(_unit("scratch", key, {"target": target, "regime": regime}, render,
                                [losses_path(key)]))
     sets = sorted({s for t in cfg.targets for r in cfg.regimes for s in imagesets(t, r)})
-    for source in cfg.sources:
-        deps = render if source == "random" else [gold_key(cfg, source)]
-        for s in sets:
+    for s in sets:  # image set first: consecutive units on a worker reuse its decoded images
+        for source in cfg.sources:
+            deps = render if source == "random" else [gold_key(cfg, source)]
             key = features_key(cfg, source, s)
             units.append(_unit("features", key, {"source": source, "imageset": s}, deps,
                                [features_path(key)]))

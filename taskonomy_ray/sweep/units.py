@@ -168,17 +168,33 @@ def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source:
 
 def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     """Stage 2a: one source encodes one image set, once; every transfer reads the cache."""
-    from ..features import open_imageset
-
     cfg, storage = _context(ctx)
     source, imageset = unit.params["source"], unit.params["imageset"]
-    data = open_imageset(ctx["data_root"], imageset,
-                         image_size=cfg.gold_network().model.image_size, splits=splits(cfg),
-                         subset_seed=cfg.seed)
+    samples = _decoded(ctx["data_root"], imageset, cfg)
     _feature_cache(cfg, storage).ensure(
-        source, imageset, lambda: load_source_encoder(cfg, storage, source), data,
-        images=data.images, lazy=True)
-    return {"images": len(data)}
+        source, imageset, lambda: load_source_encoder(cfg, storage, source), samples,
+        images=[s["image"] for s in samples], lazy=True)
+    return {"images": len(samples)}
+
+
+# Decoded images of the last few image sets in this worker process: the plan orders feature
+# units image set first, so the next sources' units on this worker skip decoding.
+_DECODED: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+
+def _decoded(root: str, imageset: str, cfg: sweep_config.SweepConfig) -> list[dict[str, Any]]:
+    from ..features import open_imageset
+
+    size = cfg.gold_network().model.image_size
+    key = (root, imageset, size, cfg.data.split, cfg.data.split_seed, cfg.seed)
+    if key not in _DECODED:
+        data = open_imageset(root, imageset, image_size=size, splits=splits(cfg),
+                             subset_seed=cfg.seed)
+        while len(_DECODED) >= 2:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = [{"image": s["image"], "rgb": s["rgb"]}
+                         for s in (data[i] for i in range(len(data)))]
+    return _DECODED[key]
 
 
 def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
