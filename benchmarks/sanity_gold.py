@@ -29,8 +29,16 @@ EPS = 1e-6
 
 
 def render(root: Path, points: int, views: int, size: int, buildings: int, seed: int) -> None:
-    """A mini-Taskonomy set, unless `root` already holds one."""
-    if (root / "dataset_info.json").exists():
+    """A mini-Taskonomy set, unless `root` already holds this very one."""
+    from taskonomy_ray import layout
+
+    want = {"points": points, "views": views, "size": size, "seed": seed, "buildings": buildings}
+    if (root / layout.INFO_FILE).exists():
+        info = layout.read_info(root)
+        have = {**{k: info.get(k) for k in want}, "buildings": len(info.get("buildings", []))}
+        if have != want:
+            raise SystemExit(f"{root} holds another rendered set ({have}); pass another --root "
+                             f"or delete it to render {want}")
         return
     from taskonomy_ray.render.synth import SynthConfig, synthesize
 
@@ -142,10 +150,10 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, meta: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="data/sanity", help="dataset root (rendered if missing)")
-    p.add_argument("--points", type=int, default=30)
+    p.add_argument("--root", default="data/sanity10", help="dataset root (rendered if missing)")
+    p.add_argument("--points", type=int, default=40)
     p.add_argument("--views", type=int, default=3)
-    p.add_argument("--buildings", type=int, default=6)
+    p.add_argument("--buildings", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="override the mini preset's steps")
     p.add_argument("--config", default=None, help="YAML overrides of the mini preset")
