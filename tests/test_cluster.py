@@ -3,8 +3,11 @@
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -46,23 +49,43 @@ def test_cluster_yaml_holds_no_credentials():
 
 
 @pytest.fixture
-def local_head(tmp_path):
-    """A real `ray start --head` on 127.0.0.1 with token auth (its own token, not ~/.ray)."""
+def local_head():
+    """A real `ray start --head` on 127.0.0.1 with token auth (its own token, not ~/.ray).
+
+    Started with --block in its own process group and stopped by killing that group, so the
+    test never touches other Ray instances on the machine (as `ray stop` would).
+    """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    ray_bin = str(BIN / "ray")
+    # A short temp dir: Ray's socket paths must stay under the 107-byte AF_UNIX limit.
+    temp = Path(tempfile.mkdtemp(prefix="trh", dir="/tmp"))
     port = 26379 + os.getpid() % 1000
     dash = 28265 + os.getpid() % 1000
-    start = subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--include-dashboard=true", f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120)
-    assert start.returncode == 0, start.stderr
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield env, f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 120
+        while True:  # the job API answers once the head is up
+            ok = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
+                                env=env, capture_output=True, timeout=60).returncode == 0
+            if ok:
+                break
+            assert head.poll() is None, head.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "the local Ray head did not come up in 120 s"
+            time.sleep(1)
+        yield env, address
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.ray
