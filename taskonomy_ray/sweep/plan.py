@@ -128,10 +128,10 @@ def build(cfg: SweepConfig) -> list[Unit]:
                                [features_path(key)]))
     for target in cfg.targets:
         for regime in cfg.regimes:
-            sets = [[s] for s in cfg.sources]
-            units.append(transfer_unit(cfg, target, regime, 1, sets))
+            singles = [[s] for s in cfg.sources]
+            units.append(transfer_unit(cfg, target, regime, 1, singles))
             if cfg.max_order > 1:
-                o1 = transfer_key(cfg, target, regime, 1, sets)
+                o1 = transfer_key(cfg, target, regime, 1, singles)
                 key = beam_key(cfg, target, regime)
                 units.append(_unit("beam", key, {"target": target, "regime": regime},
                                    [o1, gold_key(cfg, target), scratch_key(cfg, target, regime)],
