@@ -221,3 +221,34 @@ def test_loader_batches_stack_samples(root: Path) -> None:
     b = next(batches(ds, 5, shuffle=True, seed=0))
     assert b["rgb"].shape == (5, 3, 16, 16) and b["segment_semantic"].shape == (5, 16, 16)
     assert len(b["image"]) == 5 and not ds.bad_files
+
+
+def _task_reading(domain: str) -> str:
+    if domain == "rgb":
+        return "autoencoding"
+    if domain == "point_info":
+        return "room_layout"
+    return next(t.name for t in TASKS if t.domains == (domain,))
+
+
+@pytest.mark.parametrize("domain", sorted(layout.DOMAINS))
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_every_domain_bad_file_is_named_or_skipped(tmp_path: Path, domain: str,
+                                                   damage: str) -> None:
+    root = make_root(tmp_path / "r", buildings=1, points=1, views=2, size=16)
+    path = layout.path_for(root, "building0", 0, 1, domain)
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b"\x89PNG\r\n garbage")
+    task = _task_reading(domain)
+    if domain == "rgb" and damage == "missing":  # the index is the rgb folder: no sample at all
+        assert TaskonomyDataset(root, [task], split="all").images == ["building0/point_0_view_0"]
+        return
+    ds = TaskonomyDataset(root, [task], split="all")
+    with pytest.raises(BadFile, match=path.name) as e:
+        ds[1]
+    assert e.value.path == str(path)
+    skip = TaskonomyDataset(root, [task], split="all", on_bad_file="skip")
+    assert [i for b in batches(skip, 2) for i in b["image"]] == ["building0/point_0_view_0"]
+    assert list(skip.bad_files) == [str(path)]
