@@ -96,7 +96,11 @@ def test_job_submitted_to_a_local_token_auth_head_completes(local_head, tmp_path
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--", sys.executable, "-m", "taskonomy_ray", "sweep", "workflows/smoke.yaml",
            "--storage", str(storage), "--data", str(data), "--no-progress"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(30):  # the head's job agent starts a little after its job API answers
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr:
+            break
+        time.sleep(2)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sweep finished" in r.stdout, r.stdout[-2000:]
     assert (storage / "affinities.parquet").exists() and (storage / "taxonomy.json").exists()
