@@ -80,13 +80,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from .sweep.driver import run_sweep
+    from .tables import redact
 
     result = run_sweep(args.config, storage_uri=args.storage, data_root=args.data,
                        address=args.address, force_config=args.force_config,
                        progress=False if args.no_progress else None)
     done = sum(c["done"] for c in result.counts.values())
     print(f"sweep finished in {result.wall_s:.0f} s: {done} units done, "
-          f"{len(result.failures)} failed; storage {result.storage}")
+          f"{len(result.failures)} failed; storage {redact(result.storage)}")
     for key, err in sorted(result.failures.items()):
         print(f"  FAILED {key}: {err}", file=sys.stderr)
     report = result.report_path

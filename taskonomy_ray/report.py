@@ -86,11 +86,11 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
                           "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")
     if out_dir is not None or storage.local:
         out = Path(out_dir) if out_dir is not None else Path(storage.path(REPORT_DIR))
-        return _render(out, storage.read_affinities(), cfg, f"sweep {storage.uri}",
-                       storage.uri, storage)
+        return _render(out, storage.read_affinities(), cfg, f"sweep {storage.display}",
+                       storage.display, storage)
     with tempfile.TemporaryDirectory() as tmp:
-        index = _render(Path(tmp), storage.read_affinities(), cfg, f"sweep {storage.uri}",
-                        storage.uri, storage)
+        index = _render(Path(tmp), storage.read_affinities(), cfg, f"sweep {storage.display}",
+                        storage.display, storage)
         for f in sorted(Path(tmp).iterdir()):
             storage.write_bytes(f"{REPORT_DIR}/{f.name}", f.read_bytes())
     return Path(storage.uri_for(f"{REPORT_DIR}/{index.name}"))

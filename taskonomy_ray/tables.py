@@ -11,6 +11,7 @@ import posixpath
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
@@ -88,11 +89,21 @@ def losses_table(unit: str, kind: str, target: str, sources: Sequence[str], regi
     }, schema=LOSSES_SCHEMA)
 
 
+def redact(uri: str) -> str:
+    """`uri` without credentials (user:secret@ and query parameters), for messages and pages."""
+    parts = urlsplit(uri)
+    if not parts.scheme or "://" not in uri:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 class Storage:
     """A run's storage root on any pyarrow filesystem, with atomic writes."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.display = redact(uri)  # what messages, logs and reports show
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, ValueError):
@@ -101,7 +112,7 @@ class Storage:
 
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
         except OSError as e:
-            raise StorageError(f"cannot open storage {uri!r}: {e}; check the URI and the "
+            raise StorageError(f"cannot open storage {redact(uri)!r}: {e}; check the URI and the "
                                "credentials in the environment") from e
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -129,7 +140,7 @@ class Storage:
             self.fs.delete_file(probe)
         except OSError as e:
             raise StorageError(
-                f"storage {self.uri!r} is not writable ({e}); choose another --storage path or "
+                f"storage {self.display!r} is not writable ({e}); choose another --storage path or "
                 "fix its permissions / credentials"
             ) from e
 
@@ -148,7 +159,7 @@ class Storage:
                 f.write(data)
             self.fs.move(tmp, dest)
         except OSError as e:
-            raise StorageError(f"cannot write {dest} in storage {self.uri!r}: {e}; check that "
+            raise StorageError(f"cannot write {dest} in storage {self.display!r}: {e}; check that "
                                "the path is writable and has space") from e
 
     def read_bytes(self, rel: str) -> bytes:
@@ -157,7 +168,7 @@ class Storage:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return bytes(f.read())
         except FileNotFoundError:
-            raise StorageError(f"{self.path(rel)} not found in storage {self.uri!r}") from None
+            raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except OSError as e:
             raise StorageError(f"cannot read {self.path(rel)}: {e}") from e
 
@@ -184,7 +195,7 @@ class Storage:
         try:
             table = pq.read_table(self.path(rel), filesystem=self.fs)
         except FileNotFoundError:
-            raise StorageError(f"{self.path(rel)} not found in storage {self.uri!r}") from None
+            raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except (OSError, pa.ArrowInvalid) as e:
             raise StorageError(f"corrupt Parquet file {self.path(rel)}: {e}; delete it and re-run "
                                "the unit that wrote it") from e

@@ -80,3 +80,10 @@ def test_affinities_round_trip(tmp_path):
     back = st.read_affinities()
     assert back.schema == tables.AFFINITIES_SCHEMA
     assert np.isclose(back.column("affinity")[0].as_py(), 0.3)
+
+
+def test_credentials_in_a_storage_uri_never_reach_messages():
+    uri = "s3://AKIAEXAMPLE:s3cr3t@bucket/run?access_key=AK&secret_key=SK&region=us-west-2"
+    shown = tables.redact(uri)
+    assert shown == "s3://bucket/run"
+    assert tables.redact("/plain/local/path") == "/plain/local/path"

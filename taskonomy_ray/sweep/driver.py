@@ -54,7 +54,7 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
         changes = sweep_config.diff(old.get("config", {}), new["config"])
         if changes and not force:
             raise ConfigError(
-                f"storage {storage.uri} holds a run with another config; differences:\n  "
+                f"storage {storage.display} holds a run with another config; differences:\n  "
                 + "\n  ".join(changes)
                 + "\nUse another --storage for a new run, restore the old settings to resume, "
                 "or pass --force-config to resume with the new one (units whose keys change "
@@ -194,5 +194,5 @@ def status(storage_uri: str) -> dict[str, Any]:
             o["planned"] += 1
             o["done"] += outputs_exist(storage, u)
             o["failed"] += u.key in failures
-    return {"storage": storage_uri, "stages": stages, "transfer_orders": orders,
+    return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures}
