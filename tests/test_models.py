@@ -16,12 +16,8 @@ TINY = ModelConfig(image_size=32, width=4, decoder_width=8, head_width=16, jigsa
 RESNET50_TRUNK_PARAMS = 23_508_032  # ResNet-50 without its fc layer (25,557,032 - 2,049,000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread: timings and results do not depend on what else runs (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fake_batch(spec, channels: int, b: int = 3, s: int = 32) -> dict:

@@ -18,12 +18,8 @@ MODEL = preset("mini").model  # 64 px -> 4x4x8 representations
 CFG = TransferConfig(steps=2, batch_size=4, eval_batch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: timings and results do not depend on what else runs (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
