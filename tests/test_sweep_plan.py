@@ -138,3 +138,16 @@ def test_ledger_history_reads_running_done_and_failed(tmp_path):
     ledger.record(st, "u", "done")
     h = ledger.history(st, "u")
     assert (h.state, h.attempts, h.completions, h.last_error) == ("done", 2, 1, "boom")
+
+
+def test_a_ready_beam_runs_before_waiting_transfer_groups():
+    cfg = small()
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    beam = next(u for u in s.units.values() if u.stage == "beam")
+    for key, u in s.units.items():  # everything done but the beams and one transfer group
+        if u.stage not in ("beam", "analysis"):
+            s.state[key] = "done"
+    other = next(u for u in s.units.values()
+                 if u.stage == "transfer" and u.key not in beam.deps)
+    s.state[other.key] = "planned"
+    assert [u.stage for u in s.ready()][:2] == ["beam", "beam"]

@@ -16,6 +16,9 @@ from .config import SweepConfig
 
 # Stages in the order they first become ready; the progress bars and `status` use this order.
 STAGES = ("render", "gold", "scratch", "features", "transfer", "beam", "analysis")
+# Which ready unit runs first: a beam is cheap and unlocks its target's higher orders at once, so
+# it goes before the (many) transfer groups still waiting; gold networks are the critical path.
+PRIORITY = ("render", "gold", "beam", "scratch", "features", "transfer", "analysis")
 
 
 @dataclass(frozen=True)

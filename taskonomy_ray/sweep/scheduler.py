@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from ..errors import ConfigError
-from .plan import STAGES, Unit
+from .plan import PRIORITY, STAGES, Unit
 
 STATES = ("planned", "running", "done", "failed")
 
@@ -45,7 +45,7 @@ class Scheduler:
         return new
 
     def ready(self) -> list[Unit]:
-        """Planned units whose dependencies are done, in stage order; failed deps fail them."""
+        """Planned units whose dependencies are done, by stage priority; failed deps fail them."""
         self._fail_orphans()
         settled = all(self.state[k] in ("done", "failed")
                       for k, u in self.units.items() if not u.barrier)
@@ -57,7 +57,7 @@ class Scheduler:
                 continue
             if all(self.state[d] == "done" for d in u.deps):
                 out.append(u)
-        return sorted(out, key=lambda u: STAGES.index(u.stage))
+        return sorted(out, key=lambda u: PRIORITY.index(u.stage))
 
     def _fail_orphans(self) -> None:
         changed = True
