@@ -170,13 +170,14 @@ def status(storage_uri: str) -> dict[str, Any]:
 
     storage = Storage(storage_uri)
     if not storage.exists(PLAN_FILE):
-        raise StorageError(f"no sweep found in {storage_uri} ({PLAN_FILE} missing); start one "
+        raise StorageError(f"no sweep found in {storage.display} ({PLAN_FILE} missing); start one "
                            "with `taskonomy-ray sweep CONFIG --storage ...`")
     units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
     stages = {s: dict.fromkeys(("planned", "pending", "running", "done", "failed"), 0)
               for s in planning.STAGES}
     failures = {}
-    for u in units:
+    orders: dict[str, dict[str, int]] = {}
+    for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
             state = "done"
         else:
@@ -187,12 +188,10 @@ def status(storage_uri: str) -> dict[str, Any]:
                 failures[u.key] = h.last_error or ""
         stages[u.stage]["planned"] += 1
         stages[u.stage][state] += 1
-    orders: dict[str, dict[str, int]] = {}
-    for u in units:
         if u.stage == "transfer":
             o = orders.setdefault(str(u.params["order"]), {"planned": 0, "done": 0, "failed": 0})
             o["planned"] += 1
-            o["done"] += outputs_exist(storage, u)
-            o["failed"] += u.key in failures
+            o["done"] += state == "done"
+            o["failed"] += state == "failed"
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures}

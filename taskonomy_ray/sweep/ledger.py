@@ -65,7 +65,3 @@ def history(storage: Storage, key: str) -> UnitHistory:
     names = storage.list(f"{LEDGER_DIR}/{key}", ".json")
     return UnitHistory(key, [storage.read_json(f"{LEDGER_DIR}/{key}/{n}") for n in names])
 
-
-def histories(storage: Storage, keys: list[str]) -> dict[str, UnitHistory]:
-    """Histories of many units (one listing per unit)."""
-    return {k: history(storage, k) for k in keys}

@@ -69,12 +69,9 @@ class StorageHooks:
 
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint saved by an earlier attempt of this unit, if any."""
-        import torch
-
         if not self.storage.exists(self.rel):
             return None
-        data = self.storage.read_bytes(self.rel)
-        self.last = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        self.last = torch_state(self.storage.read_bytes(self.rel))
         return self.last
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -84,6 +81,13 @@ class StorageHooks:
 
     def report(self, metrics: dict[str, Any]) -> None:
         """Metrics are not kept beyond the ledger's timing."""
+
+
+def torch_state(data: bytes) -> Any:
+    """`torch.load` from bytes, on the CPU (our own checkpoints: full pickles)."""
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def torch_bytes(obj: Any) -> bytes:
@@ -155,15 +159,13 @@ def _transfer_config(cfg: sweep_config.SweepConfig) -> Any:
 
 def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source: str) -> Any:
     """A source's frozen encoder: its gold network's, or the fixed-seed random one."""
-    import torch
-
     from ..models.encoder import random_encoder
     from ..training import load_encoder
 
     if source == "random":
         return random_encoder(cfg.gold_network().model, cfg.seed).eval()
     data = storage.read_bytes(planning.checkpoint_path(planning.gold_key(cfg, source)))
-    return load_encoder(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+    return load_encoder(torch_state(data))
 
 
 def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
