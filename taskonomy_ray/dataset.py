@@ -503,13 +503,32 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def batches(dataset: TaskonomyDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-            num_workers: int = 0, drop_last: bool = False) -> Iterator[dict[str, Any]]:
-    """One epoch of batches; skips reported by worker processes are added to `bad_files`."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                        collate_fn=collate, drop_last=drop_last,
-                        generator=torch.Generator().manual_seed(seed) if shuffle else None)
+            num_workers: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1),
+            keep_empty: bool = False) -> Iterator[dict[str, Any]]:
+    """One epoch of batches; skips reported by worker processes are added to `bad_files`.
+
+    `shard=(rank, world)` splits every batch of `batch_size` among `world` data-parallel
+    replicas: each loads only its own `batch_size // world` samples of the same global batch, so
+    all replicas take the same number of steps. `keep_empty` also yields batches whose samples
+    were all skipped (replicas must agree on whether to step).
+    """
+    rank, world = shard
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if world == 1:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                            num_workers=num_workers, collate_fn=collate, drop_last=drop_last,
+                            generator=generator)
+    else:
+        if batch_size % world:
+            raise ConfigError(f"batch size {batch_size} does not split among {world} "
+                              "data-parallel workers; make it a multiple of the worker count")
+        order = (torch.randperm(len(dataset), generator=generator).tolist() if shuffle
+                 else list(range(len(dataset))))
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        mine = [order[i:i + batch_size][rank::world] for i in range(0, stop, batch_size)]
+        loader = DataLoader(dataset, batch_sampler=mine, num_workers=num_workers,
+                            collate_fn=collate)
     for batch in loader:
         dataset.bad_files.update(dict(batch.pop("skipped")))
-        if batch["image"]:
+        if batch["image"] or keep_empty:
             yield batch
-

@@ -99,7 +99,7 @@ class TrainResult:
     """What a training returns: the network, its per-image test losses and its loss curve."""
 
     network: TaskNetwork
-    losses: pa.Table | None  # LOSSES_SCHEMA rows, one per test image (None for `random`)
+    losses: pa.Table | None  # LOSSES_SCHEMA rows per test image (None: `random`, rank > 0)
     history: list[float] = field(default_factory=list)  # training loss per step
     steps: int = 0
     seconds: float = 0.0
@@ -115,12 +115,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                             "unit from scratch") from e
 
 
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    """The device of `cfg.device` (auto: CUDA when available)."""
+@dataclass(frozen=True)
+class Replica:
+    """A process's place in a data-parallel training (rank 0 of 1 when training alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def replica() -> Replica:
+    """The data-parallel group this process belongs to: torch.distributed's, when initialised.
+
+    A launcher (Ray Train's TorchTrainer, torchrun) sets up the process group; the loop itself
+    only reads it, so the same function trains alone or as one of several replicas.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return Replica()
+    return Replica(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The device of `cfg.device` (auto: CUDA when available; replica k of a node: GPU k)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto'")
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
@@ -151,14 +174,20 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def _forever(data: TaskonomyDataset, cfg: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
-    """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch)."""
+def _forever(data: TaskonomyDataset, cfg: TrainConfig, epoch: int, rep: Replica = Replica()
+             ) -> Iterator[dict[str, Any]]:
+    """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch).
+
+    With several replicas each gets its share of every batch; empty shares are yielded too, so
+    that the replicas can agree to skip that step together.
+    """
     drop = len(data) > cfg.batch_size  # keep batch norm away from one-image batches
     while True:
         n = 0
         for batch in batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
-                             num_workers=cfg.num_workers, drop_last=drop):
-            n += 1
+                             num_workers=cfg.num_workers, drop_last=drop,
+                             shard=(rep.rank, rep.world), keep_empty=rep.world > 1):
+            n += bool(batch["image"])
             yield batch
         if n == 0:  # every sample was skipped: stop instead of looping for ever
             raise DataError(f"no loadable sample in split {data.split!r} of {data.root}:\n"
@@ -172,16 +201,50 @@ def _state(net: TaskNetwork, opt: torch.optim.Optimizer, step: int, history: lis
             "history": list(history), "network": net.state_dict(), "optimiser": opt.state_dict()}
 
 
+def _all_agree(rep: Replica, batch: dict[str, Any]) -> bool:
+    """Whether every replica got at least one sample for this step (one small all-reduce)."""
+    if rep.world == 1:
+        return bool(batch["image"])
+    have = torch.tensor([len(batch["image"])], dtype=torch.int64)
+    torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
+    return bool(have.item() > 0)
+
+
+def _mean_over_replicas(loss: torch.Tensor, rep: Replica) -> float:
+    """The step's loss averaged over the replicas (each replica's own when alone)."""
+    value = loss.detach().float().reshape(1).cpu()
+    if rep.world > 1:
+        torch.distributed.all_reduce(value)
+        value /= rep.world
+    return float(value.item())
+
+
+def _parallel(net: TaskNetwork, rep: Replica, device: torch.device) -> nn.Module:
+    """`net` for the training step: itself alone, wrapped in DistributedDataParallel otherwise.
+
+    Wrapping broadcasts rank 0's weights and buffers, so replicas start identical (for example
+    after each initialised its output bias from its own share of the first batch); afterwards
+    gradients are averaged every step, so every replica takes the same optimiser step.
+    """
+    if rep.world == 1:
+        return net
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
 def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, *,
                   hooks: Hooks | None = None, unit: str = "", channels: int = 0
                   ) -> tuple[list[float], int]:
     """Train `net` on `data` for `cfg.train.steps` steps, resuming from `hooks.load()`.
 
     Parameters with requires_grad=False (a frozen encoder) stay fixed. Returns the loss per step
-    (including steps before a resume) and the number of steps run in this call.
+    (including steps before a resume) and the number of steps run in this call. Inside a
+    torch.distributed process group the replicas train data-parallel: `train.batch_size` is the
+    global batch, split among them; rank 0 saves the checkpoints, the others only report.
     """
     tc, spec, hooks = cfg.train, net.spec, hooks or LocalHooks()
-    device = resolve_device(tc)
+    rep = replica()
+    device = resolve_device(tc, rep.local_rank)
     net.to(device)
     if tc.channels_last:
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -193,33 +256,41 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         step, history = int(saved["step"]), list(saved["history"])
     start = step
     torch.manual_seed(tc.seed + step)
-    it = _forever(data, tc, epoch=step * tc.batch_size // max(1, len(data)))
+    it = _forever(data, tc, epoch=step * tc.batch_size // max(1, len(data)), rep=rep)
     net.train()
     if not any(p.requires_grad for p in net.encoder.parameters()):
         net.encoder.eval()  # a frozen encoder keeps its batch-norm statistics too
+    model: nn.Module | None = None
     while step < tc.steps:
         batch = next(it)
+        if not _all_agree(rep, batch):
+            continue  # a replica's share was all skipped files: every replica skips the step
         if step == 0 and net.decoder is not None:
             init_output_bias(net.decoder, spec, batch)
+        if model is None:
+            model = _parallel(net, rep, device)
         for group in opt.param_groups:
             group["lr"] = tc.lr * lr_factor(tc, step)
         with _autocast(tc, device):
-            pred = net(_to(network_input(spec, batch), device, tc.channels_last))
+            pred = model(_to(network_input(spec, batch), device, tc.channels_last))
         loss = per_image_loss(spec, pred, batch).mean()
-        if not torch.isfinite(loss):
+        value = _mean_over_replicas(loss, rep)
+        if not math.isfinite(value):
             raise TrainingError(f"unit {unit or spec.name}: the {spec.name} loss became "
-                                f"{float(loss.detach())} at step {step}; lower train.lr or "
-                                "check the labels")
+                                f"{value} at step {step}; lower train.lr or check the labels")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip:
             nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
         opt.step()
         step += 1
-        history.append(float(loss.detach()))
-        metrics = {"unit": unit, "task": spec.name, "step": step, "loss": history[-1]}
+        history.append(value)
+        metrics = {"unit": unit, "task": spec.name, "step": step, "loss": value}
         if step == tc.steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
-            hooks.save(_state(net, opt, step, history, cfg.model, channels), metrics)
+            if rep.rank == 0:
+                hooks.save(_state(net, opt, step, history, cfg.model, channels), metrics)
+            else:
+                hooks.report(metrics)  # Ray Train wants every worker to report; rank 0 keeps
         elif step % tc.log_every == 0:
             hooks.report(metrics)
     return history, step - start
@@ -229,7 +300,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
 def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
                    ) -> tuple[list[str], torch.Tensor]:
     """(image ids, per-image losses) of `net` on every sample of `data`, in eval mode."""
-    device = resolve_device(cfg)
+    device = resolve_device(cfg, replica().local_rank)
     net.to(device).eval()
     images: list[str] = []
     losses: list[torch.Tensor] = []
@@ -263,14 +334,19 @@ def _run(task: str, root: str | Path, cfg: NetworkConfig, *, kind: str, sources:
     channels = _channels(task, root, cfg.model)
     net = build_task_network(task, cfg.model, channels, seed=cfg.train.seed)
     if spec.output == "none":  # the random encoder: saved, never trained, nothing to score
-        (hooks or LocalHooks()).save({"task": task, "model": asdict(cfg.model), "channels": 0,
-                                      "step": 0, "history": [], "network": net.state_dict()},
-                                     {"unit": unit, "task": task, "step": 0})
+        hooks, metrics = hooks or LocalHooks(), {"unit": unit, "task": task, "step": 0}
+        if replica().rank == 0:
+            hooks.save({"task": task, "model": asdict(cfg.model), "channels": 0, "step": 0,
+                        "history": [], "network": net.state_dict()}, metrics)
+        else:
+            hooks.report(metrics)
         return TrainResult(net, None, seconds=time.perf_counter() - t0)
     if encoder is not None:  # a frozen given encoder (the random-encoder baseline)
         net.encoder = encoder
     train, test = _datasets(task, root, cfg, splits, on_bad_file, **train_kw)
     history, steps = train_network(net, train, cfg, hooks=hooks, unit=unit, channels=channels)
+    if replica().rank != 0:  # data-parallel: the replicas are identical, rank 0 scores
+        return TrainResult(net, None, history, steps, time.perf_counter() - t0, len(train))
     images, losses = predict_losses(net, test, cfg.train)
     table = tables.losses_table(unit, kind, task, sources, len(train), images, losses.numpy())
     return TrainResult(net, table, history, steps, time.perf_counter() - t0, len(train))
@@ -353,6 +429,6 @@ def encode(encoder: nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
     return torch.cat(out)
 
 
-__all__ = ["Hooks", "LocalHooks", "TrainResult", "encode", "load_encoder",
-           "predict_losses", "train_gold", "train_network", "train_random_decoder",
+__all__ = ["Hooks", "LocalHooks", "Replica", "TrainResult", "encode", "load_encoder",
+           "predict_losses", "replica", "train_gold", "train_network", "train_random_decoder",
            "train_scratch"]

@@ -45,6 +45,14 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
         small(network={"train": {"step": 3}})
 
 
+def test_data_parallel_gold_training_needs_ray_train_and_a_batch_that_splits():
+    with pytest.raises(ConfigError, match="gold_trainer: ray_train"):
+        small(resources={"gold_trainer": "task", "gold_workers": 2})
+    with pytest.raises(ConfigError, match="multiple of the worker count"):
+        small(resources={"gold_workers": 3}, network={"train": {"batch_size": 16}})
+    assert small(resources={"gold_workers": 4}).resources.gold_workers == 4
+
+
 def test_config_diff_names_what_changed():
     a, b = small().to_json(), small(regimes=[32]).to_json()
     assert config.diff(a, b) == ["regimes: [16] -> [32]"]

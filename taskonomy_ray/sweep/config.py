@@ -129,8 +129,16 @@ class SweepConfig:
             raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
         if len(self.beam) != 3 or min(self.beam) < 2:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
-        self.gold_network()  # validate the sections now, not on a worker hours later
+        gold = self.gold_network()  # validate the sections now, not on a worker hours later
         self.scratch_network()
+        workers = self.resources.gold_workers
+        if workers > 1 and self.resources.gold_trainer != "ray_train":
+            raise ConfigError(f"resources.gold_workers is {workers}: data-parallel gold training "
+                              "runs on Ray Train; set resources.gold_trainer: ray_train")
+        if gold.train.batch_size % workers:
+            raise ConfigError(f"network.train.batch_size {gold.train.batch_size} (the global "
+                              f"batch) does not split among resources.gold_workers {workers}; "
+                              "make it a multiple of the worker count")
 
     def gold_network(self) -> NetworkConfig:
         """The gold networks' model and training settings (preset `mini` unless named)."""

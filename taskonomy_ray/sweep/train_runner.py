@@ -15,7 +15,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from ..tables import Storage
 from . import config as sweep_config
 from . import plan as planning
@@ -65,17 +65,19 @@ def _loop(config: dict[str, Any]) -> None:
     unit = planning.Unit.from_json(config["unit"])
     info = finish_gold(unit, config["ctx"], RayTrainHooks())
     # Result.metrics holds the last checkpoint's metrics, so the unit's own summary goes to
-    # storage for fit_gold to return.
-    Storage(config["ctx"]["storage"]).write_json(_summary(unit), info)
+    # storage for fit_gold to return (from rank 0, which wrote the unit's outputs).
+    if ray.train.get_context().get_world_rank() == 0:
+        Storage(config["ctx"]["storage"]).write_json(_summary(unit), info)
 
 
 def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) the gold training of `unit` as a TorchTrainer run; returns its metrics."""
+    """Run (or resume) the gold training of `unit` as a TorchTrainer run; returns its metrics.
+
+    With `resources.gold_workers` > 1 the run is data-parallel (DistributedDataParallel over
+    the workers TorchTrainer starts; `train.batch_size` is the global batch).
+    """
     cfg = sweep_config.from_dict(ctx["config"])
     r = cfg.resources
-    if r.gold_workers != 1:
-        raise ConfigError("resources.gold_workers > 1 (data-parallel gold training) is not "
-                          "supported yet: use 1 worker with more CPUs/GPUs per worker")
     gpus = r.gold_gpus_per_worker
     per_worker = {"CPU": r.gold_cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(

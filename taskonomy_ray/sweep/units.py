@@ -116,16 +116,20 @@ def run_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 
 def finish_gold(unit: planning.Unit, ctx: dict[str, Any], hooks: Any) -> dict[str, Any]:
     """Train (or resume) a gold network with `hooks`, then write its weights and losses."""
-    from ..training import train_gold
+    from ..training import replica, train_gold
 
     cfg, storage = _context(ctx)
     result = train_gold(unit.params["task"], ctx["data_root"], cfg.gold_network(), hooks=hooks,
                         splits=splits(cfg), unit=unit.key)
+    info = {"steps": result.steps, "train_images": result.train_images,
+            "final_loss": result.history[-1] if result.history else None,
+            "replicas": replica().world}
+    if replica().rank != 0:  # a data-parallel replica: rank 0 writes the unit's outputs
+        return info
     final = hooks.last if hooks.last is not None else hooks.load()
     storage.write_bytes(planning.checkpoint_path(unit.key), torch_bytes(final))
     storage.write_losses(unit.key, result.losses)
-    return {"steps": result.steps, "train_images": result.train_images,
-            "final_loss": result.history[-1] if result.history else None}
+    return info
 
 
 def run_scratch(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:

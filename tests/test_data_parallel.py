@@ -1,0 +1,80 @@
+"""Data-parallel gold training: replicas split each batch and stay identical (no Ray needed).
+
+Two processes join a gloo process group, as Ray Train's TorchTrainer workers do, and call the
+same `training.train_gold` a single process calls.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from fixtures import make_root
+
+from taskonomy_ray import config, training
+from taskonomy_ray.dataset import TaskonomyDataset, batches
+from taskonomy_ray.errors import ConfigError
+
+CFG = {"model": {"image_size": 32, "width": 4, "decoder_width": 16, "head_width": 32},
+       "train": {"steps": 8, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 4}}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_root(tmp_path_factory.mktemp("ddp"), buildings=3, points=4, views=3, size=32)
+
+
+def test_replicas_share_each_global_batch_without_overlap(root: Path) -> None:
+    data = TaskonomyDataset(root, ["normal"], split="train")
+    alone = [b["image"] for b in batches(data, 8, shuffle=True, seed=3, shard=(0, 1),
+                                         drop_last=True)]
+    shares = [[b["image"] for b in batches(data, 8, shuffle=True, seed=3, shard=(r, 2),
+                                           drop_last=True)] for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == len(data) // 8  # every replica takes each step
+    for first, second in zip(*shares, strict=True):
+        assert len(first) == len(second) == 4 and not set(first) & set(second)
+    # Together the replicas see each epoch's images once, like one process would.
+    seen = sorted(i for share in shares for batch in share for i in batch)
+    assert len(seen) == len(set(seen)) == sum(len(b) for b in alone)
+
+
+def test_a_global_batch_that_does_not_split_among_replicas_is_refused(root: Path) -> None:
+    data = TaskonomyDataset(root, ["normal"], split="train")
+    with pytest.raises(ConfigError, match="multiple of the worker count"):
+        next(batches(data, 9, shard=(0, 2)))
+
+
+def _replica(rank: int, world: int, root: str, task: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous",
+                                         rank=rank, world_size=world)
+    try:
+        cfg = config.from_dict(CFG)
+        result = training.train_gold(task, root, cfg, ckpt_dir=f"{out}/rank{rank}")
+        params = {k: v.detach().clone() for k, v in result.network.named_parameters()}
+        with open(f"{out}/result{rank}.pkl", "wb") as f:
+            pickle.dump({"history": result.history, "params": params,
+                         "losses": None if result.losses is None else result.losses.num_rows}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["normal", "class_scene"])
+def test_two_replicas_train_one_identical_network(root: Path, tmp_path: Path, task: str) -> None:
+    mp.spawn(_replica, args=(2, str(root), task, str(tmp_path)), nprocs=2, join=True)
+    runs = [pickle.loads((tmp_path / f"result{r}.pkl").read_bytes()) for r in range(2)]
+    # Gradients are averaged every step, so the replicas' weights never drift apart.
+    for name, value in runs[0]["params"].items():
+        torch.testing.assert_close(runs[1]["params"][name], value, rtol=0, atol=0)
+    # The recorded loss is the mean over replicas, the same on both; and it falls.
+    assert runs[0]["history"] == runs[1]["history"] and len(runs[0]["history"]) == 8
+    assert sum(runs[0]["history"][-3:]) < sum(runs[0]["history"][:3])
+    # Rank 0 keeps the checkpoint and scores the test split; the other replica only trains.
+    test = TaskonomyDataset(root, [task], split="test")
+    assert runs[0]["losses"] == len(test) and runs[1]["losses"] is None
+    assert (tmp_path / "rank0" / training.CHECKPOINT_FILE).exists()
+    assert not (tmp_path / "rank1" / training.CHECKPOINT_FILE).exists()
