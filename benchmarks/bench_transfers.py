@@ -10,7 +10,9 @@ the same rendered mini data (64 px, 4x4x8 representations), the same batches and
   encoders are re-run per batch;
 - fused + cached: each source encodes each image set once (charged once per set in the run),
   the target's labels are read once (`fused.load_labels`, charged), then every order's
-  transfers into a target train as one grouped module from the cache.
+  transfers into a target train as one grouped module from the cache;
+- fused + cached, bf16: the same with the heads under bf16 autocast (`transfer.amp: on`), which
+  this CPU runs natively (AVX512-BF16); its losses are compared with float32's.
 Both naive ways must give the same per-image losses (asserted). Per target the transfers follow
 the sweep's mix scaled by 1/5 (first order : pairs : triples : quads = 5 : 2 : 2 : 3 of
 26 : 10 : 10 : 15), so the naive ways run ~2.2 encoders per transfer. Source encoders are
@@ -25,6 +27,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +302,9 @@ def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
     f32, fused_t = timed(fused, target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr,
                          ids_te, lab_te, model, cfg, channels)
     label_t = (lab_t[0] + lab_te_t[0], lab_t[1] + lab_te_t[1])
+    # the same, the heads in bf16 (transfer.amp: on; this CPU has native bf16)
+    bf16, bf16_t = timed(fused, target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr,
+                         ids_te, lab_te, model, replace(cfg, amp="on"), channels)
     keys = sorted(lab_tr)
     # float16 cache, for its effect on the losses only (not timed)
     cache_step(caches["float16"], encoders, data, model.image_size, (tr_set, te_set))
@@ -323,17 +329,19 @@ def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
     if same > 1e-5:
         raise AssertionError(f"{target}: disk-fed and in-memory naive losses differ ({same:.2e})")
     ways = {"fused": _add(cache_t, label_t, fused_t), "naive_in_memory": _add(pre_t, nv_t),
-            "naive_original": orig_t}
+            "naive_original": orig_t, "fused_bf16": _add(cache_t, label_t, bf16_t)}
     row = {f"{w}_{u}_s": t[i] for w, t in ways.items() for i, u in enumerate(("wall", "cpu"))}
     row.update({"cache_cpu_s": cache_t[1], "labels_cpu_s": label_t[1], "preload_cpu_s": pre_t[1],
                 "batches_read_from_disk": reads, "naive_original_vs_in_memory_max_rel": same,
                 "data_ms_per_batch": data_ms_per_batch(ds_tr, cfg.batch_size),
                 # float16 cache vs float32 cache, against the noise floor: the same float32
                 # inputs trained naive vs fused differ only in rounding order
-                "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32)})
+                "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32),
+                "bf16_vs_f32": compare(bf16, f32)})
     for base in ("naive_in_memory", "naive_original"):
-        row[f"speedup_vs_{base}"] = {u: ways[base][i] / ways["fused"][i]
-                                     for i, u in enumerate(("wall", "cpu"))}
+        for fast in ("fused", "fused_bf16"):
+            row[f"speedup_{fast}_vs_{base}"] = {u: ways[base][i] / ways[fast][i]
+                                                for i, u in enumerate(("wall", "cpu"))}
     return row, ways
 
 
@@ -378,8 +386,9 @@ def main() -> None:
         res[f"transfers_per_cpu_min_{way}"] = 60 * n * wsum / cpu
         res[f"transfers_per_wall_min_{way}"] = 60 * n * wsum / wall
     for base in ("naive_in_memory", "naive_original"):
-        res[f"speedup_vs_{base}"] = {u: tot[base][i] / tot["fused"][i]
-                                     for i, u in enumerate(("wall", "cpu"))}
+        for fast in ("fused", "fused_bf16"):
+            res[f"speedup_{fast}_vs_{base}"] = {u: tot[base][i] / tot[fast][i]
+                                                for i, u in enumerate(("wall", "cpu"))}
     for d, cache in caches.items():  # one single-view entry: array and file bytes per image
         rel = cache.path_of(SOURCES[0], f"r{REGIME}")
         blob = cache.storage.read_bytes(rel)

@@ -26,6 +26,7 @@ from .transfer import (
     HeadDropout,
     TransferConfig,
     TransferNet,
+    autocast,
     batches,
     build_transfer_net,
     draw_masks,
@@ -267,7 +268,9 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
     dev = next(group.parameters()).device
     for step, idx in enumerate(batches(n_train, cfg)):
         group.set_masks([draw_masks(n, g) for n, g in zip(nets, gens)])
-        out = group(inputs(idx).to(dev))  # (G, B, ...)
+        x = inputs(idx).to(dev)  # (G, B, ...): made before autocast, which would recast it
+        with autocast(cfg, dev):
+            out = group(x).float()
         per_head = _head_losses(target, out, take(labels, idx, dev), cfg.seed, step).mean(1)
         if not torch.isfinite(per_head).all():
             bad = torch.nonzero(~torch.isfinite(per_head)).flatten().tolist()
@@ -292,7 +295,9 @@ def evaluate_fused(group: nn.Module, target: str, inputs: StackedInputFn,
         idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
         ids = [images[i] for i in idx.tolist()]
         x, batch = inputs(idx).to(dev), take(labels, idx, dev)
-        out.append(_head_losses(target, group(x), batch, cfg.seed, 0, ids).cpu())
+        with autocast(cfg, dev):
+            pred = group(x).float()
+        out.append(_head_losses(target, pred, batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out, 1).float().numpy()
 
 

@@ -43,6 +43,11 @@ class TransferConfig:
     # How representations are cached: float32 by default, since float16 moved mean test losses
     # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
     feature_dtype: str = "float32"
+    # Mixed precision (bf16 autocast) for the readout and decoder: auto = on for CUDA, off on
+    # CPU; `on` also uses it on CPUs with native bf16 (AVX512-BF16, AMX), about 2x faster there
+    # (docs/benchmarks.md, "Transfers", with its effect on the losses). The grouped backend
+    # honours it; torch.func's vmap runs float32 on the CPU whatever is asked.
+    amp: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
@@ -57,7 +62,8 @@ class TransferConfig:
                   (self.clip_sigma > 0, "transfer.clip_sigma must be positive"),
                   (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
                   (self.feature_dtype in ("float16", "float32"),
-                   "transfer.feature_dtype must be float16 or float32")]
+                   "transfer.feature_dtype must be float16 or float32"),
+                  (self.amp in ("auto", "on", "off"), "transfer.amp must be auto, on or off")]
         for ok, what in checks:
             if not ok:
                 raise ConfigError(what)
@@ -248,6 +254,12 @@ def resolve_device(cfg: TransferConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def autocast(cfg: TransferConfig, device: torch.device) -> Any:
+    """The forward passes' precision: bf16 autocast when `cfg.amp` asks for it on `device`."""
+    on = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int,
               images: Sequence[str] | None = None) -> torch.Tensor:
     """Per-image losses (B,) of one head's output at one training step, or at test (`images`).
@@ -286,8 +298,10 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn,
     for step, idx in enumerate(batches(n_train, cfg)):
         for m, mask in zip(net.dropouts(), draw_masks(net, g)):
             m.mask.copy_(mask)
-        out = net(inputs(idx).to(dev))
-        loss = head_loss(target, out, take(labels, idx, dev), cfg.seed, step).mean()
+        x = inputs(idx).to(dev)  # made before autocast (a loader's ops must not be recast)
+        with autocast(cfg, dev):
+            out = net(x)
+        loss = head_loss(target, out.float(), take(labels, idx, dev), cfg.seed, step).mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"transfer into {target}: non-finite loss at step {step}; "
                                 "lower transfer.lr")
@@ -309,5 +323,8 @@ def evaluate(net: TransferNet, target: str, inputs: InputFn,
         idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
         ids = [images[i] for i in idx.tolist()]
         batch = take(labels, idx, dev)
-        out.append(head_loss(target, net(inputs(idx).to(dev)), batch, cfg.seed, 0, ids).cpu())
+        x = inputs(idx).to(dev)
+        with autocast(cfg, dev):
+            pred = net(x).float()
+        out.append(head_loss(target, pred, batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out).float().numpy()

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn import Conv2d
 
 from taskonomy_ray.config import preset
 from taskonomy_ray.fused import (
@@ -90,3 +91,26 @@ def test_a_group_mixing_orders_is_refused():
     b = build_transfer_net("normal", ("autoencoding", "random"), 16, MODEL, CFG, 3, N_TRAIN)
     with pytest.raises(Exception, match="split the group by order"):
         fuse([a, b])
+
+
+def test_amp_on_runs_the_heads_in_bf16_and_keeps_float32_losses_close():
+    nets, train, test, labels, test_labels = _group("normal", 3)
+    plain = [copy.deepcopy(n) for n in nets]
+    images = [f"im{i}" for i in range(N_TEST)]
+    results, seen = {}, {}
+    for amp, group_nets in (("on", nets), ("off", plain)):
+        dtypes = seen[amp] = set()
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o, dtypes=dtypes: dtypes.add(o.dtype) if isinstance(m, Conv2d) else None)
+        cfg = TransferConfig(**{**CFG.__dict__, "amp": amp, "fused_backend": "grouped"})
+        group = train_fused(group_nets, "normal", stacked_inputs(train, SOURCES), labels,
+                            N_TRAIN, cfg)
+        results[amp] = evaluate_fused(group, "normal", stacked_inputs(test, SOURCES),
+                                      test_labels, images, cfg)
+        hook.remove()
+    assert seen == {"on": {torch.bfloat16}, "off": {torch.float32}}
+    assert results["on"].dtype == results["off"].dtype == "float32"
+    # bf16 keeps 8 bits of mantissa: the per-image losses move by rounding, not by much.
+    assert not (results["on"] == results["off"]).all()
+    torch.testing.assert_close(torch.from_numpy(results["on"]),
+                               torch.from_numpy(results["off"]), rtol=0.05, atol=0)
