@@ -361,7 +361,8 @@ def main() -> None:
     render(data)
     model = preset("mini").model
     warm_up(model)
-    cfg = TransferConfig(steps=10 if a.quick else a.steps, batch_size=16, eval_batch_size=64)
+    cfg = TransferConfig(steps=10 if a.quick else a.steps, batch_size=16, eval_batch_size=64,
+                         amp="off")
     targets = dict(list(TARGETS.items())[::3]) if a.quick else TARGETS
     enc_keys = {s: f"random-{i}" for i, s in enumerate(SOURCES)}
     caches = {d: features.FeatureCache(Storage(str(tmp / f"run-{d}")),
