@@ -77,25 +77,69 @@ def conv_flops(enc: Encoder, size: int) -> float:
     return total
 
 
-def bench_paper_encoder(batch: int, iters: int, threads: int) -> dict[str, Any]:
-    """Images/s of the paper encoder's forward+backward at 256 px on the CPU."""
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of GPUs a sweep is likely to meet, from
+# the vendors' data sheets; `--peak-tflops` overrides (or supplies) the figure.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 70.0,
+                    "L40S": 362.0}
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    """The bf16 peak of a GPU named like `NVIDIA H100 80GB HBM3` (None when unknown)."""
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name.upper()), None)
+
+
+def bench_paper_encoder(batch: int, iters: int, threads: int, *, amp: bool = False,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Images/s of the paper encoder's forward+backward at 256 px (channels-last).
+
+    `amp` runs it under bf16 autocast, as `train.amp: on` (and `auto` on CUDA) does.
+    """
     torch.set_num_threads(threads)
-    enc = Encoder(config.preset("paper").model)
-    x = torch.rand(batch, 3, 256, 256)
+    dev = torch.device(device)
+    enc = Encoder(config.preset("paper").model).to(dev, memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, 256, 256, device=dev).contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(enc.parameters(), 0.01)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     for i in range(iters + 1):
         if i == 1:
+            sync()
             t, c = time.perf_counter(), time.process_time()
         opt.zero_grad()
-        enc(x).square().mean().backward()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            y = enc(x)
+        y.float().square().mean().backward()
         opt.step()
+    sync()
     ips = batch * iters / (time.perf_counter() - t)
-    cpu_ips = batch * iters * threads / (time.process_time() - c)  # per busy core-second x threads
-    flops = conv_flops(enc, 256) * 3  # backward ~ 2x forward
-    return {f"paper_encoder_img_s_{threads}t": round(ips, 2),
-            f"paper_encoder_img_per_cpu_s_x{threads}t": round(cpu_ips, 2),
-            f"paper_encoder_gflop_s_{threads}t": round(ips * flops / 1e9, 1),
-            "paper_encoder_gflop_per_img_fwd_bwd": round(flops / 1e9, 2)}
+    flops = conv_flops(enc.cpu(), 256) * 3  # backward ~ 2x forward
+    tag = f"{device}_{'bf16' if amp else 'fp32'}_{threads}t" if dev.type == "cpu" else \
+        f"cuda_{'bf16' if amp else 'fp32'}_b{batch}"
+    out = {f"paper_encoder_img_s_{tag}": round(ips, 2),
+           f"paper_encoder_gflop_s_{tag}": round(ips * flops / 1e9, 1),
+           "paper_encoder_gflop_per_img_fwd_bwd": round(flops / 1e9, 2)}
+    if dev.type == "cpu":  # per busy core-second x threads
+        out[f"paper_encoder_img_per_cpu_s_{tag}"] = round(
+            batch * iters * threads / (time.process_time() - c), 2)
+    return out
+
+
+def bench_gpu(peak: float | None) -> dict[str, Any]:
+    """The paper encoder on the first CUDA device: images/s and the fraction of its bf16 peak."""
+    name = torch.cuda.get_device_name(0)
+    peak = peak or gpu_peak_tflops(name)
+    out: dict[str, Any] = {"gpu": name, "gpu_bf16_peak_tflops": peak}
+    for amp in (False, True):
+        r = bench_paper_encoder(64, 20, 1, amp=amp, device="cuda")
+        out.update(r)
+        tag = f"cuda_{'bf16' if amp else 'fp32'}_b64"
+        if amp and peak:
+            out["paper_encoder_fraction_of_bf16_peak"] = round(
+                r[f"paper_encoder_gflop_s_{tag}"] / 1e3 / peak, 3)
+    return out
 
 
 def bench_loader(root: Path, size: int) -> dict[str, Any]:
@@ -114,20 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="data/bench", help="dataset root (rendered if missing)")
     p.add_argument("--quick", action="store_true", help="10 steps per task, fewer repeats")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's dense bf16 peak, when not in BF16_PEAK_TFLOPS")
+    p.add_argument("--gpu-only", action="store_true", help="only the CUDA encoder figures")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = config.preset("mini")
     if args.quick:
         cfg = config.from_dict({"train": {"steps": 10}}, base=cfg)
+    figures: dict[str, Any] = {"torch": torch.__version__}
+    if torch.cuda.is_available():
+        figures.update(bench_gpu(args.peak_tflops))
+    elif args.gpu_only:
+        raise SystemExit("--gpu-only: no CUDA device is visible")
+    if args.gpu_only:
+        print(json.dumps(figures))
+        return 0
     root = Path(args.root)
     render(root, 20, 4, cfg.model.image_size)
-    figures: dict[str, Any] = {"torch": torch.__version__}
     figures.update(bench_loader(root, cfg.model.image_size))
     torch.set_num_threads(1)
     figures.update(bench_gold(root, cfg))
     figures["gold_peak_rss_gib"] = round(peak_rss_gib(), 2)
     iters = 1 if args.quick else 3
     figures.update(bench_paper_encoder(4, iters, 1))
+    figures.update(bench_paper_encoder(4, iters, 1, amp=True))
     figures.update(bench_paper_encoder(4, iters, 2))
     figures["peak_rss_gib"] = round(peak_rss_gib(), 2)
     print(json.dumps(figures))
