@@ -43,11 +43,12 @@ class TransferConfig:
     # How representations are cached: float32 by default, since float16 moved mean test losses
     # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
     feature_dtype: str = "float32"
-    # Mixed precision (bf16 autocast) for the readout and decoder: auto = on for CUDA, off on
-    # CPU; `on` also uses it on CPUs with native bf16 (AVX512-BF16, AMX), about 2x faster there
-    # (docs/benchmarks.md, "Transfers", with its effect on the losses). The grouped backend
+    # Mixed precision (bf16 autocast) for the readout and decoder: off by default, since in
+    # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.6-2.7% and pairwise win
+    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` is 1.5x faster
+    # on this CPU's dense heads (native bf16), `auto` = on for CUDA only. The grouped backend
     # honours it; torch.func's vmap runs float32 on the CPU whatever is asked.
-    amp: str = "auto"
+    amp: str = "off"
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
