@@ -21,12 +21,12 @@ from .beam import canonical
 from .dataset import output_channels
 from .errors import ConfigError, DataError, TrainingError
 from .features import FeatureCache, imageset_name, open_imageset
+from .models import autocast
 from .models.decoders import DenseDecoder, VectorHead
 from .transfer import (
     HeadDropout,
     TransferConfig,
     TransferNet,
-    autocast,
     batches,
     build_transfer_net,
     draw_masks,
@@ -269,7 +269,7 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
     for step, idx in enumerate(batches(n_train, cfg)):
         group.set_masks([draw_masks(n, g) for n, g in zip(nets, gens)])
         x = inputs(idx).to(dev)  # (G, B, ...): made before autocast, which would recast it
-        with autocast(cfg, dev):
+        with autocast(cfg.amp, dev):
             out = group(x).float()
         per_head = _head_losses(target, out, take(labels, idx, dev), cfg.seed, step).mean(1)
         if not torch.isfinite(per_head).all():
@@ -295,7 +295,7 @@ def evaluate_fused(group: nn.Module, target: str, inputs: StackedInputFn,
         idx = torch.arange(start, min(len(images), start + cfg.eval_batch_size))
         ids = [images[i] for i in idx.tolist()]
         x, batch = inputs(idx).to(dev), take(labels, idx, dev)
-        with autocast(cfg, dev):
+        with autocast(cfg.amp, dev):
             pred = group(x).float()
         out.append(_head_losses(target, pred, batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out, 1).float().numpy()

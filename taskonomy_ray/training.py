@@ -30,6 +30,7 @@ from .errors import ConfigError, DataError, TrainingError
 from .models import (
     Encoder,
     TaskNetwork,
+    autocast,
     build_task_network,
     init_output_bias,
     network_input,
@@ -144,11 +145,6 @@ def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     if not cuda:
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
-    on = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -271,7 +267,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
             model = _parallel(net, rep, device)
         for group in opt.param_groups:
             group["lr"] = tc.lr * lr_factor(tc, step)
-        with _autocast(tc, device):
+        with autocast(tc.amp, device):
             pred = model(_to(network_input(spec, batch), device, tc.channels_last))
         loss = per_image_loss(spec, pred, batch).mean()
         value = _mean_over_replicas(loss, rep)
@@ -305,7 +301,7 @@ def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
     images: list[str] = []
     losses: list[torch.Tensor] = []
     for batch in batches(data, cfg.eval_batch_size, num_workers=cfg.num_workers):
-        with _autocast(cfg, device):
+        with autocast(cfg.amp, device):
             pred = net(_to(network_input(net.spec, batch), device, cfg.channels_last))
         losses.append(per_image_loss(net.spec, pred, batch, deterministic=True).cpu())
         images += list(batch["image"])

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import AMP_MODES
 from .errors import ConfigError, TrainingError, unknown_name
+from .models import autocast
 from .models.decoders import build_decoder
 from .models.losses import per_image_loss
 from .tasks import TaskSpec, get_task
@@ -64,7 +66,7 @@ class TransferConfig:
                   (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
                   (self.feature_dtype in ("float16", "float32"),
                    "transfer.feature_dtype must be float16 or float32"),
-                  (self.amp in ("auto", "on", "off"), "transfer.amp must be auto, on or off")]
+                  (self.amp in AMP_MODES, "transfer.amp must be auto, on or off")]
         for ok, what in checks:
             if not ok:
                 raise ConfigError(what)
@@ -255,12 +257,6 @@ def resolve_device(cfg: TransferConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def autocast(cfg: TransferConfig, device: torch.device) -> Any:
-    """The forward passes' precision: bf16 autocast when `cfg.amp` asks for it on `device`."""
-    on = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
-
-
 def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int,
               images: Sequence[str] | None = None) -> torch.Tensor:
     """Per-image losses (B,) of one head's output at one training step, or at test (`images`).
@@ -300,7 +296,7 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn,
         for m, mask in zip(net.dropouts(), draw_masks(net, g)):
             m.mask.copy_(mask)
         x = inputs(idx).to(dev)  # made before autocast (a loader's ops must not be recast)
-        with autocast(cfg, dev):
+        with autocast(cfg.amp, dev):
             out = net(x)
         loss = head_loss(target, out.float(), take(labels, idx, dev), cfg.seed, step).mean()
         if not torch.isfinite(loss):
@@ -325,7 +321,7 @@ def evaluate(net: TransferNet, target: str, inputs: InputFn,
         ids = [images[i] for i in idx.tolist()]
         batch = take(labels, idx, dev)
         x = inputs(idx).to(dev)
-        with autocast(cfg, dev):
+        with autocast(cfg.amp, dev):
             pred = net(x).float()
         out.append(head_loss(target, pred, batch, cfg.seed, 0, ids).cpu())
     return torch.cat(out).float().numpy()

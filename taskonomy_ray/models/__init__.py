@@ -13,8 +13,17 @@ from .decoders import build_decoder
 from .encoder import Encoder, random_encoder
 from .losses import per_image_loss
 
-__all__ = ["Encoder", "TaskNetwork", "build_task_network", "init_output_bias", "network_input",
-           "per_image_loss", "random_encoder", "represent"]
+__all__ = ["Encoder", "TaskNetwork", "autocast", "build_task_network", "init_output_bias",
+           "network_input", "per_image_loss", "random_encoder", "represent"]
+
+
+def autocast(amp: str, device: torch.device) -> Any:
+    """bf16 autocast for an `amp` setting that is `on`, or `auto` on CUDA; float32 otherwise.
+
+    One rule for gold, scratch and transfer trainings.
+    """
+    on = amp == "on" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 def represent(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -121,10 +121,11 @@ def finish_gold(unit: planning.Unit, ctx: dict[str, Any], hooks: Any) -> dict[st
     cfg, storage = _context(ctx)
     result = train_gold(unit.params["task"], ctx["data_root"], cfg.gold_network(), hooks=hooks,
                         splits=splits(cfg), unit=unit.key)
+    rep = replica()
     info = {"steps": result.steps, "train_images": result.train_images,
             "final_loss": result.history[-1] if result.history else None,
-            "replicas": replica().world}
-    if replica().rank != 0:  # a data-parallel replica: rank 0 writes the unit's outputs
+            "replicas": rep.world}
+    if rep.rank != 0:  # a data-parallel replica: rank 0 writes the unit's outputs
         return info
     final = hooks.last if hooks.last is not None else hooks.load()
     storage.write_bytes(planning.checkpoint_path(unit.key), torch_bytes(final))
