@@ -128,9 +128,9 @@ def group_layers(mods: Sequence[nn.Module], prefix: str, links: list[Link]) -> n
     if isinstance(m0, nn.Sequential):
         return nn.Sequential(*[group_layers([m[i] for m in mods], f"{prefix}{i}.", links)
                                for i in range(len(m0))])
-    if isinstance(m0, nn.Conv2d) and m0.padding_mode == "zeros":
-        out = nn.Conv2d(g * m0.in_channels, g * m0.out_channels, m0.kernel_size, m0.stride,
-                        m0.padding, m0.dilation, g * m0.groups, m0.bias is not None, **kw)
+    if type(m0) in (nn.Conv2d, UpConv2d) and m0.padding_mode == "zeros":
+        out = type(m0)(g * m0.in_channels, g * m0.out_channels, m0.kernel_size, m0.stride,
+                       m0.padding, m0.dilation, g * m0.groups, m0.bias is not None, **kw)
         attrs = ["weight"] + (["bias"] if m0.bias is not None else [])
     elif isinstance(m0, nn.BatchNorm2d) and m0.affine and m0.track_running_stats:
         out = nn.BatchNorm2d(g * m0.num_features, m0.eps, m0.momentum, **kw)
@@ -202,9 +202,14 @@ class GroupedTransfers(nn.Module):
             z = self._readout(x.contiguous(memory_format=self.layout))
             z = z.reshape(b, v, g, -1, *z.shape[-2:]).transpose(1, 2).reshape(b, -1,
                                                                               *z.shape[-2:])
-        # One layout change here, so gradients flow back into the convolutions channels-last.
-        y = self.decoder(z).contiguous()  # (B, G*out, ...)
-        return y.reshape(b, g, -1, *y.shape[2:]).transpose(0, 1)  # (G, B, out, ...)
+        y = self.decoder(z)  # (B, G*out, ...), channels-last for dense outputs
+        if y.dim() == 2:
+            return y.reshape(b, g, -1).transpose(0, 1)  # (G, B, out)
+        # One copy into head-major (G, B, out, H, W); the gradient takes the same single copy
+        # back into the channels-last layout the convolutions want.
+        n, _, h, w = y.shape
+        y = y.permute(0, 2, 3, 1).reshape(n, h, w, g, -1).permute(3, 0, 4, 1, 2)
+        return y.contiguous()
 
     def set_masks(self, masks: Sequence[Sequence[torch.Tensor]]) -> None:
         """Put head i's dropout masks (`masks[i]`, in `TransferNet.dropouts` order) in place."""

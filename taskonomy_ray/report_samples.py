@@ -18,7 +18,7 @@ from . import layout, report_plots
 from .config import ModelConfig
 from .dataset import SplitConfig, TaskonomyDataset, collate
 from .errors import TaskonomyError
-from .models import build_task_network, network_input
+from .models import build_task_network, load_weights, network_input
 from .sweep.plan import checkpoint_path
 from .tables import Storage
 from .tasks import TaskSpec, get_task
@@ -73,7 +73,7 @@ def predict_rows(task: str, checkpoint: bytes, data_root: str, splits: SplitConf
     state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
     model = ModelConfig(**state["model"])
     net = build_task_network(task, model, int(state["channels"]))
-    net.load_state_dict(state["network"])
+    load_weights(net, state["network"], f"the {task} checkpoint")
     net.eval()
     spec = get_task(task)
     data = TaskonomyDataset(data_root, [task], split="test", splits=splits,

@@ -33,6 +33,7 @@ from .models import (
     autocast,
     build_task_network,
     init_output_bias,
+    load_weights,
     network_input,
     per_image_loss,
     represent,
@@ -247,7 +248,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     opt = _optimiser(net.parameters(), tc)
     step, history, saved = 0, [], hooks.load()
     if saved is not None:
-        net.load_state_dict(saved["network"])
+        load_weights(net, saved["network"], "the unit's resume checkpoint")
         opt.load_state_dict(saved["optimiser"])
         step, history = int(saved["step"]), list(saved["history"])
     start = step

@@ -128,3 +128,31 @@ def test_output_bias_starts_at_the_mean_label_or_class_prior() -> None:
                      {"point_matching": torch.tensor([1, 1, 1, 0])})
     b = cls.decoder.net[-1].bias
     assert b[1] > b[0]
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_upconv_equals_nearest_upsampling_then_a_3x3_conv_in_value_and_gradient(groups) -> None:
+    from taskonomy_ray.models.decoders import UpConv2d
+
+    torch.manual_seed(0)
+    up = UpConv2d(groups * 5, groups * 4, groups=groups, dtype=torch.float64)
+    ref = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2, mode="nearest"),
+                              torch.nn.Conv2d(groups * 5, groups * 4, 3, 1, 1, groups=groups,
+                                              dtype=torch.float64))
+    ref[1].load_state_dict(up.state_dict())  # the same 3x3 parameters, nothing else
+    x = torch.randn(2, groups * 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    a, b = up(x), ref(x)
+    assert a.shape == (2, groups * 4, 12, 14)
+    assert torch.allclose(a, b, atol=1e-12)
+    g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, [x, up.weight, up.bias], g)
+    gb = torch.autograd.grad(b, [x, ref[1].weight, ref[1].bias], g)
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, atol=1e-10)
+
+
+def test_upconv_refuses_anything_but_a_3x3_stride_1_padding_1_conv() -> None:
+    from taskonomy_ray.models.decoders import UpConv2d
+
+    with pytest.raises(ValueError, match="3x3 conv with stride 1"):
+        UpConv2d(4, 4, kernel_size=5, padding=2)

@@ -11,7 +11,7 @@ from fixtures import make_root
 
 from taskonomy_ray import config, training
 from taskonomy_ray.dataset import TaskonomyDataset
-from taskonomy_ray.errors import ConfigError, TrainingError
+from taskonomy_ray.errors import ConfigError, DataError, TrainingError
 from taskonomy_ray.tables import LOSSES_SCHEMA
 
 CFG = config.from_dict({
@@ -57,6 +57,17 @@ def test_resume_continues_the_step_count_from_the_checkpoint(root: Path, tmp_pat
     assert second.history[:6] == first.history
     lines = (tmp_path / training.METRICS_FILE).read_text().splitlines()
     assert '"step": 10' in lines[-1]
+
+
+def test_a_checkpoint_of_another_network_layout_is_refused_with_the_fix(root: Path,
+                                                                        tmp_path: Path) -> None:
+    short = config.from_dict({"train": {"steps": 3, "checkpoint_every": 3}}, base=CFG)
+    training.train_gold("reshading", root, short, ckpt_dir=tmp_path)
+    wider = config.from_dict({"model": {"decoder_width": 32}, "train": {"steps": 6}}, base=short)
+    before = (tmp_path / training.CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(DataError, match="another network layout.*Delete it to retrain"):
+        training.train_gold("reshading", root, wider, ckpt_dir=tmp_path)
+    assert (tmp_path / training.CHECKPOINT_FILE).read_bytes() == before  # nothing lost
 
 
 def test_scratch_trains_on_the_regime_subset_of_validation(root: Path) -> None:

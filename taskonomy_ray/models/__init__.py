@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import DataError
 from ..tasks import TaskSpec, get_task
 from .decoders import build_decoder
 from .encoder import Encoder, random_encoder
 from .losses import per_image_loss
 
 __all__ = ["Encoder", "TaskNetwork", "autocast", "build_task_network", "init_output_bias",
-           "network_input", "per_image_loss", "random_encoder", "represent"]
+           "load_weights", "network_input", "per_image_loss", "random_encoder", "represent"]
 
 
 def autocast(amp: str, device: torch.device) -> Any:
@@ -24,6 +25,22 @@ def autocast(amp: str, device: torch.device) -> Any:
     """
     on = amp == "on" or (amp == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def load_weights(net: nn.Module, state: dict[str, Any], where: str) -> None:
+    """Load a saved state into `net`, or say plainly that it belongs to another network layout.
+
+    Checkpoints written before a layer change (for example the decoders' fused upsampling
+    convolutions) no longer fit; the fix is to retrain that unit, not to read a stack trace.
+    """
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise DataError(
+            f"{where} holds weights of another network layout ({detail[:200]}); it was written "
+            "by another taskonomy-ray version or model config. Delete it to retrain that unit, "
+            "or run into a fresh --storage") from None
 
 
 def represent(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
