@@ -22,7 +22,8 @@ from .dataset import output_channels
 from .errors import ConfigError, DataError, TrainingError
 from .features import FeatureCache, imageset_name, open_imageset
 from .models import autocast
-from .models.decoders import DenseDecoder, VectorHead
+from .models.decoders import DenseDecoder, UpConv2d, VectorHead
+from .tasks import get_task
 from .transfer import (
     HeadDropout,
     TransferConfig,
@@ -249,13 +250,19 @@ def fuse(nets: Sequence[TransferNet], backend: str = "auto") -> nn.Module:
 
 def _head_losses(target: str, out: torch.Tensor, batch: Mapping[str, torch.Tensor], seed: int,
                  step: int, images: Sequence[str] | None = None) -> torch.Tensor:
-    """Per-image losses (G, B) of stacked outputs (G, B, ...), head by head.
+    """Per-image losses (G, B) of stacked outputs (G, B, ...), each head's as if alone.
 
-    Each head's loss is computed as if alone (same metric-loss pixel pairs); losses are cheap
-    next to the batched forward and backward passes.
+    The G heads' outputs are scored as one batch of G*B images against the labels repeated G
+    times: losses are per image, so each equals the head's own. The metric loss, whose training
+    pixel pairs are drawn per call, is scored head by head, every head on the same pairs.
     """
-    return torch.stack([head_loss(target, o, dict(batch), seed, step, images)
-                        for o in out.unbind(0)])
+    g, b = out.shape[:2]
+    if get_task(target).loss == "metric":
+        return torch.stack([head_loss(target, o, dict(batch), seed, step, images)
+                            for o in out.unbind(0)])
+    tiled = {k: v.repeat(g, *[1] * (v.dim() - 1)) for k, v in batch.items()}
+    ids = list(images) * g if images is not None else None
+    return head_loss(target, out.flatten(0, 1), tiled, seed, step, ids).view(g, b)
 
 
 def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn,
