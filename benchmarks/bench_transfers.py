@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,30 @@ from taskonomy_ray.tables import Storage
 from taskonomy_ray.tasks import get_task
 from taskonomy_ray.transfer import TransferConfig, build_transfer_net, evaluate, train_transfer
 
-REGIME = 64
+
+@dataclass(frozen=True)
+class Scale:
+    """One benchmark size: the network preset, the data, the regime and the training."""
+
+    preset: str
+    regime: int  # training images per transfer (of the validation building)
+    steps: int
+    batch_size: int
+    eval_batch_size: int
+    render: dict
+    every_way: bool  # also the in-memory naive way, bf16 heads and the float16 cache
+
+
+SCALES = {
+    # 64 px, 4x4x8 representations: 10 epochs of 64 images, 72 test images (or 3-view samples).
+    "mini": Scale("mini", 64, 40, 16, 64, {"points": 24, "views": 3, "size": 64, "buildings": 4},
+                  True),
+    # The paper's networks at 256 px (ResNet-50 trunk, 16x16x8): 5 epochs of 12 images, 12 test
+    # images, so that the naive way fits in half an hour of one core; fewer epochs than the
+    # paper's 50 leave the cache less time to pay off, which favours the naive way.
+    "paper": Scale("paper", 12, 15, 4, 12,
+                   {"points": 4, "views": 3, "size": 256, "buildings": 4}, False),
+}
 SOURCES = ["autoencoding", "edge_texture", "reshading", "depth_zbuffer", "keypoints2d",
            "class_scene"]
 # Target kinds of the dictionary's 22 targets: 14 dense, 4 vector/distribution, 4 multi-view.
@@ -71,12 +95,12 @@ def since(t: tuple[float, float]) -> tuple[float, float]:
     return time.perf_counter() - t[0], time.process_time() - t[1]
 
 
-def render(data: Path) -> None:
+def render(data: Path, scale: Scale) -> None:
     if (data / "dataset_info.json").exists():
         return
     from taskonomy_ray.render.synth import SynthConfig, synthesize
 
-    synthesize(SynthConfig(out=str(data), points=24, views=3, size=64, buildings=4), False)
+    synthesize(SynthConfig(out=str(data), **scale.render), False)
 
 
 def preload(ds, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -160,7 +184,7 @@ def feed(data, encoders, ss, keys: list[str]):
     return lambda i: encode(encoders, ss, disk.get(i)["rgb"]), disk.labels(), len(data), disk
 
 
-def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channels, keys):
+def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channels, keys, regime):
     """Each transfer alone, its k frozen encoders re-run on every batch and on the test set.
 
     Returns the per-image test losses per transfer and the number of batches read from disk.
@@ -169,7 +193,7 @@ def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channel
     for ss in sets:
         tr_in, tr_lab, n_tr, tr_disk = feed(train, encoders, ss, keys)
         te_in, te_lab, _, te_disk = feed(test, encoders, ss, keys)
-        net = build_transfer_net(target, ss, REGIME, model, cfg, channels, n_tr)
+        net = build_transfer_net(target, ss, regime, model, cfg, channels, n_tr)
         net.readout.set_clip(clip[ss], cfg.clip_sigma)
         train_transfer(net, target, tr_in, tr_lab, n_tr, cfg)
         out[ss] = evaluate(net, target, te_in, te_lab, ids_te, cfg)
@@ -178,13 +202,13 @@ def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channel
 
 
 def fused(target, sets, cache, tr_set, te_set, ids_tr, lab_tr, ids_te, lab_te, model, cfg,
-          channels):
+          channels, regime):
     tr = {s: torch.from_numpy(cache.load(s, tr_set, ids_tr)) for s in SOURCES}
     te = {s: torch.from_numpy(cache.load(s, te_set, ids_te)) for s in SOURCES}
     out = {}
     for order in sorted({len(s) for s in sets}):
         group = [s for s in sets if len(s) == order]
-        out.update(train_group(target, group, REGIME, tr, lab_tr, te, lab_te, ids_te, model, cfg,
+        out.update(train_group(target, group, regime, tr, lab_tr, te, lab_te, ids_te, model, cfg,
                                channels))
     return out
 
@@ -263,7 +287,8 @@ def warm_up(model) -> None:
     """Pay one-off lazy imports (the optimiser's first use) before any timer starts."""
     cfg = TransferConfig(steps=1, batch_size=2)
     net = build_transfer_net("room_layout", ("normal",), 2, model, cfg, 9, 2)
-    x, y = torch.randn(2, 8, 4, 4), {"room_layout": torch.randn(2, 9)}
+    r = model.rep_size
+    x, y = torch.randn(2, 8, r, r), {"room_layout": torch.randn(2, 9)}
     train_transfer(net, "room_layout", lambda i: x[i], y, 2, cfg)
     train_group("room_layout", [("normal",)], 2, {"normal": x}, y, {"normal": x}, y, ["a", "b"],
                 model, cfg, 9)
@@ -286,10 +311,11 @@ def timed(fn, *args):
 
 
 def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
-    """One target's 12 transfers three ways; its row and the (wall, CPU) seconds per way."""
-    data, model, cfg, encoders, caches, sets = (ctx[k] for k in (
-        "data", "model", "cfg", "encoders", "caches", "sets"))
-    tr_set, te_set = features.imageset_name(target, REGIME), features.imageset_name(target, None)
+    """One target's 12 transfers each way; its row and the (wall, CPU) seconds per way."""
+    data, model, cfg, encoders, caches, sets, scale = (ctx[k] for k in (
+        "data", "model", "cfg", "encoders", "caches", "sets", "scale"))
+    regime = scale.regime
+    tr_set, te_set = features.imageset_name(target, regime), features.imageset_name(target, None)
     ds_tr, ds_te = (features.open_imageset(str(data), x, image_size=model.image_size,
                                            tasks=[target]) for x in (tr_set, te_set))
     channels = output_channels(target, str(data), jigsaw_classes=model.jigsaw_classes,
@@ -299,49 +325,59 @@ def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
                        (tr_set, te_set))
     (ids_tr, lab_tr), lab_t = timed(load_labels, ds_tr, target)
     (ids_te, lab_te), lab_te_t = timed(load_labels, ds_te, target)
-    f32, fused_t = timed(fused, target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr,
-                         ids_te, lab_te, model, cfg, channels)
+    run = (tr_set, te_set, ids_tr, lab_tr, ids_te, lab_te, model)
+    f32, fused_t = timed(fused, target, sets, caches["float32"], *run, cfg, channels, regime)
     label_t = (lab_t[0] + lab_te_t[0], lab_t[1] + lab_te_t[1])
-    # the same, the heads in bf16 (transfer.amp: on; this CPU has native bf16)
-    bf16, bf16_t = timed(fused, target, sets, caches["float32"], tr_set, te_set, ids_tr, lab_tr,
-                         ids_te, lab_te, model, replace(cfg, amp="on"), channels)
     keys = sorted(lab_tr)
-    # float16 cache, for its effect on the losses only (not timed)
-    cache_step(caches["float16"], encoders, data, model.image_size, (tr_set, te_set))
-    f16 = fused(target, sets, caches["float16"], tr_set, te_set, ids_tr, lab_tr, ids_te, lab_te,
-                model, cfg, channels)
     f32tr = {s: torch.from_numpy(caches["float32"].load(s, tr_set, ids_tr)) for s in SOURCES}
     clip = {ss: stacked_inputs(f32tr, [ss])(torch.arange(len(ids_tr)))[0] for ss in sets}
-    # naive in memory: every sample read once into tensors (charged), encoders on every batch
-    (pre_tr, pre_te), pre_t = timed(lambda: (preload(ds_tr, keys), preload(ds_te, keys)))
-    if any(not torch.equal(pre_tr[k], lab_tr[k]) for k in keys):
-        raise AssertionError(f"{target}: preloaded labels differ from fused.load_labels'")
-    (nv, _), nv_t = timed(naive, target, sets, encoders, pre_tr, pre_te, ids_te, clip, model,
-                          cfg, channels, keys)
+    ways = {"fused": _add(cache_t, label_t, fused_t)}
+    row: dict = {}
+    if scale.every_way:
+        # the same, the heads in bf16 (transfer.amp: on; this CPU has native bf16)
+        bf16, bf16_t = timed(fused, target, sets, caches["float32"], *run,
+                             replace(cfg, amp="on"), channels, regime)
+        # float16 cache, for its effect on the losses only (not timed)
+        cache_step(caches["float16"], encoders, data, model.image_size, (tr_set, te_set))
+        f16 = fused(target, sets, caches["float16"], *run, cfg, channels, regime)
+        # naive in memory: every sample read once into tensors (charged), encoders every batch
+        (pre_tr, pre_te), pre_t = timed(lambda: (preload(ds_tr, keys), preload(ds_te, keys)))
+        if any(not torch.equal(pre_tr[k], lab_tr[k]) for k in keys):
+            raise AssertionError(f"{target}: preloaded labels differ from fused.load_labels'")
+        (nv, _), nv_t = timed(naive, target, sets, encoders, pre_tr, pre_te, ids_te, clip,
+                              model, cfg, channels, keys, regime)
+        ways.update({"naive_in_memory": _add(pre_t, nv_t),
+                     "fused_bf16": _add(cache_t, label_t, bf16_t)})
+        row.update({"preload_cpu_s": pre_t[1],
+                    # float16 cache vs float32 cache, against the noise floor: the same float32
+                    # inputs trained naive vs fused differ only in rounding order
+                    "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32),
+                    "bf16_vs_f32": compare(bf16, f32)})
     # naive as the original: every training and test batch read from disk, then encoders
     (orig, reads), orig_t = timed(naive, target, sets, encoders, ds_tr, ds_te, ids_te, clip,
-                                  model, cfg, channels, keys)
+                                  model, cfg, channels, keys, regime)
+    ways["naive_original"] = orig_t
     want = len(sets) * (cfg.steps + -(-len(ds_te) // cfg.eval_batch_size))
     if reads != want:
         raise AssertionError(f"{target}: the original-style naive read {reads} batches, not {want}")
-    same = max(float(np.max(np.abs(orig[k] - nv[k]) / np.maximum(np.abs(nv[k]), 1e-12)))
-               for k in sets)
-    if same > 1e-5:
-        raise AssertionError(f"{target}: disk-fed and in-memory naive losses differ ({same:.2e})")
-    ways = {"fused": _add(cache_t, label_t, fused_t), "naive_in_memory": _add(pre_t, nv_t),
-            "naive_original": orig_t, "fused_bf16": _add(cache_t, label_t, bf16_t)}
-    row = {f"{w}_{u}_s": t[i] for w, t in ways.items() for i, u in enumerate(("wall", "cpu"))}
-    row.update({"cache_cpu_s": cache_t[1], "labels_cpu_s": label_t[1], "preload_cpu_s": pre_t[1],
-                "batches_read_from_disk": reads, "naive_original_vs_in_memory_max_rel": same,
-                "data_ms_per_batch": data_ms_per_batch(ds_tr, cfg.batch_size),
-                # float16 cache vs float32 cache, against the noise floor: the same float32
-                # inputs trained naive vs fused differ only in rounding order
-                "f16_vs_f32": compare(f16, f32), "naive_vs_fused_f32": compare(nv, f32),
-                "bf16_vs_f32": compare(bf16, f32)})
+    if scale.every_way:
+        same = max(float(np.max(np.abs(orig[k] - nv[k]) / np.maximum(np.abs(nv[k]), 1e-12)))
+                   for k in sets)
+        if same > 1e-5:
+            raise AssertionError(f"{target}: disk-fed and in-memory naive losses differ "
+                                 f"({same:.2e})")
+        row["naive_original_vs_in_memory_max_rel"] = same
+    else:
+        row["naive_vs_fused_f32"] = compare(orig, f32)
+    row.update({f"{w}_{u}_s": t[i] for w, t in ways.items() for i, u in enumerate(("wall", "cpu"))})
+    row.update({"cache_cpu_s": cache_t[1], "labels_cpu_s": label_t[1],
+                "batches_read_from_disk": reads,
+                "data_ms_per_batch": data_ms_per_batch(ds_tr, cfg.batch_size)})
     for base in ("naive_in_memory", "naive_original"):
         for fast in ("fused", "fused_bf16"):
-            row[f"speedup_{fast}_vs_{base}"] = {u: ways[base][i] / ways[fast][i]
-                                                for i, u in enumerate(("wall", "cpu"))}
+            if base in ways and fast in ways:
+                row[f"speedup_{fast}_vs_{base}"] = {u: ways[base][i] / ways[fast][i]
+                                                    for i, u in enumerate(("wall", "cpu"))}
     return row, ways
 
 
@@ -349,34 +385,65 @@ def _add(*ts: tuple[float, float]) -> tuple[float, float]:
     return sum(t[0] for t in ts), sum(t[1] for t in ts)
 
 
+def sweep_share_of_cache(ways: dict, rows: dict, targets: dict) -> dict[str, float]:
+    """Fused seconds per target with the cache charged as the full sweep shares it.
+
+    The run charges each single-view image set's encoding (6 sources) to the first target that
+    needs it. In the sweep, 26 sources encode each set once for the 18 single-view targets'
+    61 transfers each, i.e. 26 / 18 / 5 set-encodings per 12-transfer target (this mix is the
+    sweep's divided by 5); a multi-view target's own sets, 26 / 5. Per (source, set) costs are
+    the run's own measurements.
+    """
+    single = [t for t in targets if get_task(t).views == 1]
+    per_source_set = sum(rows[t]["cache_cpu_s"] for t in single) / (len(SOURCES) * 2)
+    out = {}
+    for t in targets:
+        if get_task(t).views == 1:
+            cache = per_source_set * 2 * 26 / 18 / 5
+        else:
+            cache = rows[t]["cache_cpu_s"] / len(SOURCES) * 26 / 5
+        out[t] = ways[t]["fused"][1] - rows[t]["cache_cpu_s"] + cache
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data", type=Path, default=None, help="mini data root (rendered if absent)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--scale", choices=sorted(SCALES), default="mini",
+                   help="mini (64 px, 4x4x8; ~15 min) or paper (the paper's networks at 256 px; "
+                   "~35 min, fused and original-style naive ways only)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data root rendered at the scale's size (rendered if absent)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (scale's default)")
     p.add_argument("--quick", action="store_true", help="2 targets, 10 steps")
     a = p.parse_args()
     torch.set_num_threads(1)
+    scale = SCALES[a.scale]
     tmp = Path(tempfile.mkdtemp(prefix="bench_transfers_"))
     data = a.data or tmp / "data"
-    render(data)
-    model = preset("mini").model
+    render(data, scale)
+    model = preset(scale.preset).model
     warm_up(model)
-    cfg = TransferConfig(steps=10 if a.quick else a.steps, batch_size=16, eval_batch_size=64,
+    cfg = TransferConfig(steps=10 if a.quick else (a.steps or scale.steps),
+                         batch_size=scale.batch_size, eval_batch_size=scale.eval_batch_size,
                          amp="off")
     targets = dict(list(TARGETS.items())[::3]) if a.quick else TARGETS
     enc_keys = {s: f"random-{i}" for i, s in enumerate(SOURCES)}
     caches = {d: features.FeatureCache(Storage(str(tmp / f"run-{d}")),
                                        features.keyed_paths(enc_keys, d), d)
               for d in ("float16", "float32")}
-    ctx = {"data": data, "model": model, "cfg": cfg, "caches": caches,
+    ctx = {"data": data, "model": model, "cfg": cfg, "caches": caches, "scale": scale,
            "encoders": {s: random_encoder(model, seed=i) for i, s in enumerate(SOURCES)},
            "sets": transfer_mix(SOURCES)}
     n = len(ctx["sets"])
-    res: dict = {"targets": {}, "steps": cfg.steps, "regime": REGIME, "transfers_per_target": n}
+    res: dict = {"scale": a.scale, "targets": {}, "steps": cfg.steps, "regime": scale.regime,
+                 "batch_size": cfg.batch_size, "transfers_per_target": n,
+                 "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE")}
     tot: dict[str, list[float]] = {}
+    per_target_ways = {}
     for target, w in targets.items():
         row, ways = bench_target(target, ctx)
         res["targets"][target] = row
+        per_target_ways[target] = ways
         for way, t in ways.items():
             acc = tot.setdefault(way, [0.0, 0.0])
             acc[0], acc[1] = acc[0] + w * t[0], acc[1] + w * t[1]
@@ -388,10 +455,18 @@ def main() -> None:
         res[f"transfers_per_wall_min_{way}"] = 60 * n * wsum / wall
     for base in ("naive_in_memory", "naive_original"):
         for fast in ("fused", "fused_bf16"):
-            res[f"speedup_{fast}_vs_{base}"] = {u: tot[base][i] / tot[fast][i]
-                                                for i, u in enumerate(("wall", "cpu"))}
+            if base in tot and fast in tot:
+                res[f"speedup_{fast}_vs_{base}"] = {u: tot[base][i] / tot[fast][i]
+                                                    for i, u in enumerate(("wall", "cpu"))}
+    shared = sweep_share_of_cache(per_target_ways, res["targets"], targets)
+    fused_shared = sum(targets[t] * shared[t] for t in targets)
+    res["fused_cpu_s_cache_as_in_sweep"] = shared
+    res["speedup_fused_vs_naive_original_cache_as_in_sweep_cpu"] = (
+        tot["naive_original"][1] / fused_shared)
     for d, cache in caches.items():  # one single-view entry: array and file bytes per image
-        rel = cache.path_of(SOURCES[0], f"r{REGIME}")
+        rel = cache.path_of(SOURCES[0], f"r{scale.regime}")
+        if not cache.storage.exists(rel):
+            continue
         blob = cache.storage.read_bytes(rel)
         entry = features.from_bytes(blob, rel)
         res[f"cache_{d}_bytes_per_image"] = entry.bytes_per_image
