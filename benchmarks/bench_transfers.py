@@ -1,8 +1,11 @@
 """Benchmark of step 2: transfers per minute, fused + cached against two naive ways.
 
-Run: `.venv/bin/python benchmarks/bench_transfers.py [--data DIR] [--steps 40] [--quick]` (about
-10-15 min on 2 busy cores, plus ~30 s to render the data on the first run). In one process, on
-the same rendered mini data (64 px, 4x4x8 representations), the same batches and the same steps:
+Run: `.venv/bin/python benchmarks/bench_transfers.py [--scale mini|paper] [--data DIR] [--steps N]
+[--quick]`. `mini` (default; about 15 min, plus ~30 s to render): 64 px data and the `mini`
+networks (4x4x8 representations), all ways below. `paper` (about 30 min): the paper's networks
+(ResNet-50 trunk, 256 px, 16x16x8) on rendered 256 px data, fused + cached against the
+original-style naive way only, 5 epochs of 12 images. In one process, on the same rendered data,
+the same batches and the same steps:
 - naive as the original: one transfer at a time; every training and test batch is read from the
   dataset (`ds[i]`: the rgb PNGs and the target's label files decoded) when it is used, as
   Taskonomy's loader fed each step, then the k frozen encoders run on it, then the transfer;
