@@ -11,6 +11,10 @@ import pytest
 # fixed so that a head started later does not disagree with an earlier client.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# A Ray head started while the session's Ray is busy (the simulated cluster of the node-removal
+# test, the job-submit head) waited past Ray's default 30 s for its GCS port on a loaded 2-core
+# machine, failing the test before it began; every Ray these tests start inherits this.
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_CSV = REPO.parent / "shared" / "reference" / "taskonomy-published" / "transfers.csv"
