@@ -26,6 +26,7 @@ from .models.decoders import DenseDecoder, UpConv2d, VectorHead
 from .tasks import get_task
 from .transfer import (
     HeadDropout,
+    Labels,
     TransferConfig,
     TransferNet,
     batches,
@@ -266,7 +267,7 @@ def _head_losses(target: str, out: torch.Tensor, batch: Mapping[str, torch.Tenso
 
 
 def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn,
-                labels: Mapping[str, torch.Tensor], n_train: int,
+                labels: Labels, n_train: int,
                 cfg: TransferConfig) -> nn.Module:
     """Train every head of the group on the same batches: the sum of the heads' mean losses.
 
@@ -297,7 +298,7 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
 
 @torch.no_grad()
 def evaluate_fused(group: nn.Module, target: str, inputs: StackedInputFn,
-                   labels: Mapping[str, torch.Tensor], images: Sequence[str],
+                   labels: Labels, images: Sequence[str],
                    cfg: TransferConfig) -> np.ndarray:
     """Per-image test losses (G, len(images)) of every head."""
     group.eval()
@@ -327,8 +328,8 @@ def stacked_inputs(feats: Mapping[str, torch.Tensor], source_sets: Sequence[Sequ
 
 
 def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
-                train_feats: Mapping[str, torch.Tensor], train_labels: Mapping[str, torch.Tensor],
-                test_feats: Mapping[str, torch.Tensor], test_labels: Mapping[str, torch.Tensor],
+                train_feats: Mapping[str, torch.Tensor], train_labels: Labels,
+                test_feats: Mapping[str, torch.Tensor], test_labels: Labels,
                 test_images: Sequence[str], model: Any, cfg: TransferConfig, out_channels: int
                 ) -> list[tuple[tuple[str, ...], np.ndarray]]:
     """Train transfers of one order into `target`, fused in chunks of `cfg.max_heads`.
@@ -338,7 +339,7 @@ def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
     sets = [canonical(s) for s in source_sets]
     if len({len(s) for s in sets}) != 1 or len(set(sets)) != len(sets):
         raise ConfigError(f"a fused group takes distinct source sets of one order, got {sets}")
-    n_train = len(next(iter(train_labels.values())))
+    n_train = len(next(iter(train_feats.values())))
     results = []
     for start in range(0, len(sets), cfg.max_heads):
         chunk = sets[start:start + cfg.max_heads]
@@ -356,12 +357,20 @@ def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
     return results
 
 
-def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Image ids and stacked label tensors (`<target>`, `<target>_mask`) of a dataset."""
-    keys = (target, f"{target}_mask")
+def label_keys(target: str) -> tuple[str, str]:
+    """The sample keys of a target's labels: the label and, for masked tasks, its mask."""
+    return target, f"{target}_mask"
+
+
+def read_rows(dataset: Any, rows: Sequence[int], keys: Sequence[str]
+              ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Image ids and the stacked `keys` (those the samples have) of samples `rows` of a dataset.
+
+    Transfers need every sample of their image sets, so an unreadable one is a DataError.
+    """
     images: list[str] = []
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for i in range(len(dataset)):
+    for i in rows:
         sample = dataset[i]
         if "skipped" in sample:
             raise DataError(f"sample {sample['image']} is unreadable ({sample['reason']}); "
@@ -371,6 +380,63 @@ def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.T
             if k in sample:
                 cols[k].append(torch.as_tensor(sample[k]))
     return images, {k: torch.stack(v) for k, v in cols.items() if v}
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """Integer labels in the narrowest dtype that holds them (class ids: uint8, 1/8 of int64).
+
+    `transfer.take` widens each batch back to int64; floats and masks are kept as they are.
+    """
+    if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return t.to(dtype)
+    return t
+
+
+def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Image ids and stacked label tensors (`<target>`, `<target>_mask`) of a whole dataset."""
+    images, cols = read_rows(dataset, range(len(dataset)), label_keys(target))
+    return images, {k: compact(v) for k, v in cols.items()}
+
+
+class StreamedLabels:
+    """Labels of a dataset read when a batch of rows is asked for (`transfer.LabelRows`).
+
+    Memory stays one batch whatever the set's size; every head of a fused group shares each
+    read, and asking for the same rows twice in a row reads them once (`reads` counts reads).
+    """
+
+    def __init__(self, dataset: Any, keys: Sequence[str]) -> None:
+        self.dataset, self.keys, self.reads = dataset, tuple(keys), 0
+        self._last: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def rows(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stacked labels of samples `idx`."""
+        key = tuple(int(i) for i in idx.tolist())
+        if self._last is None or self._last[0] != key:
+            self._last = key, read_rows(self.dataset, key, self.keys)[1]
+            self.reads += 1
+        return self._last[1]
+
+
+def training_labels(dataset: Any, target: str, cfg: TransferConfig
+                    ) -> dict[str, torch.Tensor] | StreamedLabels:
+    """The regime's labels: in memory when they fit `cfg.label_memory_gb`, else streamed.
+
+    The size is judged from the first sample, before anything else is read.
+    """
+    first = read_rows(dataset, [0], label_keys(target))[1]
+    per_sample = sum(compact(v).element_size() * v[0].numel() for v in first.values())
+    if per_sample * len(dataset) <= cfg.label_memory_gb * 1024**3:
+        return load_labels(dataset, target)[1]
+    return StreamedLabels(dataset, label_keys(target))
 
 
 def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
@@ -386,8 +452,11 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
     kw = {"image_size": model.image_size, "tasks": [target], "splits": splits,
           "subset_seed": subset_seed}
     train_set, test_set = imageset_name(target, regime), imageset_name(target, None)
-    train_ids, train_labels = load_labels(open_imageset(data_root, train_set, **kw), target)
-    test_ids, test_labels = load_labels(open_imageset(data_root, test_set, **kw), target)
+    train_data = open_imageset(data_root, train_set, **kw)
+    test_data = open_imageset(data_root, test_set, **kw)
+    train_ids, test_ids = train_data.images, test_data.images
+    train_labels = training_labels(train_data, target, cfg)
+    test_labels = StreamedLabels(test_data, label_keys(target))  # any size: batch by batch
     sources = sorted({s for ss in sets for s in ss})
 
     def feats(imageset: str, ids: list[str]) -> dict[str, torch.Tensor]:

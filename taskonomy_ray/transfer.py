@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ class TransferConfig:
     # on this CPU's dense heads (native bf16), `auto` = on for CUDA only. The grouped backend
     # honours it; torch.func's vmap runs float32 on the CPU whatever is asked.
     amp: str = "off"
+    # A unit holds the regime's training labels in memory when they fit in this many GiB (each
+    # step's batch serves every head); above it (paper scale: 16k dense labels at 256 px are
+    # 12.6 GB) each step reads its batch from the data set. Test labels are always read batch by
+    # batch. Results do not depend on it.
+    label_memory_gb: float = 4.0
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
@@ -66,7 +71,9 @@ class TransferConfig:
                   (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
                   (self.feature_dtype in ("float16", "float32"),
                    "transfer.feature_dtype must be float16 or float32"),
-                  (self.amp in AMP_MODES, "transfer.amp must be auto, on or off")]
+                  (self.amp in AMP_MODES, "transfer.amp must be auto, on or off"),
+                  (self.label_memory_gb >= 0, "transfer.label_memory_gb must be >= 0 (0: read "
+                   "every training batch from the data set)")]
         for ok, what in checks:
             if not ok:
                 raise ConfigError(what)
@@ -242,10 +249,30 @@ def batches(n: int, cfg: TransferConfig) -> list[torch.Tensor]:
     return out
 
 
-def take(labels: Mapping[str, torch.Tensor], idx: torch.Tensor,
-         device: torch.device | None = None) -> Batch:
-    """The rows `idx` of every label tensor (labels stay on the CPU; batches move)."""
-    return {k: v[idx].to(device) if device is not None else v[idx] for k, v in labels.items()}
+@runtime_checkable
+class LabelRows(Protocol):
+    """Labels read a batch of rows at a time (see `fused.StreamedLabels`), never all at once."""
+
+    def rows(self, idx: torch.Tensor) -> Batch: ...
+
+
+Labels = Mapping[str, torch.Tensor] | LabelRows
+
+
+def take(labels: Labels, idx: torch.Tensor, device: torch.device | None = None) -> Batch:
+    """The rows `idx` of every label (labels stay on the CPU; batches move).
+
+    Integer labels may be held in a narrow dtype (class ids fit uint8); batches are int64 again,
+    as the losses expect.
+    """
+    rows = labels.rows(idx) if isinstance(labels, LabelRows) else {
+        k: v[idx] for k, v in labels.items()}
+    out = {}
+    for k, v in rows.items():
+        if not v.is_floating_point() and v.dtype != torch.bool:
+            v = v.long()
+        out[k] = v.to(device) if device is not None else v
+    return out
 
 
 def resolve_device(cfg: TransferConfig) -> torch.device:
@@ -284,8 +311,7 @@ def make_optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def train_transfer(net: TransferNet, target: str, inputs: InputFn,
-                   labels: Mapping[str, torch.Tensor], n_train: int,
+def train_transfer(net: TransferNet, target: str, inputs: InputFn, labels: Labels, n_train: int,
                    cfg: TransferConfig) -> TransferNet:
     """Train one transfer alone: `inputs(idx)` gives the readout input of training samples idx.
 
@@ -313,9 +339,8 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn,
 
 
 @torch.no_grad()
-def evaluate(net: TransferNet, target: str, inputs: InputFn,
-             labels: Mapping[str, torch.Tensor], images: Sequence[str],
-             cfg: TransferConfig) -> np.ndarray:
+def evaluate(net: TransferNet, target: str, inputs: InputFn, labels: Labels,
+             images: Sequence[str], cfg: TransferConfig) -> np.ndarray:
     """Per-image test losses (len(images),) of one trained transfer."""
     net.eval()
     dev = net.readout.lo.device

@@ -9,10 +9,17 @@ from fixtures import make_root
 
 from taskonomy_ray import features, tables
 from taskonomy_ray.config import preset
-from taskonomy_ray.errors import ConfigError, StorageError
-from taskonomy_ray.fused import train_transfer_group
+from taskonomy_ray.errors import ConfigError, DataError, StorageError
+from taskonomy_ray.fused import (
+    StreamedLabels,
+    label_keys,
+    load_labels,
+    read_rows,
+    train_transfer_group,
+    training_labels,
+)
 from taskonomy_ray.tables import LOSSES_SCHEMA, Storage
-from taskonomy_ray.transfer import Readout, TransferConfig, build_transfer_net
+from taskonomy_ray.transfer import Readout, TransferConfig, build_transfer_net, take
 
 MODEL = preset("mini").model  # 64 px -> 4x4x8 representations
 CFG = TransferConfig(steps=2, batch_size=4, eval_batch_size=8)
@@ -137,3 +144,61 @@ def test_missing_representations_say_to_run_the_cache_step(root, tmp_path):
 def test_losses_table_type_matches_the_design_schema():
     t = tables.losses_table("u", "transfer", "normal", ["a", "b"], 8, ["i"], [0.5])
     assert isinstance(t, pa.Table) and t.column("order")[0].as_py() == 2
+
+
+@pytest.mark.parametrize("target", ["depth_zbuffer", "segment_semantic"])
+def test_streamed_training_labels_train_the_same_transfers_as_labels_in_memory(
+        root, tmp_path, target):
+    # label_memory_gb 0 reads every step's batch from the data set, as a 16k dense regime does
+    cache = _cache(tmp_path, root, ["normal", "random"], ["r8", "test"])
+    sets = [["normal"], ["random"]]
+    held = train_transfer_group(target, sets, 8, cache, str(root), CFG, MODEL, unit="u")
+    streamed_cfg = TransferConfig(**{**CFG.__dict__, "label_memory_gb": 0.0})
+    streamed = train_transfer_group(target, sets, 8, cache, str(root), streamed_cfg, MODEL,
+                                    unit="u")
+    assert held.equals(streamed)
+
+
+def test_training_labels_are_held_only_when_they_fit_the_memory_bound(root):
+    data = features.open_imageset(str(root), "r8", image_size=64, tasks=["normal"])
+    assert isinstance(training_labels(data, "normal", CFG), dict)
+    small = TransferConfig(label_memory_gb=8 * 3 * 64 * 64 * 4 / 1024**3 * 0.99)  # < 8 images
+    assert isinstance(training_labels(data, "normal", small), StreamedLabels)
+
+
+def test_streamed_labels_read_a_batch_once_and_equal_the_loaded_rows(root):
+    data = features.open_imageset(str(root), "test", image_size=64, tasks=["depth_zbuffer"])
+    labels = StreamedLabels(data, label_keys("depth_zbuffer"))
+    rows = torch.tensor([3, 0, 2])
+    first, again = take(labels, rows), take(labels, rows)
+    assert labels.reads == 1 and first.keys() == {"depth_zbuffer", "depth_zbuffer_mask"}
+    _, every = load_labels(data, "depth_zbuffer")
+    for k, v in every.items():
+        assert torch.equal(first[k], v[rows]) and torch.equal(again[k], v[rows])
+    take(labels, torch.tensor([1]))
+    assert labels.reads == 2
+
+
+def test_class_labels_are_held_in_uint8_and_batches_are_int64_again(root):
+    data = features.open_imageset(str(root), "r8", image_size=64, tasks=["segment_semantic"])
+    _, held = load_labels(data, "segment_semantic")
+    assert held["segment_semantic"].dtype == torch.uint8  # 1/8 of the memory of int64
+    batch = take(held, torch.arange(4))
+    _, raw = read_rows(data, range(4), label_keys("segment_semantic"))
+    assert batch["segment_semantic"].dtype == raw["segment_semantic"].dtype == torch.int64
+    assert torch.equal(batch["segment_semantic"], raw["segment_semantic"])
+
+
+def test_an_unreadable_test_label_is_a_data_error_naming_the_file(root, tmp_path):
+    import shutil
+
+    broken = tmp_path / "root"
+    shutil.copytree(root, broken)
+    test = features.open_imageset(str(broken), "test", image_size=64, tasks=["depth_zbuffer"])
+    building, rest = test.images[0].split("/")
+    victim = next((broken / building / "depth_zbuffer").glob(f"{rest}_domain_*"))
+    victim.write_bytes(b"not a png")
+    cache = _cache(tmp_path, broken, ["normal"], ["r8", "test"])
+    with pytest.raises(DataError, match=victim.name):
+        train_transfer_group("depth_zbuffer", [["normal"]], 8, cache, str(broken), CFG, MODEL,
+                             unit="u")
