@@ -42,12 +42,19 @@ class SplitConfig:
     val: float = 0.2
     test: float = 0.2
     seed: int = 0
+    # At most this many test samples (a subset drawn with `seed`), the same for every network
+    # scored on the test split; None: all of them. A full Taskonomy test split holds ~400k
+    # images: every transfer scored on all of them would cost more than training it.
+    test_images: int | None = None
 
     def __post_init__(self) -> None:
         fr = (self.train, self.val, self.test)
         if min(fr) < 0 or abs(sum(fr) - 1) > 1e-6 or self.train <= 0:
             raise ConfigError(f"split fractions must be >= 0, sum to 1 and give train a share; "
                               f"got train={self.train} val={self.val} test={self.test}")
+        if self.test_images is not None and self.test_images < 1:
+            raise ConfigError(f"test_images must be a positive number of test samples, or None "
+                              f"for the whole test split; got {self.test_images}")
 
 
 def split_buildings(buildings: Sequence[str], cfg: SplitConfig) -> dict[str, list[str]]:
@@ -273,12 +280,16 @@ class TaskonomyDataset(Dataset):
         self.perms = jigsaw_permutations(jigsaw_classes) if jig else np.zeros((0, 9), np.int64)
         self.bad_files: dict[str, str] = {}
         found = layout.buildings(self.root)
+        splits = splits or SplitConfig()
         self.buildings = (sorted(found) if split == "all"
-                          else split_buildings(found, splits or SplitConfig())[split])
+                          else split_buildings(found, splits)[split])
         self.samples = self._make_samples()
         if not self.samples:
             raise DataError(f"split {split!r} of {self.root} ({self.buildings}) has no samples "
                             f"for {[s.name for s in self.specs]}; render more points or views")
+        cap = splits.test_images
+        if split == "test" and cap is not None and cap < len(self.samples):
+            self.samples = self._subset(cap, splits.seed)
         if subset is not None:
             self.samples = self._subset(subset, subset_seed)
 

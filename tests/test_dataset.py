@@ -51,6 +51,22 @@ def test_too_few_buildings_for_the_splits_is_an_error_naming_the_fix() -> None:
     assert split_buildings(["only"], SplitConfig(1.0, 0.0, 0.0))["train"] == ["only"]
 
 
+def test_test_images_caps_the_test_split_with_one_subset_for_every_task(root: Path) -> None:
+    full = TaskonomyDataset(root, ["normal"], split="test")
+    capped = SplitConfig(test_images=5)
+    a = TaskonomyDataset(root, ["normal"], split="test", splits=capped)
+    b = TaskonomyDataset(root, ["segment_semantic", "depth_zbuffer"], split="test",
+                         splits=capped)
+    assert len(full) > 5 and len(a) == 5 and set(a.images) <= set(full.images)
+    assert a.images == b.images  # every network is scored on the same test images
+    roomy = TaskonomyDataset(root, ["normal"], split="test", splits=SplitConfig(test_images=999))
+    assert roomy.images == full.images  # a cap above the split's size keeps all of it
+    train = TaskonomyDataset(root, ["normal"], split="train", splits=capped)
+    assert len(train) == len(TaskonomyDataset(root, ["normal"], split="train"))
+    with pytest.raises(ConfigError, match="positive number of test samples"):
+        SplitConfig(test_images=0)
+
+
 @pytest.mark.parametrize("spec", TASKS, ids=lambda s: s.name)
 def test_every_task_yields_a_well_formed_sample(root: Path, spec) -> None:
     ds = TaskonomyDataset(root, [spec.name], split="all", size=16)

@@ -159,3 +159,26 @@ def test_a_ready_beam_runs_before_waiting_transfer_groups():
                  if u.stage == "transfer" and u.key not in beam.deps)
     s.state[other.key] = "planned"
     assert [u.stage for u in s.ready()][:2] == ["beam", "beam"]
+
+
+def test_test_images_reaches_the_split_and_bad_values_are_refused():
+    from taskonomy_ray.sweep.units import splits
+
+    assert splits(small()).test_images is None
+    assert splits(small(data={"root": "x", "test_images": 10000})).test_images == 10000
+    for bad in (0, -3, 2.5, "all"):
+        with pytest.raises(ConfigError, match="data.test_images must be a positive integer"):
+            small(data={"root": "x", "test_images": bad})
+
+
+def test_an_unset_later_setting_keeps_earlier_runs_resumable_with_their_keys():
+    # Runs made before data.test_images existed recorded no such key: while it is unset, their
+    # config and unit keys are unchanged, so they resume; set, it is a difference like any other.
+    before = small().to_json()
+    assert "test_images" not in before["data"]
+    capped = small(data={"root": "x", "render": {"points": 4, "views": 3, "size": 16},
+                         "test_images": 50})
+    assert config.diff(before, capped.to_json()) == ['data.test_images: "<absent>" -> 50']
+    scored = ("gold", "scratch", "features", "transfer")  # every unit that reads the test split
+    assert {u.key for u in plan.build(small())}.isdisjoint(
+        u.key for u in plan.build(capped) if u.stage in scored)

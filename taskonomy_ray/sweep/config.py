@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,22 @@ from .. import config as network_config
 from .. import tasks as registry
 from ..config import NetworkConfig
 from ..errors import ConfigError, unknown_name
+
+# A setting added after runs were made: left out of run.json and unit keys while it has its
+# default, so that those runs resume (no config difference) and keep their units' keys.
+ADDED_LATER = {"omit_when_default": True}
+
+
+def _plain(obj: Any) -> Any:
+    """A config as plain data, settings added later left out while at their default."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)
+                if not (f.metadata.get("omit_when_default") and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 @dataclass(frozen=True)
@@ -47,11 +63,18 @@ class DataConfig:
     render: RenderConfig | None = None
     split_seed: int = 0
     split: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train, validation, test buildings
+    # Score every network on at most this many test samples (None: the whole test split).
+    test_images: int | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ConfigError(f"data.split must be three positive fractions summing to 1 "
                               f"(train, val, test), got {list(self.split)}")
+        n = self.test_images
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"data.test_images must be a positive integer (test samples every "
+                              f"network is scored on) or null for the whole test split, got "
+                              f"{self.test_images!r}")
 
 
 @dataclass(frozen=True)
@@ -155,7 +178,7 @@ class SweepConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The resolved config as plain JSON (what run.json records)."""
-        return json.loads(json.dumps(asdict(self)))
+        return json.loads(json.dumps(_plain(self)))
 
     def digest(self, *parts: str) -> str:
         """A short deterministic hash of named config parts (for unit keys)."""

@@ -57,7 +57,8 @@ def capacity() -> float:
 def splits(cfg: sweep_config.SweepConfig) -> SplitConfig:
     """The dataset's building split from the workflow's data section."""
     train, val, test = cfg.data.split
-    return SplitConfig(train=train, val=val, test=test, seed=cfg.data.split_seed)
+    return SplitConfig(train=train, val=val, test=test, seed=cfg.data.split_seed,
+                       test_images=cfg.data.test_images)
 
 
 class StorageHooks:
