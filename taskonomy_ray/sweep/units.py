@@ -175,34 +175,67 @@ def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source:
 
 
 def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Stage 2a: one source encodes one image set, once; every transfer reads the cache."""
+    """Stage 2a: one source encodes one image set, once; every transfer reads the cache.
+
+    Encodes on the transfers' device (`transfer.device`: CUDA when present), so a GPU worker's
+    feature units do not run the frozen encoders on its CPU.
+    """
+    from ..transfer import resolve_device
+
     cfg, storage = _context(ctx)
     source, imageset = unit.params["source"], unit.params["imageset"]
+    device = resolve_device(_transfer_config(cfg))
     samples = _decoded(ctx["data_root"], imageset, cfg)
     _feature_cache(cfg, storage).ensure(
         source, imageset, lambda: load_source_encoder(cfg, storage, source), samples,
-        images=[s["image"] for s in samples], lazy=True)
+        images=samples.images, lazy=True, device=device)
     return {"images": len(samples)}
 
 
-# Decoded images of the last few image sets in this worker process: the plan orders feature
-# units image set first, so the next sources' units on this worker skip decoding.
-_DECODED: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+# Decoded images of the last two image sets in this worker process: the plan orders feature
+# units image set first, so the next sources' units on this worker skip decoding. Only sets of at
+# most DECODED_SET_BYTES are kept (mini: 30 MB); larger ones (paper scale: 16k images at 256 px
+# are 12.6 GB) are decoded as they are encoded, so a worker's memory stays bounded.
+DECODED_SET_BYTES = 1024**3
 
 
-def _decoded(root: str, imageset: str, cfg: sweep_config.SweepConfig) -> list[dict[str, Any]]:
+class _Decoded(list):  # type: ignore[type-arg]
+    """Decoded samples (`image`, `rgb`) of one image set, with their ids like a dataset's."""
+
+    images: list[str]
+
+
+_DECODED: dict[tuple[Any, ...], _Decoded] = {}
+
+
+def _decoded_bytes(imageset: str, samples: int, image_size: int) -> int:
+    """Bytes of an image set's decoded float32 RGB (every view of multi-view samples)."""
+    from ..features import parse_imageset
+    from ..tasks import get_task
+
+    _, multi = parse_imageset(imageset)
+    views = get_task(multi).views if multi else 1
+    return samples * views * 3 * image_size * image_size * 4
+
+
+def _decoded(root: str, imageset: str, cfg: sweep_config.SweepConfig) -> Any:
+    """The samples of an image set: kept decoded in this worker when small, else streamed."""
     from ..features import open_imageset
 
     size = cfg.gold_network().model.image_size
-    key = (root, imageset, size, cfg.data.split, cfg.data.split_seed, cfg.seed)
-    if key not in _DECODED:
-        data = open_imageset(root, imageset, image_size=size, splits=splits(cfg),
-                             subset_seed=cfg.seed)
-        while len(_DECODED) >= 2:
-            _DECODED.pop(next(iter(_DECODED)))
-        _DECODED[key] = [{"image": s["image"], "rgb": s["rgb"]}
-                         for s in (data[i] for i in range(len(data)))]
-    return _DECODED[key]
+    key = (root, imageset, size, splits(cfg), cfg.seed)
+    if key in _DECODED:
+        return _DECODED[key]
+    data = open_imageset(root, imageset, image_size=size, splits=splits(cfg),
+                         subset_seed=cfg.seed)
+    if _decoded_bytes(imageset, len(data), size) > DECODED_SET_BYTES:
+        return data  # each sample is read when the encoder reaches it
+    while len(_DECODED) >= 2:
+        _DECODED.pop(next(iter(_DECODED)))
+    kept = _DECODED[key] = _Decoded({"image": s["image"], "rgb": s["rgb"]}
+                                    for s in (data[i] for i in range(len(data))))
+    kept.images = data.images
+    return kept
 
 
 def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
