@@ -1,11 +1,13 @@
 """Benchmark of step 2: transfers per minute, fused + cached against two naive ways.
 
-Run: `.venv/bin/python benchmarks/bench_transfers.py [--scale mini|paper] [--data DIR] [--steps N]
-[--quick]`. `mini` (default; about 15 min, plus ~30 s to render): 64 px data and the `mini`
-networks (4x4x8 representations), all ways below. `paper` (about 30 min): the paper's networks
-(ResNet-50 trunk, 256 px, 16x16x8) on rendered 256 px data, fused + cached against the
-original-style naive way only, 5 epochs of 12 images. In one process, on the same rendered data,
-the same batches and the same steps:
+Run: `.venv/bin/python benchmarks/bench_transfers.py [--scale mini|paper|gpu] [--device cpu|cuda]
+[--data DIR] [--steps N] [--quick]`. `mini` (default; 15-30 min on one core, plus ~30 s to
+render): 64 px data and the `mini` networks (4x4x8 representations), all ways below. `paper`
+(30-60 min): the paper's networks (ResNet-50 trunk, 256 px, 16x16x8) on rendered 256 px data,
+fused + cached against the original-style naive way only, 5 epochs of 12 images. `gpu`: the
+paper's networks at batch 16, all ways, for `--device cuda` (`benchmarks/gpu_check.sh` runs it).
+Every way runs on `--device`, in one process, on the same rendered data, the same batches and the
+same steps:
 - naive as the original: one transfer at a time; every training and test batch is read from the
   dataset (`ds[i]`: the rgb PNGs and the target's label files decoded) when it is used, as
   Taskonomy's loader fed each step, then the k frozen encoders run on it, then the transfer;
@@ -14,8 +16,9 @@ the same batches and the same steps:
 - fused + cached: each source encodes each image set once (charged once per set in the run),
   the target's labels are read once (`fused.load_labels`, charged), then every order's
   transfers into a target train as one grouped module from the cache;
-- fused + cached, bf16: the same with the heads under bf16 autocast (`transfer.amp: on`), which
-  this CPU runs natively (AVX512-BF16); its losses are compared with float32's.
+- fused + cached, bf16: the same with the heads under bf16 autocast (`transfer.amp: on`; native
+  on GPUs and on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere); its losses are
+  compared with float32's.
 Both naive ways must give the same per-image losses (asserted). Per target the transfers follow
 the sweep's mix scaled by 1/5 (first order : pairs : triples : quads = 5 : 2 : 2 : 3 of
 26 : 10 : 10 : 15), so the naive ways run ~2.2 encoders per transfer. Source encoders are
@@ -41,9 +44,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from taskonomy_ray import beam, features
 from taskonomy_ray.config import preset
 from taskonomy_ray.dataset import output_channels
-from taskonomy_ray.fused import load_labels, stacked_inputs, train_group
+from taskonomy_ray.fused import StreamedLabels, load_labels, read_rows, stacked_inputs, train_group
 from taskonomy_ray.models import random_encoder
 from taskonomy_ray.models.encoder import Encoder
+from taskonomy_ray.sweep import config as sweep_config
 from taskonomy_ray.tables import Storage
 from taskonomy_ray.tasks import get_task
 from taskonomy_ray.transfer import TransferConfig, build_transfer_net, evaluate, train_transfer
@@ -71,13 +75,17 @@ SCALES = {
     # paper's 50 leave the cache less time to pay off, which favours the naive way.
     "paper": Scale("paper", 12, 15, 4, 12,
                    {"points": 4, "views": 3, "size": 256, "buildings": 4}, False),
+    # The paper's networks on a GPU (`--device cuda`): 256 px, batch 16, 20 steps of 32 images,
+    # about 36 test images; every way, bf16 heads included. Sized for a few minutes of an H200,
+    # where reading each batch from disk (the original way) is most of the naive side's time.
+    "gpu": Scale("paper", 32, 20, 16, 64,
+                 {"points": 12, "views": 3, "size": 256, "buildings": 4}, True),
 }
 SOURCES = ["autoencoding", "edge_texture", "reshading", "depth_zbuffer", "keypoints2d",
            "class_scene"]
 # Target kinds of the dictionary's 22 targets: 14 dense, 4 vector/distribution, 4 multi-view.
 TARGETS = {"normal": 14 / 22 / 2, "segment_semantic": 14 / 22 / 2, "room_layout": 4 / 22,
            "egomotion": 4 / 22}
-PAPER_TEST_IMAGES = 10_000  # assumed test images scored per transfer at paper scale
 # Views of the multi-view targets' samples, summed (egomotion 3, the pose / matching tasks 2).
 MV_VIEWS = sum(get_task(t).views for t in ("egomotion", "fixated_pose", "nonfixated_pose",
                                             "point_matching"))
@@ -90,11 +98,22 @@ def transfer_mix(sources: list[str]) -> list[tuple[str, ...]]:
     return [beam.canonical(x) for x in mix]
 
 
+DEVICE = torch.device("cpu")  # --device: where every way runs (encoders, heads, cache)
+
+
+def sync() -> None:
+    """Wait for queued device work, so that a clock read covers it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def clock() -> tuple[float, float]:
+    sync()
     return time.perf_counter(), time.process_time()
 
 
 def since(t: tuple[float, float]) -> tuple[float, float]:
+    sync()
     return time.perf_counter() - t[0], time.process_time() - t[1]
 
 
@@ -108,55 +127,22 @@ def render(data: Path, scale: Scale) -> None:
 
 def preload(ds, keys: list[str]) -> dict[str, torch.Tensor]:
     """Every sample read once and kept as tensors (rgb and the label columns `keys`)."""
-    samples = [ds[i] for i in range(len(ds))]
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("rgb", *keys)}
+    return read_rows(ds, range(len(ds)), ["rgb", *keys])[1]
 
 
-class DiskBatches:
-    """Batches read from the dataset when first asked for, as Taskonomy's loader fed each step.
+class LabelsOf:
+    """The label columns of a reader that also feeds the encoders: one read per batch.
 
-    `get(idx)` decodes samples idx (`ds[i]`: the rgb PNGs and the target's label files); the
-    readout input and the labels of one step share that read (one-entry memo), as one loader
-    batch did. `reads` counts the batches read, so the caller can check none was skipped.
+    Taskonomy's loader gave each step one batch of images and labels; the reader
+    (`fused.StreamedLabels` over rgb and the labels) reads it when the step first asks.
     """
 
-    def __init__(self, ds, keys: list[str]) -> None:
-        self.ds, self.keys, self.reads = ds, keys, 0
-        self._idx: tuple[int, ...] | None = None
-        self._batch: dict[str, torch.Tensor] = {}
+    def __init__(self, reader: StreamedLabels, keys: list[str]) -> None:
+        self.reader, self.keys = reader, keys
 
-    def get(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        key = tuple(idx.tolist())
-        if key != self._idx:
-            self._batch = preload(_Rows(self.ds, key), self.keys)
-            self._idx, self.reads = key, self.reads + 1
-        return self._batch
-
-    def labels(self) -> dict[str, _Column]:
-        return {k: _Column(self, k) for k in self.keys}
-
-
-class _Rows:
-    """The samples `rows` of a dataset, read on access (a batch's view of it)."""
-
-    def __init__(self, ds, rows: tuple[int, ...]) -> None:
-        self.ds, self.rows = ds, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.ds[self.rows[i]]
-
-
-class _Column:
-    """One label column of a DiskBatches, indexable like a label tensor (`take` reads it)."""
-
-    def __init__(self, src: DiskBatches, key: str) -> None:
-        self.src, self.key = src, key
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.src.get(idx)[self.key]
+    def rows(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = self.reader.rows(idx)
+        return {k: batch[k] for k in self.keys if k in batch}
 
 
 def data_ms_per_batch(ds, bs: int) -> float:
@@ -169,7 +155,7 @@ def data_ms_per_batch(ds, bs: int) -> float:
 def encode(encoders, ss, x: torch.Tensor) -> torch.Tensor:
     """The k frozen encoders of `ss` on images (B, [V,] 3, H, W), concatenated on channels."""
     with torch.no_grad():
-        flat = x.reshape(-1, *x.shape[-3:])
+        flat = x.reshape(-1, *x.shape[-3:]).to(DEVICE)
         z = torch.cat([encoders[s](flat) for s in ss], 1)
         return z.reshape(*x.shape[:-3], *z.shape[1:])
 
@@ -183,8 +169,12 @@ def feed(data, encoders, ss, keys: list[str]):
     if isinstance(data, dict):
         return (lambda i: encode(encoders, ss, data["rgb"][i]), {k: data[k] for k in keys},
                 len(data["rgb"]), None)
-    disk = DiskBatches(data, keys)
-    return lambda i: encode(encoders, ss, disk.get(i)["rgb"]), disk.labels(), len(data), disk
+    disk = StreamedLabels(data, ["rgb", *keys])
+
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
+        return encode(encoders, ss, disk.rows(idx)["rgb"])
+
+    return inputs, LabelsOf(disk, keys), len(data), disk
 
 
 def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channels, keys, regime):
@@ -196,8 +186,8 @@ def naive(target, sets, encoders, train, test, ids_te, clip, model, cfg, channel
     for ss in sets:
         tr_in, tr_lab, n_tr, tr_disk = feed(train, encoders, ss, keys)
         te_in, te_lab, _, te_disk = feed(test, encoders, ss, keys)
-        net = build_transfer_net(target, ss, regime, model, cfg, channels, n_tr)
-        net.readout.set_clip(clip[ss], cfg.clip_sigma)
+        net = build_transfer_net(target, ss, regime, model, cfg, channels, n_tr).to(DEVICE)
+        net.readout.set_clip(clip[ss].to(DEVICE), cfg.clip_sigma)
         train_transfer(net, target, tr_in, tr_lab, n_tr, cfg)
         out[ss] = evaluate(net, target, te_in, te_lab, ids_te, cfg)
         reads += sum(d.reads for d in (tr_disk, te_disk) if d is not None)
@@ -258,27 +248,42 @@ def paper_flops() -> dict:
     return out
 
 
-def projection(fl: dict) -> dict:
-    """GPU-hours of the full paper-scale sweep's transfers (26 tasks, 1k and 16k, orders 1-4)."""
-    counts = beam.planned_counts()  # per regime: {1: 572, 2: 220, 3: 220, 4: 330}
-    steps = {1000: 1563, 16000: 5000}  # assumed: 50 epochs of 1k, 10 epochs of 16k, batch 32
+PAPER_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "paper.yaml"
+
+
+def projection(fl: dict, workflow: Path = PAPER_WORKFLOW) -> dict:
+    """GPU-hours of the full paper-scale sweep's transfers, as `workflow` would run them.
+
+    Its regimes, transfer steps and batch, beam and test images (`data.test_images`); 14 dense,
+    4 vector and 4 multi-view targets, their heads' FLOPs from `fl`.
+    """
+    cfg = sweep_config.load(workflow)
+    tcfg = TransferConfig.from_dict(cfg.transfer)
+    test = cfg.data.test_images
+    if test is None:
+        raise SystemExit(f"{workflow}: set data.test_images; every transfer scored on a whole "
+                         "Taskonomy test split has no fixed cost to project")
+    counts = beam.planned_counts(cfg=beam.BeamConfig(widths=cfg.beam, max_order=cfg.max_order))
     kinds = {"normal": 14 / 22, "room_layout": 4 / 22, "egomotion": 4 / 22}
+    images_seen = tcfg.steps * tcfg.batch_size
     naive = fused_ = 0.0
-    for regime, n_steps in steps.items():
-        images_seen = n_steps * 32
+    for regime in cfg.regimes:
         for order, n in counts.items():
             for kind, share in kinds.items():
                 h = fl[f"{kind}_k{order}"]
                 views = MV_VIEWS / 4 if h["views"] > 1 else 1  # mean views of the 4 targets
                 enc = fl["encoder_fwd"] * order * views
-                head = h["train"] * images_seen + h["eval"] * PAPER_TEST_IMAGES
-                naive += n * share * (head + enc * (images_seen + PAPER_TEST_IMAGES))
+                head = h["train"] * images_seen + h["eval"] * test
+                naive += n * share * (head + enc * (images_seen + test))
                 fused_ += n * share * head
         # the cache: every source encodes the regime subset, plus (once) the test images; each
         # multi-view target's sets again, view by view
         fused_ += 26 * fl["encoder_fwd"] * regime * (1 + MV_VIEWS)
-    fused_ += 26 * fl["encoder_fwd"] * PAPER_TEST_IMAGES * (1 + MV_VIEWS)
-    out = {"naive_pflop": naive / 1e15, "fused_pflop": fused_ / 1e15,
+    fused_ += 26 * fl["encoder_fwd"] * test * (1 + MV_VIEWS)
+    out = {"workflow": workflow.name, "regimes": list(cfg.regimes), "steps": tcfg.steps,
+           "batch_size": tcfg.batch_size, "test_images": test,
+           "transfers": len(cfg.regimes) * sum(counts.values()),
+           "naive_pflop": naive / 1e15, "fused_pflop": fused_ / 1e15,
            "flop_ratio": naive / fused_}
     for tflops in (10, 100):  # assumed sustained throughput per GPU
         out[f"naive_gpu_hours_at_{tflops}tflops"] = naive / (tflops * 1e12) / 3600
@@ -288,8 +293,8 @@ def projection(fl: dict) -> dict:
 
 def warm_up(model) -> None:
     """Pay one-off lazy imports (the optimiser's first use) before any timer starts."""
-    cfg = TransferConfig(steps=1, batch_size=2)
-    net = build_transfer_net("room_layout", ("normal",), 2, model, cfg, 9, 2)
+    cfg = TransferConfig(steps=1, batch_size=2, device=DEVICE.type)
+    net = build_transfer_net("room_layout", ("normal",), 2, model, cfg, 9, 2).to(DEVICE)
     r = model.rep_size
     x, y = torch.randn(2, 8, r, r), {"room_layout": torch.randn(2, 9)}
     train_transfer(net, "room_layout", lambda i: x[i], y, 2, cfg)
@@ -303,7 +308,7 @@ def cache_step(cache, encoders, data: Path, image_size: int, imagesets) -> None:
     for s in SOURCES:
         for imageset in imagesets:
             features.cache_imageset(cache, s, imageset, lambda s=s: encoders[s], str(data),
-                                    image_size=image_size)
+                                    image_size=image_size, device=DEVICE)
 
 
 def timed(fn, *args):
@@ -345,7 +350,7 @@ def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
         f16 = fused(target, sets, caches["float16"], *run, cfg, channels, regime)
         # naive in memory: every sample read once into tensors (charged), encoders every batch
         (pre_tr, pre_te), pre_t = timed(lambda: (preload(ds_tr, keys), preload(ds_te, keys)))
-        if any(not torch.equal(pre_tr[k], lab_tr[k]) for k in keys):
+        if any(not torch.equal(pre_tr[k], lab_tr[k].to(pre_tr[k].dtype)) for k in keys):
             raise AssertionError(f"{target}: preloaded labels differ from fused.load_labels'")
         (nv, _), nv_t = timed(naive, target, sets, encoders, pre_tr, pre_te, ids_te, clip,
                               model, cfg, channels, keys, regime)
@@ -412,13 +417,21 @@ def sweep_share_of_cache(ways: dict, rows: dict, targets: dict) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scale", choices=sorted(SCALES), default="mini",
-                   help="mini (64 px, 4x4x8; ~15 min) or paper (the paper's networks at 256 px; "
-                   "~35 min, fused and original-style naive ways only)")
+                   help="mini (64 px, 4x4x8; ~15 min), paper (the paper's networks at 256 px; "
+                   "~35 min, fused and original-style naive ways only) or gpu (the paper's "
+                   "networks, batch 16, every way; with --device cuda)")
     p.add_argument("--data", type=Path, default=None,
                    help="data root rendered at the scale's size (rendered if absent)")
     p.add_argument("--steps", type=int, default=None, help="training steps (scale's default)")
     p.add_argument("--quick", action="store_true", help="2 targets, 10 steps")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where every way runs; on cuda wall seconds are the figure (the CPU "
+                   "seconds are the host thread's)")
     a = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(a.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
     torch.set_num_threads(1)
     scale = SCALES[a.scale]
     tmp = Path(tempfile.mkdtemp(prefix="bench_transfers_"))
@@ -428,19 +441,21 @@ def main() -> None:
     warm_up(model)
     cfg = TransferConfig(steps=10 if a.quick else (a.steps or scale.steps),
                          batch_size=scale.batch_size, eval_batch_size=scale.eval_batch_size,
-                         amp="off")
+                         amp="off", device=DEVICE.type)
     targets = dict(list(TARGETS.items())[::3]) if a.quick else TARGETS
     enc_keys = {s: f"random-{i}" for i, s in enumerate(SOURCES)}
     caches = {d: features.FeatureCache(Storage(str(tmp / f"run-{d}")),
                                        features.keyed_paths(enc_keys, d), d)
               for d in ("float16", "float32")}
     ctx = {"data": data, "model": model, "cfg": cfg, "caches": caches, "scale": scale,
-           "encoders": {s: random_encoder(model, seed=i) for i, s in enumerate(SOURCES)},
+           "encoders": {s: random_encoder(model, seed=i).to(DEVICE)
+                        for i, s in enumerate(SOURCES)},
            "sets": transfer_mix(SOURCES)}
     n = len(ctx["sets"])
     res: dict = {"scale": a.scale, "targets": {}, "steps": cfg.steps, "regime": scale.regime,
                  "batch_size": cfg.batch_size, "transfers_per_target": n,
-                 "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE")}
+                 "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                 "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"}
     tot: dict[str, list[float]] = {}
     per_target_ways = {}
     for target, w in targets.items():

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU figures of steps 1 and 2 in one short run on a CUDA machine (about 6-8 minutes on one
+# H200; each part time-boxed, so a slow part cannot starve the next). Run from the repository
+# root: `benchmarks/gpu_check.sh [OUTDIR]`. Uses $PYTHON (default: .venv/bin/python if present,
+# else python3) with the repository on PYTHONPATH, so an image that already has torch, numpy,
+# pyarrow, scipy, scikit-image and pyyaml needs no install. Each part writes its log and its last
+# line, one JSON object, to OUTDIR (default $OUT, else ./gpu-check):
+#   training.json   the paper encoder's images/s in float32 and bf16, fraction of bf16 peak
+#   transfers.json  transfers per minute, fused + cached against the naive ways, on the GPU
+set -u
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu-check}}
+mkdir -p "$out"
+py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+part() {  # part NAME SECONDS ARGS...: run one benchmark, keep its log and its JSON line
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit}s): $*"
+  timeout "$limit" "$py" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 1 "$out/$name.log" > "$out/$name.json"
+  echo "   exit $rc; $(wc -c < "$out/$name.log") bytes of log"
+  tail -n 3 "$out/$name.log" | cut -c1-400
+}
+
+"$py" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
+part training 120 benchmarks/bench_training.py --gpu-only
+part transfers 360 benchmarks/bench_transfers.py --scale gpu --device cuda --data "$out/data-256"
