@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,32 +76,39 @@ class Features:
         return int(self.array.nbytes // max(1, len(self.images)))
 
 
+def _stack(part: Sequence[Mapping[str, Any]]) -> tuple[list[str], torch.Tensor]:
+    """Ids and stacked images (B, 3, H, W) or (B, V, 3, H, W) of some samples."""
+    return ([str(s["image"]) for s in part],
+            torch.stack([torch.as_tensor(s["rgb"], dtype=torch.float32) for s in part]))
+
+
+def _batches(samples: Sequence[Mapping[str, Any]], batch_size: int, num_workers: int
+             ) -> Iterator[tuple[list[str], torch.Tensor]]:
+    if num_workers:  # loader processes decode the next batches while this one is encoded
+        yield from torch.utils.data.DataLoader(samples, batch_size=batch_size,
+                                               num_workers=num_workers, collate_fn=_stack)
+        return
+    for start in range(0, len(samples), batch_size):
+        yield _stack([samples[i] for i in range(start, min(len(samples), start + batch_size))])
+
+
 @torch.no_grad()
 def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
                    batch_size: int = 64, dtype: str = "float32",
-                   device: str | torch.device = "cpu") -> Features:
-    """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches."""
+                   device: str | torch.device = "cpu", num_workers: int = 0) -> Features:
+    """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches.
+
+    `num_workers` loader processes read the samples (a dataset decoding files) ahead.
+    """
     if isinstance(encoder, torch.nn.Module):
         encoder.eval().to(device)
     images: list[str] = []
     chunks: list[np.ndarray] = []
-    batch: list[torch.Tensor] = []
-
-    def flush() -> None:
-        x = torch.stack(batch)  # (B, 3, H, W) or (B, V, 3, H, W)
+    for ids, x in _batches(samples, batch_size, num_workers):
         lead = x.shape[:-3]
         z = encoder(x.reshape(-1, *x.shape[-3:]).to(device)).float().cpu()  # (B*V, C, h, w)
         chunks.append(z.reshape(*lead, *z.shape[1:]).numpy().astype(DTYPES[dtype]))
-        batch.clear()
-
-    for i in range(len(samples)):
-        s = samples[i]
-        images.append(str(s["image"]))
-        batch.append(torch.as_tensor(s["rgb"], dtype=torch.float32))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+        images += ids
     if not images:
         raise ConfigError("no samples to encode: the image set is empty")
     return Features(images, np.concatenate(chunks))
@@ -147,7 +154,7 @@ class FeatureCache:
     def ensure(self, source: str, imageset: str, encoder: Encoder | Callable[[], Encoder],
                samples: Sequence[Mapping[str, Any]], *, images: Sequence[str] | None = None,
                batch_size: int = 64, lazy: bool = False,
-               device: str | torch.device = "cpu") -> str:
+               device: str | torch.device = "cpu", num_workers: int = 0) -> str:
         """Encode `samples` with `source`'s frozen encoder unless cached; returns the path.
 
         With `lazy=True`, `encoder` is a zero-argument loader called only on a miss, so a hit
@@ -160,7 +167,7 @@ class FeatureCache:
             return rel
         enc = encoder() if lazy else encoder  # type: ignore[call-arg]
         feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype,
-                               device=device)
+                               device=device, num_workers=num_workers)
         if images is not None and feats.images != [str(i) for i in images]:
             raise ConfigError(f"the samples' ids differ from the `images` given for {source!r}; "
                               "pass the dataset's ids in sample order")

@@ -403,15 +403,36 @@ def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.T
     return images, {k: compact(v) for k, v in cols.items()}
 
 
+class _BatchReads(torch.utils.data.Dataset):
+    """Batch number -> that batch's stacked labels: what loader workers read ahead."""
+
+    def __init__(self, dataset: Any, order: Sequence[torch.Tensor], keys: Sequence[str]) -> None:
+        self.dataset, self.order, self.keys = dataset, order, keys
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return read_rows(self.dataset, self.order[i].tolist(), self.keys)[1]
+
+
 class StreamedLabels:
     """Labels of a dataset read when a batch of rows is asked for (`transfer.LabelRows`).
 
     Memory stays one batch whatever the set's size; every head of a fused group shares each
     read, and asking for the same rows twice in a row reads them once (`reads` counts reads).
+    Given the `order` batches will be asked in and `workers` > 0, loader processes read the
+    next batches ahead (decoding PNGs is the CPU's work while the GPU trains); a batch asked out
+    of that order is read directly, and asking for the first batch again starts the order over.
     """
 
-    def __init__(self, dataset: Any, keys: Sequence[str]) -> None:
+    def __init__(self, dataset: Any, keys: Sequence[str], *,
+                 order: Sequence[torch.Tensor] | None = None, workers: int = 0) -> None:
         self.dataset, self.keys, self.reads = dataset, tuple(keys), 0
+        self.order = [tuple(int(i) for i in b.tolist()) for b in order or []]
+        self.workers = workers
+        self._ahead: Any = None
+        self._next = 0
         self._last: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
@@ -421,22 +442,46 @@ class StreamedLabels:
         """The stacked labels of samples `idx`."""
         key = tuple(int(i) for i in idx.tolist())
         if self._last is None or self._last[0] != key:
-            self._last = key, read_rows(self.dataset, key, self.keys)[1]
+            self._last = key, self._read(key)
             self.reads += 1
         return self._last[1]
+
+    def _read(self, key: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        if not (self.workers and self.order):
+            return read_rows(self.dataset, key, self.keys)[1]
+        if key == self.order[0] and self._next != 0:
+            self._ahead = None  # the order starts over (the next chunk of heads)
+        if self._ahead is None:
+            reads = _BatchReads(self.dataset, [torch.tensor(b) for b in self.order], self.keys)
+            self._ahead = iter(torch.utils.data.DataLoader(
+                reads, batch_size=None, num_workers=self.workers, prefetch_factor=2))
+            self._next = 0
+        if self._next < len(self.order) and key == self.order[self._next]:
+            self._next += 1
+            return dict(next(self._ahead))
+        return read_rows(self.dataset, key, self.keys)[1]
 
 
 def training_labels(dataset: Any, target: str, cfg: TransferConfig
                     ) -> dict[str, torch.Tensor] | StreamedLabels:
     """The regime's labels: in memory when they fit `cfg.label_memory_gb`, else streamed.
 
-    The size is judged from the first sample, before anything else is read.
+    The size is judged from the first sample, before anything else is read. Streamed labels
+    are read ahead in the training's batch order by `cfg.num_workers` loader processes.
     """
     first = read_rows(dataset, [0], label_keys(target))[1]
     per_sample = sum(compact(v).element_size() * v[0].numel() for v in first.values())
     if per_sample * len(dataset) <= cfg.label_memory_gb * 1024**3:
         return load_labels(dataset, target)[1]
-    return StreamedLabels(dataset, label_keys(target))
+    return StreamedLabels(dataset, label_keys(target), order=batches(len(dataset), cfg),
+                          workers=cfg.num_workers)
+
+
+def evaluation_labels(dataset: Any, target: str, cfg: TransferConfig) -> StreamedLabels:
+    """The test set's labels, read batch by batch in evaluation order (any size fits)."""
+    n, size = len(dataset), cfg.eval_batch_size
+    order = [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
+    return StreamedLabels(dataset, label_keys(target), order=order, workers=cfg.num_workers)
 
 
 def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
@@ -456,7 +501,7 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
     test_data = open_imageset(data_root, test_set, **kw)
     train_ids, test_ids = train_data.images, test_data.images
     train_labels = training_labels(train_data, target, cfg)
-    test_labels = StreamedLabels(test_data, label_keys(target))  # any size: batch by batch
+    test_labels = evaluation_labels(test_data, target, cfg)
     sources = sorted({s for ss in sets for s in ss})
 
     def feats(imageset: str, ids: list[str]) -> dict[str, torch.Tensor]:

@@ -56,6 +56,9 @@ class TransferConfig:
     # 12.6 GB) each step reads its batch from the data set. Test labels are always read batch by
     # batch. Results do not depend on it.
     label_memory_gb: float = 4.0
+    # Loader processes that read streamed labels ahead of the training (0: read in the unit's
+    # own process); on a GPU node decoding a batch's PNGs can take longer than its step.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
@@ -73,7 +76,8 @@ class TransferConfig:
                    "transfer.feature_dtype must be float16 or float32"),
                   (self.amp in AMP_MODES, "transfer.amp must be auto, on or off"),
                   (self.label_memory_gb >= 0, "transfer.label_memory_gb must be >= 0 (0: read "
-                   "every training batch from the data set)")]
+                   "every training batch from the data set)"),
+                  (self.num_workers >= 0, "transfer.num_workers must be >= 0")]
         for ok, what in checks:
             if not ok:
                 raise ConfigError(what)

@@ -102,3 +102,12 @@ def test_image_set_names_round_trip():
     assert features.parse_imageset("r512") == (512, None)
     assert features.imagesets(["normal", "egomotion"], [128]) == [
         "test", "test-egomotion", "r128", "r128-egomotion"]
+
+
+def test_loader_processes_read_ahead_and_encode_the_same_representations():
+    enc, samples = CountingEncoder(), _samples(10, views=2)
+    here = features.encode_samples(enc, samples, batch_size=4)
+    ahead = features.encode_samples(enc, samples, batch_size=4, num_workers=1)
+    assert ahead.images == here.images == [s["image"] for s in samples]
+    assert ahead.array.shape == (10, 2, 8, 1, 1)
+    np.testing.assert_array_equal(ahead.array, here.array)

@@ -153,10 +153,12 @@ def test_streamed_training_labels_train_the_same_transfers_as_labels_in_memory(
     cache = _cache(tmp_path, root, ["normal", "random"], ["r8", "test"])
     sets = [["normal"], ["random"]]
     held = train_transfer_group(target, sets, 8, cache, str(root), CFG, MODEL, unit="u")
-    streamed_cfg = TransferConfig(**{**CFG.__dict__, "label_memory_gb": 0.0})
-    streamed = train_transfer_group(target, sets, 8, cache, str(root), streamed_cfg, MODEL,
-                                    unit="u")
-    assert held.equals(streamed)
+    for workers in (0, 1):  # read in this process, or ahead by a loader process
+        streamed_cfg = TransferConfig(**{**CFG.__dict__, "label_memory_gb": 0.0,
+                                         "num_workers": workers})
+        streamed = train_transfer_group(target, sets, 8, cache, str(root), streamed_cfg,
+                                        MODEL, unit="u")
+        assert held.equals(streamed)
 
 
 def test_training_labels_are_held_only_when_they_fit_the_memory_bound(root):
@@ -177,6 +179,19 @@ def test_streamed_labels_read_a_batch_once_and_equal_the_loaded_rows(root):
         assert torch.equal(first[k], v[rows]) and torch.equal(again[k], v[rows])
     take(labels, torch.tensor([1]))
     assert labels.reads == 2
+
+
+def test_labels_read_ahead_follow_the_order_and_start_over_for_the_next_chunk(root):
+    data = features.open_imageset(str(root), "test", image_size=64, tasks=["depth_zbuffer"])
+    order = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4])]
+    ahead = StreamedLabels(data, label_keys("depth_zbuffer"), order=order, workers=1)
+    _, every = load_labels(data, "depth_zbuffer")
+    asked = [*order, torch.tensor([3, 1]), order[0], order[1]]  # out of order, then over again
+    for idx in asked:
+        batch = take(ahead, idx)
+        for k, v in every.items():
+            assert torch.equal(batch[k], v[idx]), (k, idx)
+    assert ahead.reads == len(asked)
 
 
 def test_class_labels_are_held_in_uint8_and_batches_are_int64_again(root):

@@ -178,17 +178,19 @@ def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     """Stage 2a: one source encodes one image set, once; every transfer reads the cache.
 
     Encodes on the transfers' device (`transfer.device`: CUDA when present), so a GPU worker's
-    feature units do not run the frozen encoders on its CPU.
+    feature units do not run the frozen encoders on its CPU; a set too large to keep decoded is
+    read ahead by `transfer.num_workers` loader processes.
     """
     from ..transfer import resolve_device
 
     cfg, storage = _context(ctx)
     source, imageset = unit.params["source"], unit.params["imageset"]
-    device = resolve_device(_transfer_config(cfg))
+    tcfg = _transfer_config(cfg)
     samples = _decoded(ctx["data_root"], imageset, cfg)
+    workers = 0 if isinstance(samples, _Decoded) else tcfg.num_workers  # streamed: read ahead
     _feature_cache(cfg, storage).ensure(
         source, imageset, lambda: load_source_encoder(cfg, storage, source), samples,
-        images=samples.images, lazy=True, device=device)
+        images=samples.images, lazy=True, device=resolve_device(tcfg), num_workers=workers)
     return {"images": len(samples)}
 
 
