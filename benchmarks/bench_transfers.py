@@ -14,7 +14,7 @@ same steps:
 - naive in memory: the same, but every sample is read once into tensors (charged), so only the
   encoders are re-run per batch;
 - fused + cached: each source encodes each image set once (charged once per set in the run),
-  the target's labels are read once (`fused.load_labels`, charged), then every order's
+  the target's labels are read once (`labels.load_labels`, charged), then every order's
   transfers into a target train as one grouped module from the cache;
 - fused + cached, bf16: the same with the heads under bf16 autocast (`transfer.amp: on`; native
   on GPUs and on CPUs with AVX512-BF16 or AMX, emulated and slow elsewhere); its losses are
@@ -44,7 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from taskonomy_ray import beam, features
 from taskonomy_ray.config import preset
 from taskonomy_ray.dataset import output_channels
-from taskonomy_ray.fused import StreamedLabels, load_labels, read_rows, stacked_inputs, train_group
+from taskonomy_ray.fused import stacked_inputs, train_group
+from taskonomy_ray.labels import StreamedLabels, load_labels, read_rows
 from taskonomy_ray.models import random_encoder
 from taskonomy_ray.models.encoder import Encoder
 from taskonomy_ray.sweep import config as sweep_config
@@ -351,7 +352,7 @@ def bench_target(target, ctx) -> tuple[dict, dict[str, tuple[float, float]]]:
         # naive in memory: every sample read once into tensors (charged), encoders every batch
         (pre_tr, pre_te), pre_t = timed(lambda: (preload(ds_tr, keys), preload(ds_te, keys)))
         if any(not torch.equal(pre_tr[k], lab_tr[k].to(pre_tr[k].dtype)) for k in keys):
-            raise AssertionError(f"{target}: preloaded labels differ from fused.load_labels'")
+            raise AssertionError(f"{target}: preloaded labels differ from labels.load_labels'")
         (nv, _), nv_t = timed(naive, target, sets, encoders, pre_tr, pre_te, ids_te, clip,
                               model, cfg, channels, keys, regime)
         ways.update({"naive_in_memory": _add(pre_t, nv_t),

@@ -255,7 +255,7 @@ def batches(n: int, cfg: TransferConfig) -> list[torch.Tensor]:
 
 @runtime_checkable
 class LabelRows(Protocol):
-    """Labels read a batch of rows at a time (see `fused.StreamedLabels`), never all at once."""
+    """Labels read a batch of rows at a time (see `labels.StreamedLabels`), never all at once."""
 
     def rows(self, idx: torch.Tensor) -> Batch: ...
 

@@ -10,12 +10,12 @@ from fixtures import make_root
 from taskonomy_ray import features, tables
 from taskonomy_ray.config import preset
 from taskonomy_ray.errors import ConfigError, DataError, StorageError
-from taskonomy_ray.fused import (
+from taskonomy_ray.fused import train_transfer_group
+from taskonomy_ray.labels import (
     StreamedLabels,
     label_keys,
     load_labels,
     read_rows,
-    train_transfer_group,
     training_labels,
 )
 from taskonomy_ray.tables import LOSSES_SCHEMA, Storage
