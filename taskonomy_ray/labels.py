@@ -65,14 +65,15 @@ def load_labels(dataset: Any, target: str) -> tuple[list[str], dict[str, torch.T
 class _BatchReads(torch.utils.data.Dataset):
     """Batch number -> that batch's stacked labels: what loader workers read ahead."""
 
-    def __init__(self, dataset: Any, order: Sequence[torch.Tensor], keys: Sequence[str]) -> None:
+    def __init__(self, dataset: Any, order: Sequence[tuple[int, ...]], keys: Sequence[str]
+                 ) -> None:
         self.dataset, self.order, self.keys = dataset, order, keys
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return read_rows(self.dataset, self.order[i].tolist(), self.keys)[1]
+        return read_rows(self.dataset, self.order[i], self.keys)[1]
 
 
 class StreamedLabels:
@@ -94,9 +95,6 @@ class StreamedLabels:
         self._next = 0
         self._last: tuple[tuple[int, ...], dict[str, torch.Tensor]] | None = None
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def rows(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stacked labels of samples `idx`."""
         key = tuple(int(i) for i in idx.tolist())
@@ -111,7 +109,7 @@ class StreamedLabels:
         if key == self.order[0] and self._next != 0:
             self._ahead = None  # the order starts over (the next chunk of heads)
         if self._ahead is None:
-            reads = _BatchReads(self.dataset, [torch.tensor(b) for b in self.order], self.keys)
+            reads = _BatchReads(self.dataset, self.order, self.keys)
             self._ahead = iter(torch.utils.data.DataLoader(
                 reads, batch_size=None, num_workers=self.workers, prefetch_factor=2))
             self._next = 0

@@ -47,9 +47,10 @@ class TransferConfig:
     feature_dtype: str = "float32"
     # Mixed precision (bf16 autocast) for the readout and decoder: off by default, since in
     # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.6-2.7% and pairwise win
-    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` is 1.5x faster
-    # on this CPU's dense heads (native bf16), `auto` = on for CUDA only. The grouped backend
-    # honours it; torch.func's vmap runs float32 on the CPU whatever is asked.
+    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` made dense heads
+    # 1.3-1.5x faster on a CPU with native bf16 (AVX512-BF16) and 5x slower on one without
+    # (AVX2: emulated), `auto` = on for CUDA only. The grouped backend honours it; torch.func's
+    # vmap runs float32 on the CPU whatever is asked.
     amp: str = "off"
     # A unit holds the regime's training labels in memory when they fit in this many GiB (each
     # step's batch serves every head); above it (paper scale: 16k dense labels at 256 px are
