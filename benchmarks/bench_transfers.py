@@ -76,7 +76,7 @@ SCALES = {
     # paper's 50 leave the cache less time to pay off, which favours the naive way.
     "paper": Scale("paper", 12, 15, 4, 12,
                    {"points": 4, "views": 3, "size": 256, "buildings": 4}, False),
-    # The paper's networks on a GPU (`--device cuda`): 256 px, batch 16, 20 steps of 32 images,
+    # The paper's networks on a GPU (`--device cuda`): 256 px, 20 steps of batch 16 on 32 images,
     # about 36 test images; every way, bf16 heads included. Sized for a few minutes of an H200,
     # where reading each batch from disk (the original way) is most of the naive side's time.
     "gpu": Scale("paper", 32, 20, 16, 64,
@@ -135,7 +135,7 @@ class LabelsOf:
     """The label columns of a reader that also feeds the encoders: one read per batch.
 
     Taskonomy's loader gave each step one batch of images and labels; the reader
-    (`fused.StreamedLabels` over rgb and the labels) reads it when the step first asks.
+    (`labels.StreamedLabels` over rgb and the labels) reads it when the step first asks.
     """
 
     def __init__(self, reader: StreamedLabels, keys: list[str]) -> None:
