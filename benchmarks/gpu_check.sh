@@ -27,4 +27,6 @@ part() {  # part NAME SECONDS ARGS...: run one benchmark, keep its log and its J
 
 "$py" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
 part training 120 benchmarks/bench_training.py --gpu-only
-part transfers 360 benchmarks/bench_transfers.py --scale gpu --device cuda --data "$out/data-256"
+# the rendered 256 px set stays out of OUTDIR (a device run brings back a few files only)
+part transfers 360 benchmarks/bench_transfers.py --scale gpu --device cuda \
+  --data "${TMPDIR:-/tmp}/taskonomy-gpu-check-256"
