@@ -52,7 +52,8 @@ class SplitConfig:
         if min(fr) < 0 or abs(sum(fr) - 1) > 1e-6 or self.train <= 0:
             raise ConfigError(f"split fractions must be >= 0, sum to 1 and give train a share; "
                               f"got train={self.train} val={self.val} test={self.test}")
-        if self.test_images is not None and self.test_images < 1:
+        n = self.test_images
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"test_images must be a positive number of test samples, or None "
                               f"for the whole test split; got {self.test_images}")
 

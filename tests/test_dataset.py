@@ -63,8 +63,9 @@ def test_test_images_caps_the_test_split_with_one_subset_for_every_task(root: Pa
     assert roomy.images == full.images  # a cap above the split's size keeps all of it
     train = TaskonomyDataset(root, ["normal"], split="train", splits=capped)
     assert len(train) == len(TaskonomyDataset(root, ["normal"], split="train"))
-    with pytest.raises(ConfigError, match="positive number of test samples"):
-        SplitConfig(test_images=0)
+    for bad in (0, 2.5, "all"):
+        with pytest.raises(ConfigError, match="positive number of test samples"):
+            SplitConfig(test_images=bad)
 
 
 @pytest.mark.parametrize("spec", TASKS, ids=lambda s: s.name)
