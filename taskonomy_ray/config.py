@@ -1,4 +1,4 @@
-"""Typed configs of step 1 (task networks): the model family, the training loop, presets, YAML.
+"""Typed configs of steps 1-2: the model family, the training loop, presets, YAML, transfers.
 
 `paper` is Taskonomy's network (256 px, ResNet-50 trunk, 16x16x8 representation); `mini` keeps the
 same topology, narrow and at 64 px, so that all 26 gold networks train on a 2-core machine.
@@ -7,6 +7,7 @@ same topology, narrow and at 64 px, so that all 26 gold networks train on a 2-co
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ OPTIMISERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
+# A setting of how a unit runs, not of what it computes (results do not depend on it): left out
+# of unit keys, and changed on resume without --force-config.
+EXECUTION_ONLY = {"execution_only": True}
+
+
+def execution_only(cls: type) -> frozenset[str]:
+    """The settings of config class `cls` that change how a unit runs, not what it computes."""
+    return frozenset(f.name for f in fields(cls) if f.metadata.get("execution_only"))
 
 
 def _check(ok: bool, what: str) -> None:
@@ -108,6 +117,73 @@ class NetworkConfig:
         d = dataclasses.asdict(self)
         d["model"]["blocks"] = list(self.model.blocks)
         return d
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Training of one transfer readout (the same for every head of a fused group)."""
+
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # L2 on every weight, as Taskonomy's transfer networks (1e-4)
+    clip_sigma: float = 5.0  # inputs clipped to mean +/- clip_sigma std per channel
+    bn_momentum: float = 0.1  # PyTorch convention (Taskonomy's decay 0.9 = momentum 0.1)
+    seed: int = 0
+    eval_batch_size: int = 256
+    max_heads: int = 32  # heads fused into one batched module at most (memory bound)
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
+    fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
+    # How representations are cached: float32 by default, since float16 moved mean test losses
+    # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
+    feature_dtype: str = "float32"
+    # Mixed precision (bf16 autocast) for the readout and decoder: off by default, since in
+    # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.6-2.7% and pairwise win
+    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` made dense heads
+    # 1.3-1.5x faster on a CPU with native bf16 (AVX512-BF16) and 5x slower on one without
+    # (AVX2: emulated), `auto` = on for CUDA only. The grouped backend honours it; torch.func's
+    # vmap runs float32 on the CPU whatever is asked.
+    amp: str = "off"
+    # A unit holds the regime's training labels in memory when they fit in this many GiB (each
+    # step's batch serves every head); above it (paper scale: 16k dense labels at 256 px are
+    # 12.6 GB) each step reads its batch from the data set. Test labels are always read batch by
+    # batch. Results do not depend on it.
+    label_memory_gb: float = field(default=4.0, metadata=EXECUTION_ONLY)
+    # Loader processes that read streamed labels ahead of the training (0: read in the unit's
+    # own process); on a GPU node decoding a batch's PNGs can take longer than its step.
+    num_workers: int = field(default=0, metadata=EXECUTION_ONLY)
+
+    def __post_init__(self) -> None:
+        checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
+                  (self.batch_size >= 2, "transfer.batch_size must be >= 2 (batch norm)"),
+                  (self.eval_batch_size >= 1, "transfer.eval_batch_size must be >= 1"),
+                  (self.max_heads >= 1, "transfer.max_heads must be >= 1"),
+                  (self.device in ("auto", "cpu", "cuda"), "transfer.device: auto, cpu or cuda"),
+                  (self.fused_backend in ("auto", "grouped", "vmap"),
+                   "transfer.fused_backend must be auto, grouped or vmap"),
+                  (self.lr > 0, "transfer.lr must be positive"),
+                  (self.weight_decay >= 0, "transfer.weight_decay must be >= 0"),
+                  (self.clip_sigma > 0, "transfer.clip_sigma must be positive"),
+                  (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
+                  (self.feature_dtype in ("float16", "float32"),
+                   "transfer.feature_dtype must be float16 or float32"),
+                  (self.amp in AMP_MODES, "transfer.amp must be auto, on or off"),
+                  (self.label_memory_gb >= 0, "transfer.label_memory_gb must be >= 0 (0: read "
+                   "every training batch from the data set)"),
+                  (self.num_workers >= 0, "transfer.num_workers must be >= 0")]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(what)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TransferConfig:
+        """Build from the workflow's `transfer:` section; unknown keys are errors."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in known:
+                raise unknown_name("transfer setting", k, sorted(known))
+        return cls(**d)
 
 
 PRESETS: dict[str, NetworkConfig] = {

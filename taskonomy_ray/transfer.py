@@ -9,15 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import AMP_MODES
-from .errors import ConfigError, TrainingError, unknown_name
+from .config import TransferConfig
+from .errors import ConfigError, TrainingError
 from .models import autocast
 from .models.decoders import build_decoder
 from .models.losses import per_image_loss
@@ -25,77 +24,6 @@ from .tasks import TaskSpec, get_task
 
 Batch = dict[str, torch.Tensor]
 InputFn = Callable[[torch.Tensor], torch.Tensor]  # sample indices -> readout input
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """Training of one transfer readout (the same for every head of a fused group)."""
-
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4  # L2 on every weight, as Taskonomy's transfer networks (1e-4)
-    clip_sigma: float = 5.0  # inputs clipped to mean +/- clip_sigma std per channel
-    bn_momentum: float = 0.1  # PyTorch convention (Taskonomy's decay 0.9 = momentum 0.1)
-    seed: int = 0
-    eval_batch_size: int = 256
-    max_heads: int = 32  # heads fused into one batched module at most (memory bound)
-    device: str = "auto"  # auto (CUDA when present), cpu or cuda
-    fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
-    # How representations are cached: float32 by default, since float16 moved mean test losses
-    # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
-    feature_dtype: str = "float32"
-    # Mixed precision (bf16 autocast) for the readout and decoder: off by default, since in
-    # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.6-2.7% and pairwise win
-    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` made dense heads
-    # 1.3-1.5x faster on a CPU with native bf16 (AVX512-BF16) and 5x slower on one without
-    # (AVX2: emulated), `auto` = on for CUDA only. The grouped backend honours it; torch.func's
-    # vmap runs float32 on the CPU whatever is asked.
-    amp: str = "off"
-    # A unit holds the regime's training labels in memory when they fit in this many GiB (each
-    # step's batch serves every head); above it (paper scale: 16k dense labels at 256 px are
-    # 12.6 GB) each step reads its batch from the data set. Test labels are always read batch by
-    # batch. Results do not depend on it.
-    label_memory_gb: float = 4.0
-    # Loader processes that read streamed labels ahead of the training (0: read in the unit's
-    # own process); on a GPU node decoding a batch's PNGs can take longer than its step.
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
-                  (self.batch_size >= 2, "transfer.batch_size must be >= 2 (batch norm)"),
-                  (self.eval_batch_size >= 1, "transfer.eval_batch_size must be >= 1"),
-                  (self.max_heads >= 1, "transfer.max_heads must be >= 1"),
-                  (self.device in ("auto", "cpu", "cuda"), "transfer.device: auto, cpu or cuda"),
-                  (self.fused_backend in ("auto", "grouped", "vmap"),
-                   "transfer.fused_backend must be auto, grouped or vmap"),
-                  (self.lr > 0, "transfer.lr must be positive"),
-                  (self.weight_decay >= 0, "transfer.weight_decay must be >= 0"),
-                  (self.clip_sigma > 0, "transfer.clip_sigma must be positive"),
-                  (0 < self.bn_momentum <= 1, "transfer.bn_momentum must be in (0, 1]"),
-                  (self.feature_dtype in ("float16", "float32"),
-                   "transfer.feature_dtype must be float16 or float32"),
-                  (self.amp in AMP_MODES, "transfer.amp must be auto, on or off"),
-                  (self.label_memory_gb >= 0, "transfer.label_memory_gb must be >= 0 (0: read "
-                   "every training batch from the data set)"),
-                  (self.num_workers >= 0, "transfer.num_workers must be >= 0")]
-        for ok, what in checks:
-            if not ok:
-                raise ConfigError(what)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> TransferConfig:
-        """Build from the workflow's `transfer:` section; unknown keys are errors."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in known:
-                raise unknown_name("transfer setting", k, sorted(known))
-        return cls(**d)
-
-    def digest(self) -> str:
-        """Short hash of every setting (part of unit keys)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def head_seed(target: str, sources: Sequence[str], regime: int, seed: int) -> int:

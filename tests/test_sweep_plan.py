@@ -45,6 +45,57 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
         small(network={"train": {"step": 3}})
 
 
+def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
+    # Read by the feature and transfer units only, after every gold network has trained.
+    with pytest.raises(UnknownNameError, match="did you mean 'steps'"):
+        small(transfer={"stepz": 40})
+    with pytest.raises(ConfigError, match="transfer.label_memory_gb must be >= 0"):
+        small(transfer={"label_memory_gb": -1})
+    with pytest.raises(ConfigError, match="transfer"):
+        small(transfer={"steps": "many"})
+    assert small(transfer={"steps": 7}).transfer_config().steps == 7
+
+
+def test_execution_only_settings_leave_unit_keys_alone():
+    # Label memory, loader processes and resources change how units run, not what they compute:
+    # changing them on a resumed run must not recompute finished units.
+    keys = [u.key for u in plan.build(small())]
+    how = small(transfer={"label_memory_gb": 0.5, "num_workers": 2},
+                resources={"cpus_per_unit": 2, "gpus_per_unit": 0.5, "transfer_memory_gb": 6,
+                           "queue_slack": 4, "retries": 5})
+    assert [u.key for u in plan.build(how)] == keys
+    assert "transfer.num_workers" in config.EXECUTION_ONLY_SETTINGS
+    assert "transfer.steps" not in config.EXECUTION_ONLY_SETTINGS
+    assert "resources.gold_workers" not in config.EXECUTION_ONLY_SETTINGS  # per-worker BN
+
+
+def test_resume_accepts_new_execution_settings_and_records_them(tmp_path):
+    from taskonomy_ray.sweep.driver import guard_run
+    from taskonomy_ray.tables import RUN_FILE, Storage
+
+    st = Storage(str(tmp_path))
+    guard_run(st, small())
+    guard_run(st, small(transfer={"num_workers": 2}, resources={"transfer_memory_gb": 6}))
+    recorded = st.read_json(RUN_FILE)["config"]
+    assert recorded["transfer"] == {"num_workers": 2}
+    assert recorded["resources"]["transfer_memory_gb"] == 6
+    with pytest.raises(ConfigError, match=r"(?s)transfer.steps: \"<absent>\" -> 7"):
+        guard_run(st, small(transfer={"num_workers": 2, "steps": 7}))
+
+
+def test_transfer_units_reserve_the_configured_memory():
+    from taskonomy_ray.sweep.units import options
+
+    cfg = small(resources={"transfer_memory_gb": 6.5, "gold_trainer": "task"})
+    by_stage = {u.stage: options(cfg)(u) for u in plan.build(cfg)}
+    assert by_stage["transfer"]["memory"] == 6_500_000_000
+    assert all("memory" not in o for s, o in by_stage.items() if s != "transfer")
+    assert "memory" not in options(small())(next(u for u in plan.build(small())
+                                                 if u.stage == "transfer"))
+    with pytest.raises(ConfigError, match="transfer_memory_gb must be >= 0"):
+        small(resources={"transfer_memory_gb": -1})
+
+
 def test_data_parallel_gold_training_needs_ray_train_and_a_batch_that_splits():
     with pytest.raises(ConfigError, match="gold_trainer: ray_train"):
         small(resources={"gold_trainer": "task", "gold_workers": 2})

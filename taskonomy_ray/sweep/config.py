@@ -16,7 +16,7 @@ import yaml
 
 from .. import config as network_config
 from .. import tasks as registry
-from ..config import NetworkConfig
+from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only
 from ..errors import ConfigError, unknown_name
 
 # A setting added after runs were made: left out of run.json and unit keys while it has its
@@ -79,17 +79,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Resources:
-    """Ray resources per unit kind; fractions of a GPU are allowed for transfers."""
+    """Ray resources per unit kind; fractions of a GPU are allowed for transfers.
+
+    Only the gold networks' trainer and worker count can change results (data-parallel batch
+    norm sees per-worker batches); every other setting may change when a run resumes.
+    """
 
     gold_trainer: str = "ray_train"  # ray_train (TorchTrainer runs) or task (plain Ray tasks)
     gold_workers: int = 1
-    gold_cpus_per_worker: float = 1.0
-    gold_gpus_per_worker: float = 0.0
-    cpus_per_unit: float = 1.0  # scratch, features, transfer groups
-    gpus_per_unit: float = 0.0
-    retries: int = 2  # transient failures (not deterministic ones) are retried this often
-    max_calls: int = 0  # worker process reuse for GPU tasks (0: unlimited)
-    queue_slack: int = 0  # units queued in Ray beyond capacity (autoscaling clusters: > 0)
+    gold_cpus_per_worker: float = field(default=1.0, metadata=EXECUTION_ONLY)
+    gold_gpus_per_worker: float = field(default=0.0, metadata=EXECUTION_ONLY)
+    # Per scratch, features and transfer unit:
+    cpus_per_unit: float = field(default=1.0, metadata=EXECUTION_ONLY)
+    gpus_per_unit: float = field(default=0.0, metadata=EXECUTION_ONLY)
+    # Transient failures (not deterministic ones) are retried this often.
+    retries: int = field(default=2, metadata=EXECUTION_ONLY)
+    max_calls: int = field(default=0, metadata=EXECUTION_ONLY)  # GPU worker reuse (0: unlimited)
+    # Units queued in Ray beyond capacity (autoscaling clusters: > 0).
+    queue_slack: int = field(default=0, metadata=EXECUTION_ONLY)
+    # Host memory (GB) Ray reserves for each transfer unit, so that a node runs no more of them
+    # than its memory holds (0: none reserved). `units.transfer_memory` estimates a unit's need.
+    transfer_memory_gb: float = field(default=0.0, metadata={**EXECUTION_ONLY, **ADDED_LATER})
 
     def __post_init__(self) -> None:
         if self.gold_trainer not in ("ray_train", "task"):
@@ -101,6 +111,8 @@ class Resources:
             raise ConfigError("resources: CPUs per worker/unit must be positive")
         if min(self.gold_gpus_per_worker, self.gpus_per_unit) < 0:
             raise ConfigError("resources: GPUs must be >= 0 (fractions are fine)")
+        if self.transfer_memory_gb < 0:
+            raise ConfigError("resources.transfer_memory_gb must be >= 0 (0: none reserved)")
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,7 @@ class SweepConfig:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
         gold = self.gold_network()  # validate the sections now, not on a worker hours later
         self.scratch_network()
+        self.transfer_config()
         workers = self.resources.gold_workers
         if workers > 1 and self.resources.gold_trainer != "ray_train":
             raise ConfigError(f"resources.gold_workers is {workers}: data-parallel gold training "
@@ -171,6 +184,13 @@ class SweepConfig:
         """The scratch networks' settings: `network` with the `scratch` overrides on top."""
         return network_config.from_dict(self.scratch, base=self.gold_network())
 
+    def transfer_config(self) -> TransferConfig:
+        """The transfer trainings' settings (`transfer` section; its seed is the sweep's)."""
+        try:
+            return TransferConfig.from_dict({"seed": self.seed, **self.transfer})
+        except TypeError as e:
+            raise ConfigError(f"transfer: {e}") from e
+
     @property
     def sources(self) -> tuple[str, ...]:
         """Every transfer source: the trained tasks plus the random encoder."""
@@ -181,10 +201,27 @@ class SweepConfig:
         return json.loads(json.dumps(_plain(self)))
 
     def digest(self, *parts: str) -> str:
-        """A short deterministic hash of named config parts (for unit keys)."""
+        """A short deterministic hash of named config parts (for unit keys).
+
+        Execution-only settings are left out: changing them recomputes nothing.
+        """
         js = self.to_json()
-        sub = {p: js[p] for p in parts}
+        sub = {p: _without(js[p], p) for p in parts}
         return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# Dotted names of the settings that change how units run, not what they compute.
+EXECUTION_ONLY_SETTINGS = frozenset(
+    [f"transfer.{n}" for n in execution_only(TransferConfig)]
+    + [f"resources.{n}" for n in execution_only(Resources)])
+
+
+def _without(value: Any, prefix: str) -> Any:
+    """`value` (a config part as JSON) without its execution-only settings."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _without(v, f"{prefix}.{k}") for k, v in value.items()
+            if f"{prefix}.{k}" not in EXECUTION_ONLY_SETTINGS}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -238,13 +275,16 @@ def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:
     return from_dict(raw)
 
 
-def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two JSON configs (`a.b: 1 -> 2`)."""
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "", *,
+         skip: frozenset[str] = frozenset()) -> list[str]:
+    """Human-readable differences between two JSON configs (`a.b: 1 -> 2`), but for `skip`."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if f"{prefix}{k}" in skip:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += diff(a, b, f"{prefix}{k}.")
+            out += diff(a, b, f"{prefix}{k}.", skip=skip)
         elif a != b:
             out.append(f"{prefix}{k}: {json.dumps(a)} -> {json.dumps(b)}")
     return out

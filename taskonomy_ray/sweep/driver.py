@@ -47,11 +47,18 @@ class SweepResult:
 
 
 def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = False) -> None:
-    """Write run.json, or check that an existing one has the same config (resume)."""
+    """Write run.json, or check that an existing one has the same config (resume).
+
+    Execution-only settings (resources, label memory, loader processes) may differ: they change
+    how the remaining units run, not what the done ones computed, and run.json records the new.
+    """
     new = {"config": cfg.to_json(), "version": __version__}
     if storage.exists(RUN_FILE):
         old = storage.read_json(RUN_FILE)
-        changes = sweep_config.diff(old.get("config", {}), new["config"])
+        if not sweep_config.diff(old.get("config", {}), new["config"]):
+            return
+        changes = sweep_config.diff(old.get("config", {}), new["config"],
+                                    skip=sweep_config.EXECUTION_ONLY_SETTINGS)
         if changes and not force:
             raise ConfigError(
                 f"storage {storage.display} holds a run with another config; differences:\n  "
@@ -60,8 +67,6 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
                 "or pass --force-config to resume with the new one (units whose keys change "
                 "are recomputed)."
             )
-        if not changes:
-            return
     storage.write_json(RUN_FILE, new)
 
 

@@ -19,7 +19,10 @@ RESUME_FILE = "checkpoint.pt"
 
 
 def options(cfg: sweep_config.SweepConfig):
-    """Ray resources per unit: gold launchers take none (their TorchTrainer worker does)."""
+    """Ray resources per unit: gold launchers take none (their TorchTrainer worker does).
+
+    Transfer units also reserve `resources.transfer_memory_gb` of Ray's memory resource.
+    """
     r = cfg.resources
 
     def opts(unit: planning.Unit) -> dict[str, Any]:
@@ -29,7 +32,9 @@ def options(cfg: sweep_config.SweepConfig):
             return {"num_cpus": r.gold_cpus_per_worker, "num_gpus": r.gold_gpus_per_worker,
                     "max_retries": 3}
         gpus = r.gpus_per_unit if unit.stage in ("scratch", "features", "transfer") else 0
-        extra = {"max_calls": r.max_calls} if gpus else {}
+        extra: dict[str, Any] = {"max_calls": r.max_calls} if gpus else {}
+        if unit.stage == "transfer" and r.transfer_memory_gb:
+            extra["memory"] = int(r.transfer_memory_gb * 1e9)
         return {"num_cpus": r.cpus_per_unit, "num_gpus": gpus, "max_retries": 3, **extra}
 
     return opts
@@ -154,13 +159,9 @@ def _feature_cache(cfg: sweep_config.SweepConfig, storage: Storage) -> Any:
     def path_of(source: str, imageset: str) -> str:
         return planning.features_path(planning.features_key(cfg, source, imageset))
 
-    return FeatureCache(storage, path_of, dtype=_transfer_config(cfg).feature_dtype)
+    return FeatureCache(storage, path_of, dtype=cfg.transfer_config().feature_dtype)
 
 
-def _transfer_config(cfg: sweep_config.SweepConfig) -> Any:
-    from ..transfer import TransferConfig
-
-    return TransferConfig.from_dict({"seed": cfg.seed, **cfg.transfer})
 
 
 def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source: str) -> Any:
@@ -185,7 +186,7 @@ def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 
     cfg, storage = _context(ctx)
     source, imageset = unit.params["source"], unit.params["imageset"]
-    tcfg = _transfer_config(cfg)
+    tcfg = cfg.transfer_config()
     samples = _decoded(ctx["data_root"], imageset, cfg)
     workers = 0 if isinstance(samples, _Decoded) else tcfg.num_workers  # streamed: read ahead
     _feature_cache(cfg, storage).ensure(
@@ -251,7 +252,7 @@ def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     p = unit.params
     table = train_transfer_group(p["target"], p["source_sets"], p["regime"],
                                  _feature_cache(cfg, storage), ctx["data_root"],
-                                 _transfer_config(cfg), cfg.gold_network().model, unit=unit.key,
+                                 cfg.transfer_config(), cfg.gold_network().model, unit=unit.key,
                                  splits=splits(cfg), subset_seed=cfg.seed)
     storage.write_losses(unit.key, table)
     return {"transfers": len(p["source_sets"]), "rows": table.num_rows}
