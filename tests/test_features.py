@@ -57,6 +57,17 @@ def test_load_returns_the_requested_images_in_order(tmp_path):
     ids = [s["image"] for s in samples]
     full = cache.load("normal", "r8", ids)
     np.testing.assert_array_equal(cache.load("normal", "r8", ids[::-1]), full[::-1])
+    np.testing.assert_array_equal(cache.load("normal", "r8", ids[3:5]), full[3:5])
+
+
+def test_the_whole_set_in_order_is_served_without_a_copy(tmp_path):
+    # A transfer unit asks for every image of its sets: a copy would double its feature memory.
+    cache, samples = _cache(tmp_path, "float32"), _samples()
+    cache.ensure("normal", "r8", CountingEncoder(), samples)
+    ids = [s["image"] for s in samples]
+    assert np.shares_memory(cache.load("normal", "r8", ids), cache.load("normal", "r8", ids))
+    assert not np.shares_memory(cache.load("normal", "r8", ids[::-1]),
+                                cache.load("normal", "r8", ids))
 
 
 def test_a_crash_while_encoding_leaves_no_entry(tmp_path):
