@@ -7,6 +7,7 @@
 # line, one JSON object, to OUTDIR (default $OUT, else ./gpu-check):
 #   training.json   the paper encoder's images/s in float32 and bf16, fraction of bf16 peak
 #   transfers.json  transfers per minute, fused + cached against the naive ways, on the GPU
+#   memory.json     paper-scale chunks' allocator peaks against taskonomy_ray.memory's estimate
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
@@ -28,5 +29,6 @@ part() {  # part NAME SECONDS ARGS...: run one benchmark, keep its log and its J
 "$py" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
 part training 120 benchmarks/bench_training.py --gpu-only
 # the rendered 256 px set stays out of OUTDIR (a device run brings back a few files only)
-part transfers 360 benchmarks/bench_transfers.py --scale gpu --device cuda \
+part transfers 330 benchmarks/bench_transfers.py --scale gpu --device cuda \
   --data "${TMPDIR:-/tmp}/taskonomy-gpu-check-256"
+part memory 60 benchmarks/bench_memory.py --device cuda

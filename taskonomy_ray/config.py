@@ -130,8 +130,11 @@ class TransferConfig:
     clip_sigma: float = 5.0  # inputs clipped to mean +/- clip_sigma std per channel
     bn_momentum: float = 0.1  # PyTorch convention (Taskonomy's decay 0.9 = momentum 0.1)
     seed: int = 0
-    eval_batch_size: int = 256
-    max_heads: int = 32  # heads fused into one batched module at most (memory bound)
+    # Test samples scored per batch, by every head of a chunk at once.
+    eval_batch_size: int = field(default=256, metadata=EXECUTION_ONLY)
+    # Heads fused into one batched module at most: a unit trains its transfers in chunks of this
+    # many (each head equals itself trained alone, so chunking does not change results).
+    max_heads: int = field(default=32, metadata=EXECUTION_ONLY)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
     # How representations are cached: float32 by default, since float16 moved mean test losses
@@ -152,6 +155,14 @@ class TransferConfig:
     # Loader processes that read streamed labels ahead of the training (0: read in the unit's
     # own process); on a GPU node decoding a batch's PNGs can take longer than its step.
     num_workers: int = field(default=0, metadata=EXECUTION_ONLY)
+    # Device memory (GB) a unit's heads may use: each chunk then has as many heads, and each test
+    # batch as many samples, as fit (`memory.fit`; at most max_heads and eval_batch_size). 0: no
+    # bound. At paper scale a dense first-order chunk of 26 heads saves ~17 GB of activations
+    # per training step and needs ~56 GB to score a test batch of 256.
+    device_memory_gb: float = field(default=0.0, metadata=EXECUTION_ONLY)
+    # Host memory (GB) for the cached representations a chunk of heads reads (its sources'
+    # training and test sets): chunks hold fewer sources where needed. 0: no bound.
+    feature_memory_gb: float = field(default=0.0, metadata=EXECUTION_ONLY)
 
     def __post_init__(self) -> None:
         checks = [(self.steps >= 1, "transfer.steps must be >= 1"),
@@ -170,7 +181,11 @@ class TransferConfig:
                   (self.amp in AMP_MODES, "transfer.amp must be auto, on or off"),
                   (self.label_memory_gb >= 0, "transfer.label_memory_gb must be >= 0 (0: read "
                    "every training batch from the data set)"),
-                  (self.num_workers >= 0, "transfer.num_workers must be >= 0")]
+                  (self.num_workers >= 0, "transfer.num_workers must be >= 0"),
+                  (self.device_memory_gb >= 0, "transfer.device_memory_gb must be >= 0 (0: no "
+                   "bound)"),
+                  (self.feature_memory_gb >= 0, "transfer.feature_memory_gb must be >= 0 (0: no "
+                   "bound)")]
         for ok, what in checks:
             if not ok:
                 raise ConfigError(what)

@@ -192,6 +192,10 @@ class FeatureCache:
             self._memo[rel] = from_bytes(self.storage.read_bytes(rel), self.storage.path(rel))
         return self._memo[rel].select(images)
 
+    def forget(self, source: str, imageset: str) -> None:
+        """Drop a loaded entry from this process's memory (it stays in storage)."""
+        self._memo.pop(self.path_of(source, imageset), None)
+
 
 # ---------------------------------------------------------------- image sets
 

@@ -22,6 +22,7 @@ from .dataset import output_channels
 from .errors import ConfigError, TrainingError
 from .features import FeatureCache, imageset_name, open_imageset
 from .labels import evaluation_labels, training_labels
+from .memory import chunks, fit, source_limit
 from .models import autocast
 from .models.decoders import DenseDecoder, UpConv2d, VectorHead
 from .tasks import get_task
@@ -375,21 +376,28 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
     test_data = open_imageset(data_root, test_set, **kw)
     train_ids, test_ids = train_data.images, test_data.images
     train_labels = training_labels(train_data, target, cfg)
-    test_labels = evaluation_labels(test_data, target, cfg)
-    sources = sorted({s for ss in sets for s in ss})
-
-    def feats(imageset: str, ids: list[str]) -> dict[str, torch.Tensor]:
-        return {s: torch.from_numpy(cache.load(s, imageset, ids)) for s in sources}
-
-    train_feats, test_feats = feats(train_set, train_ids), feats(test_set, test_ids)
     channels = output_channels(target, data_root, jigsaw_classes=model.jigsaw_classes,
                                embedding_dim=model.embedding_dim)
     parts = []
     for order in sorted({len(s) for s in sets}):
         group = [s for s in sets if len(s) == order]
-        for ss, losses in train_group(target, group, regime, train_feats, train_labels,
-                                      test_feats, test_labels, test_ids, model, cfg,
-                                      channels):
-            parts.append(tables.losses_table(unit, "transfer", target, ss, regime, test_ids,
-                                             losses))
+        ocfg = fit(target, order, model, cfg, channels)  # chunk and test batch in device memory
+        test_labels = evaluation_labels(test_data, target, ocfg)  # read in ocfg's test batches
+        # Chunk by chunk, holding only the chunk's sources: a 16k first-order unit of a 3-view
+        # target would otherwise hold 26 sources x 26k samples x 3 views (16.6 GB at paper scale).
+        limit = source_limit(target, len(train_ids) + len(test_ids), model, cfg)
+        for chunk in chunks(group, ocfg.max_heads, limit):
+            sources = sorted({s for ss in chunk for s in ss})
+            train_feats = {s: torch.from_numpy(cache.load(s, train_set, train_ids))
+                           for s in sources}
+            test_feats = {s: torch.from_numpy(cache.load(s, test_set, test_ids)) for s in sources}
+            for ss, losses in train_group(target, chunk, regime, train_feats, train_labels,
+                                          test_feats, test_labels, test_ids, model, ocfg,
+                                          channels):
+                parts.append(tables.losses_table(unit, "transfer", target, ss, regime, test_ids,
+                                                 losses))
+            del train_feats, test_feats
+            for s in sources:
+                cache.forget(s, train_set)
+                cache.forget(s, test_set)
     return pa.concat_tables(parts)

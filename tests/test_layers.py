@@ -11,6 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "taskonomy_ray"
 PURE = ["tasks", "errors", "layout", "tables", "affinity", "taxonomy", "evaluate", "published",
         "beam", "plots", "report", "config", "sweep.config"]
 NO_RAY = ["dataset", "config", "models", "training", "features", "transfer", "labels", "fused",
+          "memory",
           "render"]
 
 BLOCKER = """

@@ -96,6 +96,18 @@ def test_transfer_units_reserve_the_configured_memory():
         small(resources={"transfer_memory_gb": -1})
 
 
+def test_scratch_networks_take_a_gold_workers_share_not_a_transfers():
+    # A scratch network is the gold network's training on a regime's subset: at paper scale a
+    # transfer's quarter or half of a GPU would not hold it.
+    from taskonomy_ray.sweep.units import cost, options
+
+    cfg = small(resources={"gold_trainer": "task", "gold_cpus_per_worker": 6,
+                           "gold_gpus_per_worker": 1, "cpus_per_unit": 2, "gpus_per_unit": 0.5})
+    scratch = next(u for u in plan.build(cfg) if u.stage == "scratch")
+    assert options(cfg)(scratch)["num_gpus"] == 1 and options(cfg)(scratch)["num_cpus"] == 6
+    assert cost(cfg)(scratch) == 6
+
+
 def test_data_parallel_gold_training_needs_ray_train_and_a_batch_that_splits():
     with pytest.raises(ConfigError, match="gold_trainer: ray_train"):
         small(resources={"gold_trainer": "task", "gold_workers": 2})

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -122,6 +123,44 @@ def test_a_transfer_unit_trains_every_order_and_scores_every_test_image(root, tm
     Storage(str(tmp_path / "run")).write_losses("transfer-depth_zbuffer-r8-test", table)
     again = Storage(str(tmp_path / "run")).read_losses()
     assert again.num_rows == table.num_rows
+
+
+@pytest.mark.parametrize("bound", ["max_heads", "feature_memory_gb"])
+def test_a_unit_in_chunks_holds_one_chunks_sources_and_trains_the_same_transfers(
+        root, tmp_path, bound):
+    # Chunks bound what a unit holds at once: device memory (heads x batch) and the cached
+    # representations of the chunk's sources only; each head equals itself trained alone.
+    cache = _cache(tmp_path, root, ["normal", "reshading", "random"], ["r8", "test"])
+    n = len(features.open_imageset(str(root), "r8", image_size=64)) + len(
+        features.open_imageset(str(root), "test", image_size=64))
+    one_source = n * 8 * 4 * 4 * 4 / 1e9  # GB of one source's 4x4x8 float32 representations
+    limit = {"max_heads": 1, "feature_memory_gb": 1.5 * one_source}[bound]
+    sets = [["normal"], ["reshading"], ["random"]]
+    whole = train_transfer_group("depth_zbuffer", sets, 8, cache, str(root), CFG, MODEL, unit="u")
+    held = []
+    load = cache.load
+
+    def counting_load(source, imageset, images):
+        out = load(source, imageset, images)
+        held.append(len(cache._memo))
+        return out
+
+    cache.load = counting_load
+    chunked = train_transfer_group("depth_zbuffer", sets, 8, cache, str(root),
+                                   TransferConfig(**{**CFG.__dict__, bound: limit}), MODEL,
+                                   unit="u")
+    assert max(held) == 2  # one source's training and test sets, never three sources' six
+    assert chunked.column("sources").to_pylist() == whole.column("sources").to_pylist()
+    np.testing.assert_allclose(chunked.column("loss").to_numpy(), whole.column("loss").to_numpy(),
+                               rtol=1e-4)  # float32: grouped and single kernels round apart
+
+
+def test_a_device_budget_too_small_for_one_head_is_refused_naming_the_setting(root, tmp_path):
+    cache = _cache(tmp_path, root, ["normal"], ["r8", "test"])
+    tiny = TransferConfig(**{**CFG.__dict__, "device_memory_gb": 1e-6})
+    with pytest.raises(ConfigError, match="transfer.device_memory_gb 1e-06 cannot hold one"):
+        train_transfer_group("depth_zbuffer", [["normal"]], 8, cache, str(root), tiny, MODEL,
+                             unit="u")
 
 
 def test_multi_view_targets_use_their_own_image_sets(root, tmp_path):

@@ -21,6 +21,8 @@ RESUME_FILE = "checkpoint.pt"
 def options(cfg: sweep_config.SweepConfig):
     """Ray resources per unit: gold launchers take none (their TorchTrainer worker does).
 
+    Scratch networks are the gold networks' trainings on a regime's subset: they take what one
+    gold worker takes.
     Transfer units also reserve `resources.transfer_memory_gb` of Ray's memory resource.
     """
     r = cfg.resources
@@ -28,10 +30,10 @@ def options(cfg: sweep_config.SweepConfig):
     def opts(unit: planning.Unit) -> dict[str, Any]:
         if unit.stage == "gold" and r.gold_trainer == "ray_train":
             return {"num_cpus": 0, "max_retries": 3}
-        if unit.stage == "gold":
+        if unit.stage in ("gold", "scratch"):  # the same network trainings
             return {"num_cpus": r.gold_cpus_per_worker, "num_gpus": r.gold_gpus_per_worker,
                     "max_retries": 3}
-        gpus = r.gpus_per_unit if unit.stage in ("scratch", "features", "transfer") else 0
+        gpus = r.gpus_per_unit if unit.stage in ("features", "transfer") else 0
         extra: dict[str, Any] = {"max_calls": r.max_calls} if gpus else {}
         if unit.stage == "transfer" and r.transfer_memory_gb:
             extra["memory"] = int(r.transfer_memory_gb * 1e9)
@@ -47,9 +49,32 @@ def cost(cfg: sweep_config.SweepConfig):
     def unit_cost(unit: planning.Unit) -> float:
         if unit.stage == "gold":
             return r.gold_workers * r.gold_cpus_per_worker
-        return r.cpus_per_unit
+        return r.gold_cpus_per_worker if unit.stage == "scratch" else r.cpus_per_unit
 
     return unit_cost
+
+
+def transfer_memory(cfg: sweep_config.SweepConfig, test_samples: int) -> dict[str, Any]:
+    """Estimated memory of each transfer unit shape of `cfg`, per (target, regime, order).
+
+    {"<target> r<regime> o<order>": memory.UnitMemory}; a higher order as the beam sizes it
+    (every `order`-subset of the top `beam` sources), scored on `test_samples` test samples.
+    """
+    from itertools import combinations
+
+    from ..memory import unit_memory
+    from ..tasks import get_task
+
+    tcfg, model = cfg.transfer_config(), cfg.gold_network().model
+    out = {}
+    for target in cfg.targets:
+        for regime in cfg.regimes:
+            for order in range(1, cfg.max_order + 1):
+                top = cfg.sources if order == 1 else cfg.sources[:cfg.beam[order - 2]]
+                sets = [list(c) for c in combinations(top, order)]
+                out[f"{target} r{regime} o{order}"] = unit_memory(
+                    target, sets, regime, test_samples, model, tcfg, get_task(target).channels)
+    return out
 
 
 def capacity() -> float:
