@@ -222,3 +222,21 @@ def test_storage_with_only_affinities_reports_what_is_missing(published_csv: Pat
     for missing in ("run.json is missing", "plan.json is missing", "sweep.json is missing",
                     "No gold-network losses", "the dataset of this storage is unknown"):
         assert missing in page
+
+
+def test_a_bug_in_the_sweeps_report_is_a_named_failure_with_its_traceback_kept(tmp_path,
+                                                                              monkeypatch):
+    # The report is the sweep's last step: an unexpected error there must not end the run in a
+    # traceback as if results were lost; it is listed with the failures and points to a retry.
+    from taskonomy_ray.sweep import driver
+
+    def broken(*args, **kwargs):
+        raise KeyError("no_such_column")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    st = tables.Storage(str(tmp_path))
+    result = driver.SweepResult(st.uri, {}, {}, 0.0, {})
+    driver.write_sweep_report(st, {"data_root": "x"}, result)
+    assert "KeyError: 'no_such_column' (a bug in the report" in result.failures["report"]
+    assert f"taskonomy-ray report {st.display}" in result.failures["report"]
+    assert b"KeyError: 'no_such_column'" in st.read_bytes(driver.REPORT_ERROR)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .scheduler import Scheduler
 PLAN_FILE = "plan.json"
 SUMMARY_FILE = "sweep.json"
 REPORT_INDEX = "report/index.html"
+REPORT_ERROR = "report/error.txt"
 
 
 @dataclass
@@ -162,6 +164,12 @@ def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResul
         write_report(storage.uri, data_root=ctx["data_root"])
     except TaskonomyError as e:
         result.failures["report"] = f"{type(e).__name__}: {e}"
+    except Exception as e:  # a bug in the report: the sweep's results are complete regardless
+        storage.write_bytes(REPORT_ERROR, traceback.format_exc().encode())
+        result.failures["report"] = (
+            f"{type(e).__name__}: {e} (a bug in the report, traceback in "
+            f"{storage.path(REPORT_ERROR)}; every result is in storage: retry with "
+            f"`taskonomy-ray report {storage.display}`)")
 
 
 def write_plan(storage: Storage, sched: Scheduler) -> None:
