@@ -15,13 +15,11 @@ from taskonomy_ray.dataset import (
     SplitConfig,
     TaskonomyDataset,
     batches,
-    colour_bins,
-    jigsaw_permutations,
     output_channels,
     regime_dataset,
-    relative_pose,
     split_buildings,
 )
+from taskonomy_ray.derived import colour_bins, jigsaw_permutations, relative_pose
 from taskonomy_ray.errors import ConfigError, DataError
 from taskonomy_ray.tasks import TASKS, get_task
 

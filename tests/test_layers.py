@@ -10,9 +10,8 @@ PKG = Path(__file__).resolve().parents[1] / "taskonomy_ray"
 # Pure layers: no torch, no Ray. `data` layer modules may use torch but never Ray.
 PURE = ["tasks", "errors", "layout", "tables", "affinity", "taxonomy", "evaluate", "published",
         "beam", "plots", "report", "config", "sweep.config"]
-NO_RAY = ["dataset", "config", "models", "training", "features", "transfer", "labels", "fused",
-          "memory",
-          "render"]
+NO_RAY = ["dataset", "derived", "config", "models", "training", "features", "transfer", "labels",
+          "fused", "memory", "render"]
 
 BLOCKER = """
 import sys
