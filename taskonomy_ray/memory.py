@@ -44,7 +44,7 @@ class HeadCost:
 class UnitMemory:
     """Estimated bytes of one fused transfer unit (its largest chunk of heads)."""
 
-    features: int  # host: every source's cached representations of the training and test sets
+    features: int  # host: the chunk's sources' cached representations (training and test sets)
     labels: int  # host: the regime's labels when held (0 when streamed batch by batch)
     weights: int  # device: the chunk's heads, with gradients and Adam moments
     training: int  # device: one training step's saved activations
@@ -59,10 +59,6 @@ class UnitMemory:
     def device(self) -> int:
         """Bytes on the device at the busiest moment (training or scoring), with the MARGIN."""
         return int(MARGIN * (self.weights + max(self.training, self.evaluation)))
-
-    def total(self, on_gpu: bool) -> int:
-        """Bytes in the process: host only on a GPU, everything on a CPU."""
-        return self.host if on_gpu else self.host + self.device
 
 
 def label_bytes(target: str, image_size: int, channels: int) -> int:

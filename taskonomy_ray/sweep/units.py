@@ -22,8 +22,8 @@ def options(cfg: sweep_config.SweepConfig):
     """Ray resources per unit: gold launchers take none (their TorchTrainer worker does).
 
     Scratch networks are the gold networks' trainings on a regime's subset: they take what one
-    gold worker takes.
-    Transfer units also reserve `resources.transfer_memory_gb` of Ray's memory resource.
+    gold worker takes. Transfer units also reserve `resources.transfer_memory_gb` of Ray's
+    memory resource.
     """
     r = cfg.resources
 
