@@ -27,7 +27,7 @@ def image_seed(image: str, seed: int) -> int:
 def colour_bins() -> np.ndarray:
     """The ab bin centres (K, 2) that some sRGB colour falls in, on a 10-unit grid.
 
-    Zhang et al. keep 313 bins met in ImageNet; the sRGB gamut itself reaches 262, used here.
+    Zhang et al. keep 313 bins met in ImageNet; the sRGB gamut itself reaches 261, used here.
     """
     from skimage.color import rgb2lab
 
