@@ -155,6 +155,18 @@ def test_a_unit_in_chunks_holds_one_chunks_sources_and_trains_the_same_transfers
                                rtol=1e-4)  # float32: grouped and single kernels round apart
 
 
+def test_the_test_batch_size_changes_no_loss(root, tmp_path):
+    # eval_batch_size is an execution-only setting (left out of unit keys): mini.yaml scores 8
+    # test images at a time because that is faster on a CPU, which must not move a single loss.
+    cache = _cache(tmp_path, root, ["normal", "random"], ["r8", "test"])
+    sets = [["normal"], ["random"]]
+    tables_by_batch = [train_transfer_group("depth_zbuffer", sets, 8, cache, str(root),
+                                            TransferConfig(**{**CFG.__dict__,
+                                                              "eval_batch_size": bs}),
+                                            MODEL, unit="u") for bs in (256, 3)]
+    assert tables_by_batch[0].equals(tables_by_batch[1])
+
+
 def test_a_device_budget_too_small_for_one_head_is_refused_naming_the_setting(root, tmp_path):
     cache = _cache(tmp_path, root, ["normal"], ["r8", "test"])
     tiny = TransferConfig(**{**CFG.__dict__, "device_memory_gb": 1e-6})
