@@ -391,9 +391,18 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
             train_feats = {s: torch.from_numpy(cache.load(s, train_set, train_ids))
                            for s in sources}
             test_feats = {s: torch.from_numpy(cache.load(s, test_set, test_ids)) for s in sources}
-            for ss, losses in train_group(target, chunk, regime, train_feats, train_labels,
-                                          test_feats, test_labels, test_ids, model, ocfg,
-                                          channels):
+            try:
+                results = train_group(target, chunk, regime, train_feats, train_labels,
+                                      test_feats, test_labels, test_ids, model, ocfg, channels)
+            except torch.OutOfMemoryError as e:
+                raise TrainingError(
+                    f"transfers into {target} of order {order} ({len(chunk)} heads at batch "
+                    f"{ocfg.batch_size}, test batch {ocfg.eval_batch_size}) ran out of device "
+                    f"memory: set transfer.device_memory_gb (now {cfg.device_memory_gb:g}, 0 = "
+                    "no bound) to what the unit's share of the device holds, or raise "
+                    "resources.gpus_per_unit; both may change on resume, finished units are "
+                    "kept") from e
+            for ss, losses in results:
                 parts.append(tables.losses_table(unit, "transfer", target, ss, regime, test_ids,
                                                  losses))
             del train_feats, test_feats

@@ -10,7 +10,7 @@ from fixtures import make_root
 
 from taskonomy_ray import features, tables
 from taskonomy_ray.config import preset
-from taskonomy_ray.errors import ConfigError, DataError, StorageError
+from taskonomy_ray.errors import ConfigError, DataError, StorageError, TrainingError
 from taskonomy_ray.fused import train_transfer_group
 from taskonomy_ray.labels import (
     StreamedLabels,
@@ -153,6 +153,21 @@ def test_a_unit_in_chunks_holds_one_chunks_sources_and_trains_the_same_transfers
     assert chunked.column("sources").to_pylist() == whole.column("sources").to_pylist()
     np.testing.assert_allclose(chunked.column("loss").to_numpy(), whole.column("loss").to_numpy(),
                                rtol=1e-4)  # float32: grouped and single kernels round apart
+
+
+def test_running_out_of_device_memory_names_the_settings_that_fix_it(root, tmp_path,
+                                                                      monkeypatch):
+    import taskonomy_ray.fused as fused_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cache = _cache(tmp_path, root, ["normal"], ["r8", "test"])
+    monkeypatch.setattr(fused_module, "train_group", out_of_memory)
+    with pytest.raises(TrainingError, match=r"(?s)ran out of device memory.*device_memory_gb.*"
+                                            r"gpus_per_unit"):
+        train_transfer_group("depth_zbuffer", [["normal"]], 8, cache, str(root), CFG, MODEL,
+                             unit="u")
 
 
 def test_the_test_batch_size_changes_no_loss(root, tmp_path):
