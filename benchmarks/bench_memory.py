@@ -31,7 +31,6 @@ CHECKS = [("normal", 1, 4, 8, 16), ("segment_semantic", 1, 3, 8, 16),
 
 def estimate_table(workflow: Path) -> dict:
     """Largest estimate per (output kind, order) over the workflow's targets and regimes."""
-    from taskonomy_ray.memory import fit
     from taskonomy_ray.sweep import config
     from taskonomy_ray.sweep.units import transfer_memory
     from taskonomy_ray.tasks import get_task
@@ -41,20 +40,18 @@ def estimate_table(workflow: Path) -> dict:
     if n_test is None:
         raise SystemExit(f"{workflow}: data.test_images is unset; the test split's size is "
                          "known only from the data, so give the workflow a test_images")
-    tcfg, model = cfg.transfer_config(), cfg.gold_network().model
     rows: dict[str, dict] = {}
     for unit, est in transfer_memory(cfg, n_test).items():
         target, _, o = unit.split()
         spec = get_task(target)
         kind = f"{spec.output}{'' if spec.views == 1 else f' x{spec.views}'} {o}"
-        f = fit(target, int(o[1:]), model, tcfg, spec.channels)
         row = rows.setdefault(kind, {"device_gb": 0.0, "host_gb": 0.0, "heads": 99,
                                      "test_batch": 10**9, "worst": ""})
         if est.device / GB > row["device_gb"]:
             row.update(device_gb=round(est.device / GB, 2), worst=unit)
         row["host_gb"] = max(row["host_gb"], round(est.host / GB, 2))
-        row["heads"] = min(row["heads"], f.max_heads)
-        row["test_batch"] = min(row["test_batch"], f.eval_batch_size)
+        row["heads"] = min(row["heads"], est.heads)
+        row["test_batch"] = min(row["test_batch"], est.test_batch)
     return rows
 
 

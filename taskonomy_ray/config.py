@@ -169,7 +169,7 @@ class TransferConfig:
                   (self.batch_size >= 2, "transfer.batch_size must be >= 2 (batch norm)"),
                   (self.eval_batch_size >= 1, "transfer.eval_batch_size must be >= 1"),
                   (self.max_heads >= 1, "transfer.max_heads must be >= 1"),
-                  (self.device in ("auto", "cpu", "cuda"), "transfer.device: auto, cpu or cuda"),
+                  (self.device in DEVICES, "transfer.device: auto, cpu or cuda"),
                   (self.fused_backend in ("auto", "grouped", "vmap"),
                    "transfer.fused_backend must be auto, grouped or vmap"),
                   (self.lr > 0, "transfer.lr must be positive"),

@@ -378,6 +378,7 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
     train_labels = training_labels(train_data, target, cfg)
     channels = output_channels(target, data_root, jigsaw_classes=model.jigsaw_classes,
                                embedding_dim=model.embedding_dim)
+    limit = source_limit(target, len(train_ids) + len(test_ids), model, cfg)
     parts = []
     for order in sorted({len(s) for s in sets}):
         group = [s for s in sets if len(s) == order]
@@ -385,7 +386,6 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
         test_labels = evaluation_labels(test_data, target, ocfg)  # read in ocfg's test batches
         # Chunk by chunk, holding only the chunk's sources: a 16k first-order unit of a 3-view
         # target would otherwise hold 26 sources x 26k samples x 3 views (16.6 GB at paper scale).
-        limit = source_limit(target, len(train_ids) + len(test_ids), model, cfg)
         for chunk in chunks(group, ocfg.max_heads, limit):
             sources = sorted({s for ss in chunk for s in ss})
             train_feats = {s: torch.from_numpy(cache.load(s, train_set, train_ids))

@@ -49,6 +49,8 @@ class UnitMemory:
     weights: int  # device: the chunk's heads, with gradients and Adam moments
     training: int  # device: one training step's saved activations
     evaluation: int  # device: one evaluation batch
+    heads: int  # heads in the largest chunk
+    test_batch: int  # test samples scored per batch
 
     @property
     def host(self) -> int:
@@ -205,6 +207,8 @@ def unit_memory(target: str, source_sets: Sequence[Sequence[str]], n_train: int,
     labels = n_train * label_bytes(target, model.image_size, out_channels)
     held = labels if labels <= cfg.label_memory_gb * 1024**3 else 0
     cost = head_cost(target, order, model, out_channels)
+    test_batch = min(cfg.eval_batch_size, n_test)
     return UnitMemory(features=features, labels=held, weights=heads * cost.weights,
                       training=heads * min(cfg.batch_size, n_train) * cost.train_per_image,
-                      evaluation=heads * min(cfg.eval_batch_size, n_test) * cost.eval_per_image)
+                      evaluation=heads * test_batch * cost.eval_per_image, heads=heads,
+                      test_batch=test_batch)
