@@ -21,14 +21,13 @@ import pyarrow as pa
 
 from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
 from .errors import ConfigError
-from .tables import AFFINITIES_FILE, Storage
+from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, Storage
 
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
 DEFAULT_ORDERS = (1, 2, 4)
 DEFAULT_DRAWN = (3, 8)  # budgets drawn as graphs, for every order
 DEFAULT_POLICIES = 100  # random feasible policies per significance test
 PUBLISHED_OUT = "report-published"
-REPORT_DIR = "report"  # below a sweep's storage
 TEMPLATE = "report.html.j2"
 FIGURES = ("affinity.png", "task_tree.png", "budget_curve.png", "taxonomy_o*_b*.png",
            "samples_*.png")  # every file name the report writes besides index.html
@@ -84,16 +83,21 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
     if not storage.exists(AFFINITIES_FILE):
         raise ConfigError(f"{storage.path(AFFINITIES_FILE)} is missing: the sweep has not reached "
                           "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")
-    if out_dir is not None or storage.local:
-        out = Path(out_dir) if out_dir is not None else Path(storage.path(REPORT_DIR))
-        return _render(out, storage.read_affinities(), cfg, f"sweep {storage.display}",
+    if out_dir is not None:
+        return _render(Path(out_dir), storage.read_affinities(), cfg, f"sweep {storage.display}",
                        storage.display, storage)
-    with tempfile.TemporaryDirectory() as tmp:
-        index = _render(Path(tmp), storage.read_affinities(), cfg, f"sweep {storage.display}",
-                        storage.display, storage)
-        for f in sorted(Path(tmp).iterdir()):
-            storage.write_bytes(f"{REPORT_DIR}/{f.name}", f.read_bytes())
-    return Path(storage.uri_for(f"{REPORT_DIR}/{index.name}"))
+    if storage.local:
+        index = _render(Path(storage.path(REPORT_DIR)), storage.read_affinities(), cfg,
+                        f"sweep {storage.display}", storage.display, storage)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = _render(Path(tmp), storage.read_affinities(), cfg,
+                             f"sweep {storage.display}", storage.display, storage)
+            for f in sorted(Path(tmp).iterdir()):
+                storage.write_bytes(f"{REPORT_DIR}/{f.name}", f.read_bytes())
+        index = Path(storage.uri_for(f"{REPORT_DIR}/{staged.name}"))
+    storage.delete(REPORT_ERROR)  # an earlier failed report's traceback no longer describes it
+    return index
 
 
 def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: str,

@@ -45,6 +45,8 @@ AFFINITIES_SCHEMA = pa.schema([
 LOSSES_DIR = "losses"
 AFFINITIES_FILE = "affinities.parquet"
 RUN_FILE = "run.json"
+REPORT_DIR = "report"  # the HTML report of a sweep
+REPORT_ERROR = f"{REPORT_DIR}/error.txt"  # the traceback of a report step that failed (a bug)
 
 
 def check_schema(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
@@ -171,6 +173,19 @@ class Storage:
             raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except OSError as e:
             raise StorageError(f"cannot read {self.path(rel)}: {e}") from e
+
+    def delete(self, rel: str) -> bool:
+        """Remove the file at `rel` if it exists; whether there was one."""
+        try:
+            self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if not self.exists(rel):
+                return False
+            raise StorageError(f"cannot delete {self.path(rel)} in storage {self.display!r}: {e}; "
+                               "check the path's permissions") from e
+        return True
 
     def write_json(self, rel: str, obj: Any) -> None:
         """Write a JSON document atomically."""

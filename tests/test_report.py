@@ -239,4 +239,14 @@ def test_a_bug_in_the_sweeps_report_is_a_named_failure_with_its_traceback_kept(t
     driver.write_sweep_report(st, {"data_root": "x"}, result)
     assert "KeyError: 'no_such_column' (a bug in the report" in result.failures["report"]
     assert f"taskonomy-ray report {st.display}" in result.failures["report"]
-    assert b"KeyError: 'no_such_column'" in st.read_bytes(driver.REPORT_ERROR)
+    assert b"KeyError: 'no_such_column'" in st.read_bytes(tables.REPORT_ERROR)
+
+
+def test_a_report_that_succeeds_removes_the_traceback_of_an_earlier_failed_one(
+        published_csv: Path, tmp_path: Path) -> None:
+    storage = tables.Storage(str(tmp_path / "store"))
+    storage.write_affinities(load_published(published_csv))
+    storage.write_bytes(tables.REPORT_ERROR, b"KeyError: 'fixed since'")
+    report.write_report(storage.uri, **FAST)
+    assert storage.exists("report/index.html") and not storage.exists(tables.REPORT_ERROR)
+    assert storage.delete(tables.REPORT_ERROR) is False  # nothing left to delete

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ConfigError, StorageError
-from ..tables import RUN_FILE, Storage
+from ..tables import REPORT_ERROR, RUN_FILE, Storage
 from . import config as sweep_config
 from . import plan as planning
 from .scheduler import Scheduler
@@ -23,7 +23,6 @@ from .scheduler import Scheduler
 PLAN_FILE = "plan.json"
 SUMMARY_FILE = "sweep.json"
 REPORT_INDEX = "report/index.html"
-REPORT_ERROR = "report/error.txt"
 
 
 @dataclass
