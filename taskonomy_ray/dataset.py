@@ -440,30 +440,29 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def batches(dataset: TaskonomyDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
             num_workers: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1),
-            keep_empty: bool = False) -> Iterator[dict[str, Any]]:
+            keep_empty: bool = False, skip: int = 0) -> Iterator[dict[str, Any]]:
     """One epoch of batches; skips reported by worker processes are added to `bad_files`.
 
     `shard=(rank, world)` splits every batch of `batch_size` among `world` data-parallel
     replicas: each loads only its own `batch_size // world` samples of the same global batch, so
     all replicas take the same number of steps. `keep_empty` also yields batches whose samples
-    were all skipped (replicas must agree on whether to step).
+    were all skipped (replicas must agree on whether to step). `skip` leaves out the epoch's
+    first `skip` batches without loading them, so a resumed training continues mid-epoch.
     """
     rank, world = shard
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    if world == 1:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                            num_workers=num_workers, collate_fn=collate, drop_last=drop_last,
-                            generator=generator)
-    else:
-        if batch_size % world:
-            raise ConfigError(f"batch size {batch_size} does not split among {world} "
-                              "data-parallel workers; make it a multiple of the worker count")
-        order = (torch.randperm(len(dataset), generator=generator).tolist() if shuffle
-                 else list(range(len(dataset))))
-        stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        mine = [order[i:i + batch_size][rank::world] for i in range(0, stop, batch_size)]
-        loader = DataLoader(dataset, batch_sampler=mine, num_workers=num_workers,
-                            collate_fn=collate)
+    if batch_size % world:
+        raise ConfigError(f"batch size {batch_size} does not split among {world} "
+                          "data-parallel workers; make it a multiple of the worker count")
+    n = len(dataset)
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+             if shuffle else list(range(n)))
+    stop = n - n % batch_size if drop_last else n
+    mine = [order[i:i + batch_size][rank::world]
+            for i in range(skip * batch_size, stop, batch_size)]
+    # The loader draws its workers' base seed from a generator of its own, not from the global
+    # one that dropout draws from: where an epoch starts moves no random draw of a training.
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=num_workers,
+                        collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     for batch in loader:
         dataset.bad_files.update(dict(batch.pop("skipped")))
         if batch["image"] or keep_empty:

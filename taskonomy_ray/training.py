@@ -171,31 +171,64 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def _forever(data: TaskonomyDataset, cfg: TrainConfig, epoch: int, rep: Replica = Replica()
+@dataclass
+class Cursor:
+    """Where a training's stream of batches stands: its epoch, and batches of it already drawn."""
+
+    epoch: int = 0
+    batch: int = 0
+
+    @classmethod
+    def after(cls, step: int, data_size: int, cfg: TrainConfig) -> Cursor:
+        """Where `step` uninterrupted steps leave it (checkpoints that did not record it)."""
+        per_epoch = data_size // cfg.batch_size if data_size > cfg.batch_size else 1
+        return cls(*divmod(step, per_epoch))
+
+
+def _forever(data: TaskonomyDataset, cfg: TrainConfig, cursor: Cursor, rep: Replica = Replica()
              ) -> Iterator[dict[str, Any]]:
     """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch).
 
-    With several replicas each gets its share of every batch; empty shares are yielded too, so
-    that the replicas can agree to skip that step together.
+    Starts where `cursor` stands and keeps it up to date, so a checkpoint can record it. Batches
+    whose samples were all skipped are yielded too (empty), so that every replica counts the same
+    batches and can agree to skip that step.
     """
     drop = len(data) > cfg.batch_size  # keep batch norm away from one-image batches
     while True:
-        n = 0
-        for batch in batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
-                             num_workers=cfg.num_workers, drop_last=drop,
-                             shard=(rep.rank, rep.world), keep_empty=rep.world > 1):
+        n, whole = 0, cursor.batch == 0
+        for batch in batches(data, cfg.batch_size, shuffle=True,
+                             seed=cfg.seed * 100003 + cursor.epoch, num_workers=cfg.num_workers,
+                             drop_last=drop, shard=(rep.rank, rep.world), keep_empty=True,
+                             skip=cursor.batch):
+            cursor.batch += 1
             n += bool(batch["image"])
             yield batch
-        if n == 0:  # every sample was skipped: stop instead of looping for ever
+        if n == 0 and whole:  # every sample was skipped: stop instead of looping for ever
             raise DataError(f"no loadable sample in split {data.split!r} of {data.root}:\n"
                             f"{data.bad_file_report()}")
-        epoch += 1
+        cursor.epoch, cursor.batch = cursor.epoch + 1, 0
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random generators a training step draws from (dropout, sampled pixel pairs)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _state(net: TaskNetwork, opt: torch.optim.Optimizer, step: int, history: list[float],
-           model: ModelConfig, channels: int) -> dict[str, Any]:
+           model: ModelConfig, channels: int, cursor: Cursor, device: torch.device
+           ) -> dict[str, Any]:
     return {"task": net.spec.name, "model": asdict(model), "channels": channels, "step": step,
-            "history": list(history), "network": net.state_dict(), "optimiser": opt.state_dict()}
+            "history": list(history), "network": net.state_dict(), "optimiser": opt.state_dict(),
+            "data": asdict(cursor), "rng": _rng_state(device)}
 
 
 def _all_agree(rep: Replica, batch: dict[str, Any]) -> bool:
@@ -247,13 +280,20 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = _optimiser(net.parameters(), tc)
     step, history, saved = 0, [], hooks.load()
-    if saved is not None:
+    torch.manual_seed(tc.seed)
+    cursor = Cursor()
+    if saved is not None:  # continue as if never stopped: same next batch, same random draws
         load_weights(net, saved["network"], "the unit's resume checkpoint")
         opt.load_state_dict(saved["optimiser"])
         step, history = int(saved["step"]), list(saved["history"])
+        cursor = (Cursor(**saved["data"]) if "data" in saved
+                  else Cursor.after(step, len(data), tc))
+        if "rng" in saved:
+            _set_rng_state(saved["rng"], device)
+        else:
+            torch.manual_seed(tc.seed + step)
     start = step
-    torch.manual_seed(tc.seed + step)
-    it = _forever(data, tc, epoch=step * tc.batch_size // max(1, len(data)), rep=rep)
+    it = _forever(data, tc, cursor, rep=rep)
     net.train()
     if not any(p.requires_grad for p in net.encoder.parameters()):
         net.encoder.eval()  # a frozen encoder keeps its batch-norm statistics too
@@ -285,7 +325,8 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         metrics = {"unit": unit, "task": spec.name, "step": step, "loss": value}
         if step == tc.steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
             if rep.rank == 0:
-                hooks.save(_state(net, opt, step, history, cfg.model, channels), metrics)
+                hooks.save(_state(net, opt, step, history, cfg.model, channels, cursor, device),
+                           metrics)
             else:
                 hooks.report(metrics)  # Ray Train wants every worker to report; rank 0 keeps
         elif step % tc.log_every == 0:

@@ -59,6 +59,36 @@ def test_resume_continues_the_step_count_from_the_checkpoint(root: Path, tmp_pat
     assert '"step": 10' in lines[-1]
 
 
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfterFirstCheckpoint(training.LocalHooks):
+    def save(self, state, metrics):  # noqa: ANN001
+        super().save(state, metrics)
+        raise _Crash  # the process dies right after its checkpoint reached storage
+
+
+@pytest.mark.parametrize("task", ["reshading", "class_object"])  # class_object: dropout
+def test_a_resumed_training_ends_where_an_uninterrupted_one_does(root: Path, tmp_path: Path,
+                                                                  task: str) -> None:
+    # A crash right after the step-3 checkpoint, which falls inside an epoch: the resumed run
+    # must go on with the same next batch and the same random draws, to the same weights.
+    cfg = config.from_dict({"train": {"steps": 8, "checkpoint_every": 3, "batch_size": 4}},
+                           base=CFG)
+    whole = training.train_gold(task, root, cfg)
+    with pytest.raises(_Crash):
+        training.train_gold(task, root, cfg, hooks=_CrashAfterFirstCheckpoint(tmp_path))
+    cursor = training.load_checkpoint(tmp_path / training.CHECKPOINT_FILE)["data"]
+    assert cursor["batch"] not in (0, None)  # mid-epoch
+    again = training.train_gold(task, root, cfg, ckpt_dir=tmp_path)
+    assert again.steps == 5 and again.history == whole.history
+    for (name, a), b in zip(whole.network.state_dict().items(),
+                            again.network.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert again.losses["loss"].to_pylist() == whole.losses["loss"].to_pylist()
+
+
 def test_a_checkpoint_of_another_network_layout_is_refused_with_the_fix(root: Path,
                                                                         tmp_path: Path) -> None:
     short = config.from_dict({"train": {"steps": 3, "checkpoint_every": 3}}, base=CFG)
