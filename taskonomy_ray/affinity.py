@@ -202,8 +202,10 @@ def _pivot(part: pa.Table, target: str) -> tuple[np.ndarray, list[_Transfer]]:
     for i, tf in enumerate(transfers):
         what = f"target {target!r}, sources {list(tf.sources)} (unit {tf.unit})"
         if counts[i] != filled[i]:
-            raise DataError(f"{what}: {counts[i] - filled[i]} duplicate image losses; the same "
-                            "transfer was written twice: delete one of its loss files")
+            writers = sorted(set(units.filter(pa.array(tr == i)).to_pylist()))
+            raise DataError(f"{what}: {counts[i] - filled[i]} duplicate image losses, written "
+                            f"by units {writers}; the same transfer was written twice: delete "
+                            "all but one of their loss files")
         if filled[i] != len(img_names):
             missing = [img_names[int(j)] for j in np.flatnonzero(np.isnan(matrix[i]))[:3]]
             raise DataError(f"{what}: no loss on {len(img_names) - filled[i]} of the "
@@ -222,6 +224,8 @@ def _target_rows(target: str, matrix: np.ndarray, transfers: list[_Transfer]) ->
     rows = []
     for regime in sorted({t.regime for t in transfers if t.regime >= 0}):
         idx = [i for i, t in enumerate(transfers) if t.regime == regime and t.sources != SCRATCH]
+        if not idx:  # scratch only (transfers not trained yet): nothing to rank in this regime
+            continue
         scratch = [i for i, t in enumerate(transfers)
                    if t.regime == regime and t.sources == SCRATCH]
         if not scratch:

@@ -14,7 +14,7 @@ from math import comb
 import pyarrow as pa
 
 from .errors import ConfigError
-from .tasks import get_task, resolve
+from .tasks import PSEUDO_SOURCES, get_task, resolve
 
 # Published Taskonomy beam: all pairs and triples of a target's top-5 first-order sources and all
 # 4-sets of its top-6 (Zamir et al. 2018, sec. 3.2), i.e. 10 + 10 + 15 = 35 per target.
@@ -88,12 +88,12 @@ def rank_sources(affinities: pa.Table | Mapping[str, float], target: str, regime
     `affinities` is the AHP table (columns regime, target, sources, order, affinity) or a plain
     {source: affinity} map for one target. Ties break by registry order, so ranking is stable.
     Neither `random` nor the target itself enters a combination: a higher-order transfer mixes
-    other tasks' representations.
+    other tasks' representations. The table's `self` (gold standard) row is not a source either.
     """
     scores = affinities if isinstance(affinities, Mapping) else _first_order(affinities, target,
                                                                             regime)
     order = {n: i for i, n in enumerate(resolve(None))}
-    cands = [s for s in scores if s not in (RANDOM, target)]
+    cands = [s for s in scores if s not in (*PSEUDO_SOURCES, target)]
     for s in cands:
         get_task(s)
     return sorted(cands, key=lambda s: (-float(scores[s]), order[s]))

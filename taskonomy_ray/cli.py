@@ -182,7 +182,18 @@ def _run_solve(args: argparse.Namespace) -> int:
                                       args.draw and plots.draw_taxonomy(result, args.draw))):
                 print(f"wrote {path}", file=sys.stderr)
         return 0
-    curve = taxonomy.budget_curve(problem, taxonomy.parse_budgets(args.budgets))
+    budgets = taxonomy.parse_budgets(args.budgets)
+    need = taxonomy.min_budget(problem) if budgets else 0.0
+    feasible = [b for b in budgets if b >= need - 1e-9]
+    if not feasible:
+        raise ConfigError(f"no budget in --budgets {args.budgets} can serve all "
+                          f"{len(problem.targets)} targets: the smallest that can is {need:g}; "
+                          "raise the budgets or drop targets (--targets)")
+    if len(feasible) < len(budgets):
+        left = ", ".join(f"{b:g}" for b in budgets if b not in feasible)
+        print(f"left out budgets {left}: below {need:g}, the smallest that serves all "
+              f"{len(problem.targets)} targets", file=sys.stderr)
+    curve = taxonomy.budget_curve(problem, feasible)
     print(json.dumps(taxonomy.curve_json(curve), indent=1) if args.json
           else taxonomy.format_curve(curve))
     if args.plot:

@@ -181,7 +181,7 @@ def exhaustive_optimum(problem: Problem, budget: float, max_subsets: int = 500_0
 def _affordable(names: list[str], costs: Mapping[str, float], budget: float,
                 limit: int) -> list[tuple[str, ...]]:
     cheapest = min(costs.values())
-    most = len(names) if cheapest <= 0 else min(len(names), int(budget // cheapest + 1e-9))
+    most = len(names) if cheapest <= 0 else min(len(names), int(budget / cheapest + 1e-9))
     if sum(math.comb(len(names), k) for k in range(most + 1)) > limit:
         raise SolverError(f"exhaustive search over {len(names)} tasks with budget {budget:g} is "
                           f"too large (> {limit} subsets); use the BIP solver")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import tasks
-from .errors import DataError
+from .errors import DataError, UnknownNameError
 from .tables import AFFINITIES_SCHEMA
 
 # A source of the published table outside the 26-task dictionary: object classification trained
@@ -66,11 +66,15 @@ def read_published_csv(path: str | Path) -> pa.Table:
     if missing:
         raise DataError(f"{path}: missing columns {missing}; is this the published transfers.csv?")
     rows = []
-    for r in raw.to_pylist():
-        sources = [task_name(s) for s in r["sources"].split("+")]
+    for line, r in enumerate(raw.to_pylist(), start=2):  # line 1 is the header
+        try:
+            sources = [task_name(s) for s in r["sources"].split("+")]
+            target = task_name(r["target"])
+        except UnknownNameError as e:
+            raise DataError(f"{path}, line {line}: {e}") from None
         if len(sources) != r["order"]:
             raise DataError(f"{path}: row {r} has order {r['order']} but {len(sources)} sources")
-        rows.append(_row(r["regime"], task_name(r["target"]), sources, r["affinity"],
+        rows.append(_row(r["regime"], target, sources, r["affinity"],
                          r["wins_vs_task"], r["wins_vs_pixels"]))
     return pa.Table.from_pylist(rows, schema=AFFINITIES_SCHEMA)
 
@@ -104,8 +108,12 @@ def read_results_dir(folder: str | Path) -> pa.Table:
         *sources, target = key.split("__")
         if not sources:
             raise DataError(f"key {key!r} has no source; expected 'src1__...__target'")
-        rows.append(_row(regime, task_name(target), [task_name(s) for s in sources],
-                         v.get("affinity"), v.get("quality"), v.get("gain")))
+        try:
+            names = [task_name(s) for s in sources], task_name(target)
+        except UnknownNameError as e:
+            raise DataError(f"{root}, key {key!r} of the {regime // 1000}k pickles: {e}") from None
+        rows.append(_row(regime, names[1], names[0], v.get("affinity"), v.get("quality"),
+                         v.get("gain")))
     return pa.Table.from_pylist(rows, schema=AFFINITIES_SCHEMA)
 
 

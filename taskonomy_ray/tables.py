@@ -245,4 +245,9 @@ class Storage:
 
     def read_affinities(self) -> pa.Table:
         """The AHP affinities table, schema-checked."""
+        if not self.exists(AFFINITIES_FILE):
+            raise StorageError(f"{self.path(AFFINITIES_FILE)} not found in storage "
+                               f"{self.display!r}: the sweep has not reached its analysis stage; "
+                               "finish (or resume) it with `taskonomy-ray sweep`, or solve the "
+                               "published results with --published")
         return self.read_table(AFFINITIES_FILE, AFFINITIES_SCHEMA)

@@ -227,7 +227,8 @@ def from_legacy_name(name: str) -> str:
     try:
         return BY_LEGACY_NAME[name].name
     except KeyError:
-        raise unknown_name("legacy task name", name, BY_LEGACY_NAME) from None
+        raise unknown_name("task name", name, [*BY_NAME, *BY_LEGACY_NAME],
+                           "Legacy names are those of the paper's code.") from None
 
 
 def table(rows: list[TaskSpec] | None = None) -> str:

@@ -171,9 +171,13 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
     supervisable = tuple(n for n in sources if n not in novel)
     if not supervisable:
         raise SolverError("no task may be supervised (all are novel); allow some with --sources")
-    for name in [*spec.importance, *spec.costs]:
-        if name not in targets and name not in supervisable:
-            raise unknown_name("target or source", name, [*targets, *supervisable])
+    for name in spec.importance:  # an importance only weighs a target's term of the objective
+        if name not in targets:
+            raise unknown_name("target of this problem", name, targets,
+                               "Importance weighs targets; name it with --targets to make it one.")
+    for name in spec.costs:  # a cost only counts when a task is supervised
+        if name not in supervisable:
+            raise unknown_name("supervisable task of this problem", name, supervisable)
     edges, supervision = _edges(rows, spec, set(targets), set(supervisable))
     for t in targets:
         if t in supervisable and t not in supervision:
@@ -287,7 +291,7 @@ def budget_curve(problem: Problem, budgets: Sequence[float],
             need = min_budget(problem, backend)
             raise SolverError(f"budget {budget:g} cannot serve all {len(problem.targets)} "
                               f"targets: the smallest budget that can is {need:g}; raise "
-                              "--budget or drop targets (--targets)")
+                              "the budget or drop targets (--targets)")
         chosen = frozenset(n for n in problem.supervisable if sup[n].varValue > 0.5)
         edges = [e for e, var in zip(problem.edges, pick) if var.varValue > 0.5]
         out.append(assemble(problem, budget, chosen, edges))
@@ -389,7 +393,10 @@ def assemble(problem: Problem, budget: float, chosen: frozenset[str],
         e = problem.supervision[t] if supervised else by_target[t]
         out.append(Assignment(t, e.sources, supervised, e.weight, e.affinity, e.quality, e.gain))
     objective = float(sum(problem.importance[a.target] * a.weight for a in out))
-    ordered = tuple(n for n in problem.supervisable if n in chosen)
+    # With budget to spare the solver may also supervise tasks nothing uses (the objective does
+    # not see them); a taxonomy lists only the tasks it labels for a reason.
+    used = {s for a in out for s in a.sources} | {a.target for a in out if a.supervised}
+    ordered = tuple(n for n in problem.supervisable if n in chosen and n in used)
     return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
                     ordered, tuple(out))
 

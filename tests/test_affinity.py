@@ -151,8 +151,17 @@ def test_transfer_missing_test_images_is_refused_naming_the_unit():
 
 def test_a_transfer_written_twice_is_refused():
     twice = _unit("normal", ["reshading"], np.ones(len(IMAGES), np.float32), unit="again")
-    with pytest.raises(DataError, match="duplicate"):
+    with pytest.raises(DataError, match=r"duplicate.*units \['again', 'normal-reshading-1000'\]"):
         affinity.compute_affinities(_run(extra=[twice]))
+
+
+def test_a_regime_whose_transfers_are_not_in_yet_gets_no_rows():
+    # A partial sweep: the 16k scratch network is done, no 16k transfer yet. The regime must not
+    # appear as a lone `self` row (affinity 1), which a solver would take for a finished regime.
+    scratch_16k = _unit("normal", ["pixels"], np.ones(len(IMAGES), np.float32), regime=16000,
+                        kind="scratch")
+    table = affinity.compute_affinities(_run(extra=[scratch_16k]))
+    assert set(table.column("regime").to_pylist()) == {1000}
 
 
 def test_missing_gold_or_scratch_is_a_clear_error():

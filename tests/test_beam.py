@@ -91,3 +91,15 @@ def test_bad_beam_configs_and_small_dictionaries_fail_with_the_fix():
     small = beam.planned_counts(["normal", "depth_zbuffer", "reshading", "random"],
                                 beam.BeamConfig(max_order=2))
     assert small == {1: 3 * 4, 2: 3 * 1}
+
+
+def test_the_affinities_table_as_computed_ranks_without_its_gold_row():
+    # compute_affinities' output holds the target's `self` (gold) row, of order 1: not a source.
+    from test_affinity import _run
+
+    from taskonomy_ray import affinity
+
+    table = affinity.compute_affinities(_run("normal"))
+    assert ["self"] in table.column("sources").to_pylist()
+    ranked = beam.rank_sources(table, "normal", 1000)
+    assert "self" not in ranked and set(ranked) == {"depth_zbuffer", "reshading"}

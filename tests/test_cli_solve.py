@@ -99,8 +99,20 @@ def test_published_results_folder_and_target_options(published_csv, tmp_path, ca
     (["STORE", "--budget", "0"], "smallest budget"),
     (["STORE", "--budget", "1", "--importance", "normal"], "TASK=WEIGHT"),
     (["STORE", "--budget", "1", "--targets", "normals"], "did you mean 'normal'"),
+    (["STORE", "--budgets", "0", "--novel", "reshading"],
+     "no budget in --budgets 0 can serve all 3 targets: the smallest that can is 1"),
+    (["EMPTY", "--budget", "1"], "has not reached its analysis stage"),
 ])
 def test_bad_invocations_exit_2_with_the_fix(tmp_path, capsys, argv, message):
     tables.Storage(str(tmp_path)).write_affinities(SMALL)
-    code, _, err = _solve(capsys, *[str(tmp_path) if a == "STORE" else a for a in argv])
+    places = {"STORE": str(tmp_path), "EMPTY": str(tmp_path / "empty")}
+    code, _, err = _solve(capsys, *[places.get(a, a) for a in argv])
     assert code == 2 and message in err
+
+
+def test_a_curve_leaves_out_budgets_too_small_and_says_so(tmp_path, capsys):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, err = _solve(capsys, tmp_path, "--budgets", "0-2", "--novel", "reshading",
+                            "--json")
+    assert code == 0 and [p["budget"] for p in json.loads(out)["curve"]] == [1, 2]
+    assert "left out budgets 0: below 1" in err

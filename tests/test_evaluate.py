@@ -75,3 +75,11 @@ def test_evaluate_policy_scores_a_given_supervised_set():
     assert policy is not None
     assert policy.objective == pytest.approx(taxonomy.solve(problem, 2).objective)
     assert evaluate.evaluate_policy(problem, frozenset()) is None  # nothing supervised
+
+
+def test_exhaustive_search_tries_every_set_that_fractional_costs_afford():
+    # 0.3 // 0.1 is 2.0 in floating point: the reference must still try all three tasks.
+    spec = taxonomy.ProblemSpec(costs={"normal": 0.1, "depth_zbuffer": 0.1, "reshading": 0.1})
+    problem = taxonomy.build_problem(SMALL, spec)
+    best, _ = evaluate.exhaustive_optimum(problem, 0.3)
+    assert best == pytest.approx(taxonomy.solve(problem, 0.3).objective, abs=1e-12)

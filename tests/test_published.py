@@ -118,8 +118,20 @@ def test_legacy_names_map_to_dataset_names():
     assert published.task_name("impainting_whole") == "inpainting"
     assert published.task_name("class_selected") == "class_object_selected"
     assert published.task_name("self") == "self"
-    with pytest.raises(UnknownNameError):
-        published.task_name("rgb2normals")
+    with pytest.raises(UnknownNameError, match="did you mean 'depth_zbuffer'"):
+        published.task_name("depth_zbufer")  # current names are suggested too
+
+
+def test_an_unknown_task_in_the_published_csv_names_the_file_and_line(published_csv, tmp_path):
+    lines = published_csv.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[1] = "normals"  # the target column
+    lines[3] = ",".join(cells)
+    bad = tmp_path / "transfers.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"transfers.csv, line 4: unknown task name 'normals'; "
+                                        r"did you mean 'normal'"):
+        published.read_published_csv(bad)
 
 
 def test_missing_paths_and_empty_folders_are_clear_errors(tmp_path):

@@ -216,6 +216,12 @@ def test_unknown_and_source_only_names_are_refused_with_suggestions():
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(targets=("jigsaw",)))
     with pytest.raises(UnknownNameError):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(importance={"nromal": 2.0}))
+    # An importance only weighs a target's term: one on a task left out of --targets would
+    # silently change nothing, so it is refused, naming the targets of this problem.
+    with pytest.raises(UnknownNameError, match=r"target of this problem 'depth_zbuffer'.*"
+                                               r"Known .*: normal, reshading\."):
+        taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(
+            targets=("normal", "reshading"), importance={"depth_zbuffer": 100.0}))
     with pytest.raises(ConfigError, match="regime 5 is not in the table"):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(regime=5))
 
@@ -229,6 +235,17 @@ def test_invalid_specs_are_refused_at_construction():
         taxonomy.ProblemSpec(importance={"normal": -1.0})
     with pytest.raises(ConfigError, match="novel"):
         taxonomy.ProblemSpec(sources=("normal",), novel=("normal",))
+
+
+def test_a_spare_budget_lists_no_supervised_task_that_serves_nothing(pub):
+    # At budget 26 every task can be labelled; the solver may then also pick source-only tasks
+    # that no chosen transfer reads (the objective does not see them). They are not listed.
+    problem = taxonomy.build_problem(pub, taxonomy.ProblemSpec(regime=1000))
+    result = taxonomy.solve(problem, 26)
+    _check_feasible(problem, result, 26)
+    used = {s for a in result.transfers for s in a.sources}
+    for name in result.supervised:
+        assert name in used or any(a.supervised and a.target == name for a in result.transfers)
 
 
 def test_budget_curve_never_decreases_with_more_budget(pub):

@@ -286,7 +286,6 @@ def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     """Stage 2d: rank the target's first-order sources (AHP) and choose its higher orders."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from .. import affinity, beam
 
@@ -295,10 +294,6 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     losses = pa.concat_tables([storage.read_table(planning.losses_path(d), LOSSES_SCHEMA)
                                for d in unit.deps])
     table = affinity.compute_affinities(losses)
-    # rank the real first-order transfers only (the tournament also held the gold standard)
-    first = pc.list_element(table.column("sources"), 0)
-    table = table.filter(pc.and_(pc.equal(table.column("order"), 1),
-                                 pc.invert(pc.is_in(first, pa.array(["self", "pixels"])))))
     widths = beam.BeamConfig(widths=cfg.beam, max_order=cfg.max_order)
     chosen: dict[str, list[list[str]]] = {}
     for sources in beam.expand_target(table, target, regime, widths):
