@@ -201,6 +201,10 @@ class TaskonomyDataset(Dataset):
             raise ConfigError(f"{multi[0].name} is multi-view and must be the only task of its "
                               "dataset; build one dataset per multi-view task")
         self.multi = multi[0] if multi else None
+        # Class counts a label file must fit (a longer vector or a larger id would be a bad file).
+        self.classes = {s.name: output_channels(s.name, root) for s in self.specs
+                        if s.derived is None and s.output in ("class_distribution",
+                                                              "pixel_classes")}
         jig = any(s.derived == "jigsaw" for s in self.specs)
         self.perms = jigsaw_permutations(jigsaw_classes) if jig else np.zeros((0, 9), np.int64)
         self.bad_files: dict[str, str] = {}
@@ -366,14 +370,23 @@ class TaskonomyDataset(Dataset):
             out[name] = torch.tensor(info[VECTOR_KEYS[name]], dtype=torch.float32).reshape(-1)
             return
         value = self._read(v, spec.domains[0])
+        path = layout.path_for(self.root, v.building, v.point, v.view, spec.domains[0])
         if spec.output == "class_distribution":
-            out[name] = torch.from_numpy(np.asarray(value, np.float32).reshape(-1))
+            if len(value) != self.classes[name]:
+                raise BadFile(path, f"{path} holds {len(value)} class scores but the dataset has "
+                                    f"{self.classes[name]} {name} classes; re-render or "
+                                    "re-download it, or use on_bad_file='skip'")
+            out[name] = torch.from_numpy(np.asarray(value, np.float32))
             return
         arr = np.asarray(value)
         if arr.shape[:2] != shape:
-            path = layout.path_for(self.root, v.building, v.point, v.view, spec.domains[0])
             raise BadFile(path, f"{path} is {arr.shape[:2]} but the rgb image is {shape}; "
                                 "re-render or re-download it, or use on_bad_file='skip'")
+        if name in self.classes and arr.max(initial=0) >= self.classes[name]:
+            raise BadFile(path, f"{path} holds class id {int(arr.max())} but the dataset has "
+                                f"{self.classes[name]} {name} classes (ids 0..."
+                                f"{self.classes[name] - 1}); re-render or re-download it, or use "
+                                "on_bad_file='skip'")
         if spec.output == "pixel_regression":
             t = torch.from_numpy(np.ascontiguousarray(arr.reshape(*shape, -1).transpose(2, 0, 1)))
             if name in layout.DEPTH_DOMAINS:  # invalid depth is masked; keep it from the label

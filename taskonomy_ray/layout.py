@@ -144,19 +144,25 @@ def decode(domain_name: str, data: bytes) -> Any:
         check_point_info(info, where=domain_name)
         return info
     if d.storage == "float_npy":
-        return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+        vec = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+        return _expect(vec, 1, d, what="a saved vector")
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         raw = np.asarray(im)
+    if d.storage == "grey16" and raw.dtype == np.uint8:
+        # An 8-bit file would decode to 1/256 of its values (depth in metres, edge strength).
+        raise DataError(f"{d.name}: expected a 16-bit PNG, got an 8-bit one")
     return _dequantise(d, raw)
 
 
-def _expect(arr: np.ndarray, ndim: int, d: Domain, channels: int | None = None) -> np.ndarray:
+def _expect(arr: np.ndarray, ndim: int, d: Domain, channels: int | None = None,
+            what: str = "an array") -> np.ndarray:
+    """`arr` if it has the domain's number of dimensions (and channels) and finite values."""
     if arr.ndim != ndim or (channels is not None and arr.shape[-1] != channels):
         shape = "(H, W)" if ndim == 2 else ("(C,)" if ndim == 1 else f"(H, W, {channels})")
-        raise DataError(f"{d.name}: expected an array of shape {shape}, got {arr.shape}")
+        raise DataError(f"{d.name}: expected {what} of shape {shape}, got {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise DataError(f"{d.name}: array has non-finite values; only finite values can be encoded")
+        raise DataError(f"{d.name}: {what} has non-finite values")
     return arr
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from fixtures import CLASS_OBJECT, SEMANTIC, make_root
 
 from taskonomy_ray import layout
@@ -229,6 +231,42 @@ def test_a_label_of_the_wrong_size_is_a_bad_file(tmp_path: Path) -> None:
     layout.write(root, "building0", 0, 0, "reshading", np.zeros((8, 8)))
     with pytest.raises(BadFile, match="re-render"):
         TaskonomyDataset(root, ["reshading"], split="all")[0]
+
+
+def _npy(path: Path, value: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, value)
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("task, damage, message", [
+    ("class_object", lambda p: _npy(p, np.ones(7, np.float32)),
+     r"holds 7 class scores but the dataset has \d+ class_object classes"),
+    ("class_object", lambda p: _npy(p, np.ones((4, 4), np.float32)),
+     r"expected a saved vector of shape \(C,\), got \(4, 4\)"),
+    ("class_scene", lambda p: _npy(p, np.full(6, np.nan, np.float32)),
+     "a saved vector has non-finite values"),
+    ("segment_semantic",
+     lambda p: Image.fromarray(np.full((16, 16), 200, np.uint8)).save(p),
+     r"holds class id 200 but the dataset has \d+ segment_semantic classes"),
+    ("depth_zbuffer",  # an 8-bit depth map would read as 1/256 of its metres
+     lambda p: Image.fromarray(np.full((16, 16), 100, np.uint8)).save(p),
+     "expected a 16-bit PNG, got an 8-bit one"),
+])
+def test_a_label_that_does_not_fit_its_task_is_a_bad_file_naming_it(
+        tmp_path: Path, task: str, damage, message: str) -> None:  # noqa: ANN001
+    # Decodable files with wrong contents: before, these trained on wrong labels or failed far
+    # from the file (a collate error, an IndexError in the loss).
+    root = make_root(tmp_path / "r", buildings=1, points=1, views=2, size=16)
+    path = layout.path_for(root, "building0", 0, 1, get_task(task).domains[0])
+    damage(path)
+    ds = TaskonomyDataset(root, [task], split="all")
+    ds[0]  # the untouched view still loads
+    with pytest.raises(BadFile, match=message) as e:
+        ds[1]
+    assert e.value.path == str(path) and path.name in str(e.value)
+    skip = TaskonomyDataset(root, [task], split="all", on_bad_file="skip")
+    assert [i for b in batches(skip, 2) for i in b["image"]] == ["building0/point_0_view_0"]
 
 
 def test_loader_batches_stack_samples(root: Path) -> None:
