@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from fixtures import CLASS_OBJECT, SEMANTIC, make_root
+from PIL import Image
 
 from taskonomy_ray import layout
 from taskonomy_ray.dataset import (
