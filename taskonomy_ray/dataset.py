@@ -34,6 +34,7 @@ from .tasks import DEPTH_MASK_DOMAIN, TaskSpec, get_task
 SPLITS = ("train", "val", "test")
 BAD_FILE_MODES = ("error", "skip")
 ROOM_TOLERANCE_M = 0.25  # two views share a room when their room boxes agree within this
+IN_VIEW = "nonfixated_points_in_view"  # point_info: other points whose surface the view sees
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,10 @@ class TaskonomyDataset(Dataset):
     multi-view task, and per task `<task>` (label), `<task>_mask` (bool (1, H, W), masked tasks:
     valid depth_zbuffer), `<task>_input` (when the network does not see plain rgb). Multi-view
     tasks pair views thus: fixated_pose and egomotion take 2 / 3 views of one point (its next views
-    in order, cyclically); nonfixated_pose pairs a view with a view of another point of the same
-    room (room boxes of point_info agreeing in the world frame), so the cameras do not fixate the
-    same point but see overlapping space; point_matching alternates positives (two views of one
+    in order, cyclically); nonfixated_pose pairs a view with a view of another point that it sees
+    (point_info's `nonfixated_points_in_view`), so the cameras do not fixate the same point but
+    both see that point's surface (roots whose point_info lacks the list: any other point of the
+    same room, by room boxes agreeing in the world frame); point_matching alternates positives (two views of one
     point, label 1) and negatives (a view of another point of the building, label 0), so classes
     are balanced; anchors whose point has one view can only be negatives. A multi-view task must be
     the only task of its dataset. `on_bad_file="skip"` turns a missing or corrupt file into a
@@ -269,6 +271,11 @@ class TaskonomyDataset(Dataset):
         for v, key in keys.items():
             mates = [w for w, k in keys.items() if w.point != v.point
                      and np.abs(k - key).max() <= ROOM_TOLERANCE_M]
+            seen = infos[v].get(IN_VIEW) if infos[v] is not None else None
+            if seen is not None:  # only points this camera sees: the two views overlap there
+                names = {str(p) for p in seen}
+                mates = [w for w in mates if str(w.point) in names
+                         or str(infos[w].get("point_uuid", "")) in names]
             if mates:
                 pick = image_seed(v.id, self.seed) % len(mates)
                 out.append(((v, mates[pick]), -1))

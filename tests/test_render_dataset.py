@@ -11,6 +11,7 @@ from scipy.ndimage import maximum_filter
 
 from taskonomy_ray import layout
 from taskonomy_ray.cli import main
+from taskonomy_ray.dataset import TaskonomyDataset
 from taskonomy_ray.errors import ConfigError
 from taskonomy_ray.render import SynthConfig, synthesize
 from taskonomy_ray.render.synth import render_point
@@ -200,6 +201,24 @@ def test_relative_camera_poses_from_point_info_map_pixels_between_views(root):
                 agree += int((np.abs(zr - -pc[inside, 2]) < 0.05 * zr).sum())
                 total += int(inside.sum())
     assert total > 0 and agree > 0.5 * total
+
+
+def test_nonfixated_pose_pairs_views_that_see_the_mates_fixated_point(tmp_path):
+    # Each pair must overlap: the anchor's camera sees the point its mate fixates (in front of
+    # it, inside its field of view), as point_info's nonfixated_points_in_view records.
+    root = tmp_path / "ds"
+    synthesize(SynthConfig(str(root), workers=1, points=24, views=1, size=32, seed=5,
+                           buildings=1), progress=False)
+    ds = TaskonomyDataset(root, ["nonfixated_pose"], split="all")
+    assert len(ds.samples) >= 6
+    for (a, b), _ in ds.samples:
+        info_a, info_b = (layout.read(root, v.building, v.point, v.view, "point_info")
+                          for v in (a, b))
+        assert a.point != b.point and b.point in info_a["nonfixated_points_in_view"]
+        r = np.asarray(info_a["camera_rotation_matrix"])  # world from camera
+        x, y, z = r.T @ (np.asarray(info_b["point_location"]) - info_a["camera_location"])
+        half = np.tan(info_a["field_of_view_rads"] / 2)
+        assert z < 0 and abs(x / -z) <= half + 1e-6 and abs(y / -z) <= half + 1e-6
 
 
 def test_room_layout_and_vanishing_points_follow_the_documented_conventions(root):
