@@ -182,9 +182,10 @@ class TaskonomyDataset(Dataset):
     both see that point's surface (roots whose point_info lacks the list: any other point of the
     same room, by room boxes agreeing in the world frame); point_matching alternates positives
     (two views of one point, label 1) and negatives (a view of another point of the building,
-    label 0), so classes are balanced; anchors whose point has one view can only be negatives. A multi-view task must be
-    the only task of its dataset. `on_bad_file="skip"` turns a missing or corrupt file into a
-    skipped sample recorded in `bad_files` (path -> reason); "error" raises `BadFile`.
+    label 0), so classes are balanced; anchors whose point has one view can only be negatives.
+    A multi-view task must be the only task of its dataset. `on_bad_file="skip"` turns a missing
+    or corrupt file into a skipped sample recorded in `bad_files` (path -> reason); "error"
+    raises `BadFile`.
     """
 
     def __init__(self, root: str | Path, tasks: Sequence[str] = (), *, split: str = "train",
