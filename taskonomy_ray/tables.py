@@ -230,9 +230,15 @@ class Storage:
         self.write_table(f"{LOSSES_DIR}/{unit}.parquet",
                          check_schema(table, LOSSES_SCHEMA, f"losses of {unit}"))
 
-    def read_losses(self) -> pa.Table:
-        """Every unit's losses, concatenated."""
+    def read_losses(self, units: Sequence[str] | None = None) -> pa.Table:
+        """The losses of `units` that wrote theirs (default: every unit's), concatenated.
+
+        A sweep passes its plan's units: files of units a config change replaced stay in
+        storage (nothing computed is deleted) but are not read as if they were current.
+        """
         files = self.list(LOSSES_DIR, ".parquet")
+        if units is not None:
+            files = sorted(set(files) & {f"{u}.parquet" for u in units})
         if not files:
             raise StorageError(f"no per-image losses under {self.path(LOSSES_DIR)}; run "
                                "`taskonomy-ray sweep` first")

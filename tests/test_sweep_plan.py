@@ -176,6 +176,18 @@ def test_done_units_are_skipped_on_resume():
     assert done.isdisjoint(order)
 
 
+def test_an_adopted_analysis_runs_again_once_any_other_unit_finishes():
+    # The analysis summarises every loss table: adopted from an earlier run (which may have had
+    # failures, or another config), it is stale as soon as this run finishes any other unit.
+    cfg = small()
+    transfer = next(u.key for u in plan.build(cfg) if u.stage == "transfer")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key != transfer)
+    assert s.state["analysis"] == "done"
+    assert run_all(s) == [transfer, "analysis"]
+    unchanged = Scheduler(plan.build(cfg), is_done=lambda u: True)
+    assert run_all(unchanged) == []  # nothing ran, nothing to redo
+
+
 def test_deterministic_failure_fails_its_dependents_and_the_rest_goes_on():
     cfg = small()
     bad = plan.gold_key(cfg, "reshading")

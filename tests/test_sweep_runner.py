@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import pyarrow as pa
 import pytest
 import sweep_fakes
 from ray import cloudpickle
@@ -77,6 +78,42 @@ def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp
     status = driver.status(str(tmp_path / "store"))
     assert status["stages"]["gold"]["failed"] == 1
     assert "non-finite loss" in status["failures"][bad[0]]
+
+
+def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tmp_path):
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"fail": ["transfer-normal-r8-o1"]})
+    first = sweep(tmp_path)
+    assert list(first.failures) != [] and ledger.history(st, "analysis").completions == 1
+    st.write_json("fake.json", {})
+    second = sweep(tmp_path)
+    assert second.ok, second.failures
+    assert ledger.history(st, "analysis").completions == 2  # not the partial one kept
+
+
+def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
+    # A config change (--force-config) leaves the replaced units' loss files in storage; read
+    # as well, they would count every transfer twice.
+    from test_affinity import _run
+
+    from taskonomy_ray.sweep import units
+
+    st = Storage(str(tmp_path / "store"))
+    table = _run("normal")
+    keys = sorted(set(table.column("unit").to_pylist()))
+    for k in keys:
+        part = table.filter(pa.compute.equal(table.column("unit"), k))
+        st.write_losses(k, part)
+        st.write_losses(f"{k}-old", part.set_column(0, "unit", pa.array([f"{k}-old"] *
+                                                                          part.num_rows)))
+    st.write_json(plan.PLAN_FILE, {"units": [
+        {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
+    from taskonomy_ray.sweep import config as sweep_config
+
+    cfg = sweep_config.load(workflow(tmp_path, **{"regimes: [8]": "regimes: [1000]"})).to_json()
+    info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
+        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
+    assert info["transfers"] == 6  # 5 transfers into normal and its gold row, once each
 
 
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):

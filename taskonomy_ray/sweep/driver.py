@@ -20,7 +20,7 @@ from . import config as sweep_config
 from . import plan as planning
 from .scheduler import Scheduler
 
-PLAN_FILE = "plan.json"
+PLAN_FILE = planning.PLAN_FILE
 SUMMARY_FILE = "sweep.json"
 REPORT_INDEX = "report/index.html"
 

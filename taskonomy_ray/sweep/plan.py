@@ -14,6 +14,7 @@ from typing import Any
 from .. import tasks as registry
 from .config import SweepConfig
 
+PLAN_FILE = "plan.json"  # every planned unit, in storage (written by the driver)
 # Stages in the order they first become ready; the progress bars and `status` use this order.
 STAGES = ("render", "gold", "scratch", "features", "transfer", "beam", "analysis")
 # Which ready unit runs first: a beam is cheap and unlocks its target's higher orders at once, so

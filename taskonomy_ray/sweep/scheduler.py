@@ -78,9 +78,17 @@ class Scheduler:
         self.tries[unit.key] += 1
 
     def succeeded(self, unit: Unit) -> list[Unit]:
-        """`unit` finished; returns the units its result added to the plan."""
+        """`unit` finished; returns the units its result added to the plan.
+
+        A barrier summarises every other unit: one adopted as done from an earlier run is
+        planned again once any other unit finishes in this one (its inputs changed).
+        """
         self.state[unit.key] = "done"
         self.errors.pop(unit.key, None)
+        if not unit.barrier:
+            for key, u in self.units.items():
+                if u.barrier and self.state[key] == "done":
+                    self.state[key] = "planned"
         return self._add(self._expand(unit))
 
     def failed(self, unit: Unit, error: str, *, transient: bool) -> bool:

@@ -323,7 +323,11 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     from .. import affinity, taxonomy
 
     cfg, storage = _context(ctx)
-    table = affinity.write_affinities(storage)
+    # plan.json is complete here (the analysis waits for every beam): read only its units'
+    # losses, not those of units that a changed config replaced.
+    plan = storage.read_json(planning.PLAN_FILE)["units"]
+    table = affinity.write_affinities(storage, [u["key"] for u in plan
+                                                if planning.losses_path(u["key"]) in u["outputs"]])
     spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
     storage.write_json("taxonomy.json", solved.to_json())
