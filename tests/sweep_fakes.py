@@ -30,6 +30,13 @@ def fake_execute(unit, ctx):
         from taskonomy_ray.errors import TrainingError
 
         raise TrainingError(f"unit {unit.key}: non-finite loss at step 3")
+    if unit.stage == "render":  # a stand-in dataset: what the render's done check looks for
+        from taskonomy_ray import layout
+        from taskonomy_ray.render.synth import dataset_info
+        from taskonomy_ray.sweep import config, units
+
+        synth = units.render_config(config.from_dict(ctx["config"]), ctx["data_root"])
+        layout.write_info(ctx["data_root"], {**dataset_info(synth), "complete": True})
     for out in unit.outputs:
         if unit.stage == "beam":
             srcs = [s for s in ctx["config"]["tasks"] if s != unit.params["target"]][:2]

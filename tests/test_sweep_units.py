@@ -1,5 +1,6 @@
 """What feature units do on a worker, without Ray: the device they encode on, what they keep."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,40 @@ def test_feature_units_encode_on_the_transfer_device(root, tmp_path):
     unit = next(u for u in plan.build(cpu)
                 if u.stage == "features" and u.params["source"] == "random")
     assert units.run_features(unit, {**ctx, "config": cpu.to_json()})["images"] > 0
+
+
+def test_the_render_unit_renders_adopts_its_own_render_and_refuses_other_data(tmp_path):
+    from taskonomy_ray import layout
+    from taskonomy_ray.errors import DataError
+    from taskonomy_ray.sweep import driver
+
+    data = tmp_path / "data"
+    cfg = sweep(data, data={"root": str(data), "render": {"points": 2, "views": 3, "size": 16,
+                                                         "buildings": 2}})
+    unit = next(u for u in plan.build(cfg) if u.stage == "render")
+    storage = units.Storage(str(tmp_path / "store"))
+    ctx = {"config": cfg.to_json(), "storage": storage.uri, "data_root": str(data)}
+    done = driver.done_check(storage, cfg, str(data))
+    assert units.run_render(unit, ctx)["adopted"] is False and done(unit)
+    assert layout.read_info(data)["complete"] is True
+    before = sorted(p.stat().st_mtime_ns for p in data.rglob("*.png"))
+    assert units.run_render(unit, ctx)["adopted"] is True  # e.g. a second storage: no re-render
+    assert sorted(p.stat().st_mtime_ns for p in data.rglob("*.png")) == before
+    # A marker in storage is not enough: with its data root gone the render is not done.
+    shutil.rmtree(data)
+    assert not done(unit)
+    # An interrupted render (completion not recorded) is rendered again, into the same names.
+    units.run_render(unit, ctx)
+    info = layout.read_info(data)
+    layout.write_info(data, {**info, "complete": False})
+    assert not done(unit) and units.run_render(unit, ctx)["adopted"] is False
+    # Anything else in the root is refused, never mixed with the render.
+    real = tmp_path / "real"
+    (real / "mybuilding" / "rgb").mkdir(parents=True)
+    with pytest.raises(DataError, match="renderer did not write.*empty or missing folder"):
+        units.run_render(unit, {**ctx, "data_root": str(real)})
+    assert sorted(p.name for p in real.iterdir()) == ["mybuilding"]
+    other = sweep(data, data={"root": str(data), "render": {"points": 3, "views": 3, "size": 16,
+                                                           "buildings": 2}})
+    with pytest.raises(DataError, match="another render \\(points 2, where this workflow's has 3"):
+        units.run_render(unit, {**ctx, "config": other.to_json()})

@@ -193,6 +193,39 @@ def dataset_info(cfg: SynthConfig) -> dict[str, Any]:
     }
 
 
+RENDER_STATES = ("empty", "complete", "partial", "other")
+
+
+def render_state(cfg: SynthConfig) -> tuple[str, str]:
+    """What `cfg.out` holds for this render: (state, why), state one of RENDER_STATES.
+
+    `empty`: nothing yet (or no folder); `complete`: this very render, finished; `partial`: this
+    render, interrupted (rendering again rewrites the same files); `other`: anything else (a
+    real dataset, another render), which rendering into would mix with ours.
+    """
+    root = Path(cfg.out)
+    if not root.is_dir() or not any(root.iterdir()):
+        return "empty", f"{root} is empty"
+    info = layout.read_info(root)
+    if info.get("generator") != "taskonomy_ray.render":
+        return "other", f"{root} holds files that taskonomy-ray's renderer did not write"
+    want = dataset_info(cfg)
+    differ = [k for k in ("seed", "points", "views", "size", "buildings")
+              if info.get(k) != want[k]]
+    if differ:
+        have = ", ".join(f"{k} {info.get(k)!r}" for k in differ)
+        return "other", (f"{root} holds another render ({have}, where this workflow's has "
+                         f"{', '.join(repr(want[k]) for k in differ)})")
+    if info.get("complete") is False:
+        return "partial", f"{root} holds this render, interrupted"
+    if "complete" not in info:  # written before renders recorded completion: count the views
+        full = all(sum(1 for _ in layout.scan(root, b)) == cfg.points * cfg.views
+                   for b in want["buildings"] if (root / b / "rgb").is_dir())
+        if not full or not all((root / b / "rgb").is_dir() for b in want["buildings"]):
+            return "partial", f"{root} holds this render, with views missing"
+    return "complete", f"{root} holds this render, complete"
+
+
 def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     """Render the whole dataset into cfg.out (in parallel), then the optional preview sheet.
 
@@ -203,7 +236,7 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
 
     start = time.perf_counter()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    layout.write_info(cfg.out, dataset_info(cfg))
+    layout.write_info(cfg.out, {**dataset_info(cfg), "complete": False})
     n_views, n_bytes = 0, 0
     bar = tqdm(total=cfg.buildings * cfg.points * cfg.views, unit="view", disable=not progress,
                desc="synth")
@@ -224,6 +257,7 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthResult:
             n_views, n_bytes = n_views + v, n_bytes + nb
             bar.update(v)
     bar.close()
+    layout.write_info(cfg.out, {**dataset_info(cfg), "complete": True})  # every view is written
     if cfg.preview:
         from .preview import write_preview
 

@@ -76,6 +76,26 @@ def outputs_exist(storage: Storage, unit: planning.Unit) -> bool:
     return all(storage.exists(o) for o in unit.outputs)
 
 
+def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str):
+    """The scheduler's is_done hook: outputs in storage; a render also needs its data in place.
+
+    A render's marker outlives its data root (deleted, or a resume from another machine): the
+    render then runs again (the same files), instead of every later unit failing on them.
+    """
+
+    def is_done(unit: planning.Unit) -> bool:
+        if not outputs_exist(storage, unit):
+            return False
+        if unit.stage == "render":
+            from ..render.synth import render_state
+            from .units import render_config
+
+            return render_state(render_config(cfg, data_root))[0] == "complete"
+        return True
+
+    return is_done
+
+
 def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
     """The scheduler's expand hook: a finished beam unit adds its chosen higher orders."""
 
@@ -128,9 +148,9 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     guard_run(storage, cfg, force_config)
     connect(address)
     t0 = time.time()
-    sched = Scheduler(planning.build(cfg), is_done=lambda u: outputs_exist(storage, u),
-                      expand=beam_expander(storage, cfg), retries=cfg.resources.retries)
     ctx = make_context(cfg, storage)
+    sched = Scheduler(planning.build(cfg), is_done=done_check(storage, cfg, ctx["data_root"]),
+                      expand=beam_expander(storage, cfg), retries=cfg.resources.retries)
 
     def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:
         if unit.stage == "beam":  # the plan grew: keep plan.json current for `status`

@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from ..dataset import SplitConfig
+from ..errors import DataError
 from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
 from . import plan as planning
@@ -302,18 +303,35 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"chosen": sum(len(v) for v in chosen.values())}
 
 
-def run_render(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Stage 0: render the built-in mini-Taskonomy into the data root (when it is missing)."""
-    from ..render import SynthConfig, synthesize
+def render_config(cfg: sweep_config.SweepConfig, data_root: str) -> Any:
+    """The renderer's config of the workflow's `data.render` section, into `data_root`."""
+    from ..render import SynthConfig
 
-    cfg, storage = _context(ctx)
     r = cfg.data.render
     assert r is not None  # the plan has a render unit only when the workflow asks for one
-    result = synthesize(SynthConfig(out=ctx["data_root"], points=r.points, views=r.views,
-                                    size=r.size, seed=r.seed, buildings=r.buildings),
-                        progress=False)
-    info = {"views": result.views, "bytes": result.bytes, "seconds": result.seconds,
-            "root": ctx["data_root"]}
+    return SynthConfig(out=data_root, points=r.points, views=r.views, size=r.size, seed=r.seed,
+                       buildings=r.buildings)
+
+
+def run_render(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stage 0: render the built-in mini-Taskonomy into the data root, unless it is there."""
+    from ..render import synthesize
+    from ..render.synth import render_state
+
+    cfg, storage = _context(ctx)
+    synth = render_config(cfg, ctx["data_root"])
+    state, why = render_state(synth)
+    if state == "other":
+        raise DataError(f"cannot render the mini-Taskonomy into the data root: {why}, and "
+                        "rendering there would mix the two. Point data.root (or --data) to an "
+                        "empty or missing folder, or drop the workflow's data.render section to "
+                        "use the data there as it is")
+    info: dict[str, Any] = {"root": ctx["data_root"], "adopted": state == "complete"}
+    if state == "complete":  # rendered before (another storage, or a lost marker): same files
+        info["views"] = synth.buildings * synth.points * synth.views
+    else:
+        result = synthesize(synth, progress=False)
+        info.update(views=result.views, bytes=result.bytes, seconds=result.seconds)
     storage.write_json(unit.outputs[0], info)
     return info
 
