@@ -52,11 +52,17 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
+    from .errors import DataError
     from .render import SynthConfig, synthesize
+    from .render.synth import render_state
 
     cfg = SynthConfig(args.out, points=args.points, views=args.views, size=args.size,
                       seed=args.seed, buildings=args.buildings, workers=args.workers,
                       preview=args.preview)
+    state, why = render_state(cfg)
+    if state == "other":  # the same render again (finished or not) just rewrites its own files
+        raise DataError(f"{why}; rendering into it would mix the two: choose an empty or new "
+                        "--out folder, or delete this one first")
     r = synthesize(cfg, progress=not args.no_progress)
     print(f"wrote {r.views} views of {len(r.buildings)} buildings to {r.out} in {r.seconds:.1f} s "
           f"({r.views / max(r.seconds, 1e-9):.1f} views/s, {r.bytes / max(r.views, 1) / 1024:.1f} "
