@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -100,6 +101,9 @@ def redact(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # what makes a storage string a URI
+
+
 class Storage:
     """A run's storage root on any pyarrow filesystem, with atomic writes."""
 
@@ -108,7 +112,13 @@ class Storage:
         self.display = redact(uri)  # what messages, logs and reports show
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, ValueError):
+        except (pa.ArrowInvalid, ValueError) as e:
+            if _SCHEME.match(uri):  # a URI pyarrow cannot open (a typo: s4://, s3:/, file://x)
+                raise StorageError(
+                    f"cannot open storage {redact(uri)!r}: {str(e).replace(uri, redact(uri))}; "
+                    "give a local path or a URI "
+                    "pyarrow opens: s3://bucket/path, gs://bucket/path, hdfs://host/path, "
+                    "file:///absolute/path") from None
             # A plain relative or absolute local path.
             import os
 

@@ -72,6 +72,18 @@ def test_file_uri_and_plain_path_reach_the_same_place(tmp_path):
     assert tables.Storage(str(tmp_path)).read_json("run.json") == {"a": 1}
 
 
+@pytest.mark.parametrize("typo", ["s4://bucket/run", "s3:/bucket/run", "file://relative/run",
+                                  "s4://KEY:secret@bucket/run"])
+def test_a_uri_pyarrow_cannot_open_is_refused_not_taken_for_a_local_folder(typo, tmp_path,
+                                                                          monkeypatch):
+    # Before, a typo became a folder such as ./s4:/bucket/run: a cluster's results would land on
+    # the head node's disk, reported as written.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match="cannot open storage .*s3://bucket/path") as e:
+        tables.Storage(typo)
+    assert "secret" not in str(e.value) and not any(tmp_path.iterdir())
+
+
 def test_affinities_round_trip(tmp_path):
     st = tables.Storage(str(tmp_path))
     t = pa.table({"regime": [16], "target": ["normal"], "sources": [["reshading"]], "order": [1],

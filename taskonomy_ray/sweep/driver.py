@@ -109,11 +109,13 @@ def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
 
 
 def make_context(cfg: sweep_config.SweepConfig, storage: Storage) -> dict[str, Any]:
-    """What every unit receives: storage URI, resolved config and absolute data root."""
+    """What every unit receives: storage URI (absolute path when local), config, data root."""
     root = cfg.data.root
     if "://" not in root:
         root = os.path.abspath(root)
-    return {"storage": storage.uri, "config": cfg.to_json(), "data_root": root}
+    # Local paths absolute: workers may start in another directory than the driver.
+    return {"storage": storage.root if storage.local else storage.uri, "config": cfg.to_json(),
+            "data_root": root}
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
