@@ -26,6 +26,8 @@ def fake_execute(unit, ctx):
     t0 = time.thread_time()
     while time.thread_time() - t0 < busy:
         pass
+    if any(part in unit.key for part in knobs.get("die", [])):
+        os._exit(1)  # the worker process dies, as one killed for memory would
     if any(part in unit.key for part in knobs.get("fail", [])):
         from taskonomy_ray.errors import TrainingError
 

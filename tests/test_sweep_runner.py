@@ -80,6 +80,19 @@ def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp
     assert "non-finite loss" in status["failures"][bad[0]]
 
 
+def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_session,
+                                                                             tmp_path):
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"die": ["transfer-normal-r8-o1"]})
+    result = sweep(tmp_path)  # resources.retries: 1
+    key = next(k for k in result.failures if k.startswith("transfer-normal-r8-o1"))
+    history = ledger.history(st, key)
+    assert history.attempts == 2  # 1 + retries, none added by Ray itself
+    assert history.state == "failed" and "Worker" in history.last_error
+    status = driver.status(str(tmp_path / "store"))
+    assert key in status["failures"] and status["stages"]["transfer"]["running"] == 0
+
+
 def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tmp_path):
     st = Storage(str(tmp_path / "store"))
     st.write_json("fake.json", {"fail": ["transfer-normal-r8-o1"]})

@@ -107,6 +107,7 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
     path, are not starved by a queue of scratch trainings.
     """
     remote = ray.remote(run_unit)
+    storage = Storage(ctx["storage"])
     stats = RunStats()
     bars = Bars(sched, progress)
     in_flight: dict[ray.ObjectRef, Unit] = {}
@@ -135,7 +136,7 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
             t0 = time.time()
             for ref in done:
                 unit = in_flight.pop(ref)
-                _collect(sched, unit, ref, stats, on_done)
+                _collect(sched, unit, ref, stats, on_done, storage)
             stats.driver_s += time.time() - t0
     finally:
         bars.close()
@@ -144,11 +145,17 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
 
 
 def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
-             on_done: Callable[[Unit, dict[str, Any]], None] | None) -> None:
+             on_done: Callable[[Unit, dict[str, Any]], None] | None, storage: Storage) -> None:
     try:
         info = ray.get(ref)
     except Exception as e:  # a RayTaskError wraps the unit's own exception
-        sched.failed(unit, describe(e), transient=not is_deterministic(e))
+        error, deterministic = describe(e), is_deterministic(e)
+        if not isinstance(e, ray.exceptions.RayTaskError):
+            # The worker died (killed for memory, a crash, a lost node) before it could record
+            # the failure: record it here, so `status` agrees with the sweep.
+            ledger.record(storage, unit.key, "failed", error=error, deterministic=deterministic,
+                          recorded_by="driver")
+        sched.failed(unit, error, transient=not deterministic)
         return
     sched.succeeded(unit)
     stats.unit_s[unit.stage] = stats.unit_s.get(unit.stage, 0.0) + info.get("seconds", 0.0)

@@ -24,21 +24,22 @@ def options(cfg: sweep_config.SweepConfig):
 
     Scratch networks are the gold networks' trainings on a regime's subset: they take what one
     gold worker takes. Transfer units also reserve `resources.transfer_memory_gb` of Ray's
-    memory resource.
+    memory resource. Ray retries nothing itself (`max_retries` 0): the scheduler retries a lost
+    unit, so `resources.retries` is the whole count.
     """
     r = cfg.resources
 
     def opts(unit: planning.Unit) -> dict[str, Any]:
         if unit.stage == "gold" and r.gold_trainer == "ray_train":
-            return {"num_cpus": 0, "max_retries": 3}
+            return {"num_cpus": 0, "max_retries": 0}
         if unit.stage in ("gold", "scratch"):  # the same network trainings
             return {"num_cpus": r.gold_cpus_per_worker, "num_gpus": r.gold_gpus_per_worker,
-                    "max_retries": 3}
+                    "max_retries": 0}
         gpus = r.gpus_per_unit if unit.stage in ("features", "transfer") else 0
         extra: dict[str, Any] = {"max_calls": r.max_calls} if gpus else {}
         if unit.stage == "transfer" and r.transfer_memory_gb:
             extra["memory"] = int(r.transfer_memory_gb * 1e9)
-        return {"num_cpus": r.cpus_per_unit, "num_gpus": gpus, "max_retries": 3, **extra}
+        return {"num_cpus": r.cpus_per_unit, "num_gpus": gpus, "max_retries": 0, **extra}
 
     return opts
 
