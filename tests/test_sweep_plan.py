@@ -45,6 +45,24 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
         small(network={"train": {"step": 3}})
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+    ({"seed": 1.5}, "seed must be an integer"),
+    ({"regimes": [8.5]}, r"regimes must be a list of integers, e.g. \[128, 512\], got \[8.5\]"),
+    ({"max_order": 2.5}, "max_order must be an integer"),
+    ({"resources": {"retries": True}}, "resources.retries must be an integer, got True"),
+    ({"data": {"root": 5}}, "data.root must be a non-empty string"),
+    ({"name": None}, "name must be a non-empty string"),
+    ({"tasks": "normal"}, r"tasks must be a list of task names, e.g. \[normal, reshading\]"),
+    ({"solve": {"budget": "4"}}, "solve.budget must be an integer"),
+])
+def test_a_setting_of_the_wrong_type_is_refused_at_load_naming_it(setting, message):
+    # Before, these loaded and failed on a worker (a TypeError, retried as if transient).
+    raw = {"name": "t", "tasks": ["normal"], "regimes": [8], "data": {"root": "/data"}}
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict({**raw, **setting})
+
+
 def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
     # Read by the feature and transfer units only, after every gold network has trained.
     with pytest.raises(UnknownNameError, match="did you mean 'steps'"):
