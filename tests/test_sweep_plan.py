@@ -101,6 +101,26 @@ def test_resume_accepts_new_execution_settings_and_records_them(tmp_path):
         guard_run(st, small(transfer={"num_workers": 2, "steps": 7}))
 
 
+def test_a_relative_data_root_read_from_another_directory_is_refused(tmp_path, monkeypatch):
+    from taskonomy_ray.sweep.driver import guard_run
+    from taskonomy_ray.tables import RUN_FILE, Storage
+
+    st = Storage(str(tmp_path / "store"))
+    cfg = small(data={"root": "data/mini"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    guard_run(st, cfg)
+    assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "a" / "data" / "mini")
+    guard_run(st, cfg)  # the same place: a resume
+    monkeypatch.chdir(tmp_path / "b")  # the same keys would now read another folder
+    with pytest.raises(ConfigError, match=f"data root {tmp_path / 'a'}/data/mini.*--data "
+                                          f"{tmp_path / 'a'}/data/mini.*--force-config"):
+        guard_run(st, cfg)
+    guard_run(st, cfg, force=True)  # the user says it is the same dataset, moved
+    assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "b" / "data" / "mini")
+
+
 def test_transfer_units_reserve_the_configured_memory():
     from taskonomy_ray.sweep.units import options
 

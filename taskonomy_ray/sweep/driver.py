@@ -53,10 +53,19 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
     Execution-only settings (resources, label memory, loader processes) may differ: they change
     how the remaining units run, not what the done ones computed, and run.json records the new.
     """
-    new = {"config": cfg.to_json(), "version": __version__}
+    new = {"config": cfg.to_json(), "version": __version__, "data_root": data_root(cfg)}
     if storage.exists(RUN_FILE):
         old = storage.read_json(RUN_FILE)
-        if not sweep_config.diff(old.get("config", {}), new["config"]):
+        was = old.get("data_root", new["data_root"])
+        if was != new["data_root"] and not force:
+            # Unit keys hold data.root as written: a relative root read from another directory
+            # would silently be another (or no) dataset under the same keys.
+            raise ConfigError(
+                f"storage {storage.display} holds a run on the data root {was}; data.root "
+                f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
+                f"the run started in, or pass --data {was}; if the data there is the same "
+                "dataset, moved, pass --force-config to continue with it")
+        if not sweep_config.diff(old.get("config", {}), new["config"]) and was == new["data_root"]:
             return
         changes = sweep_config.diff(old.get("config", {}), new["config"],
                                     skip=sweep_config.EXECUTION_ONLY_SETTINGS)
@@ -108,11 +117,15 @@ def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
     return expand
 
 
+def data_root(cfg: sweep_config.SweepConfig) -> str:
+    """The workflow's data root as units see it: absolute (a local path) or a URI."""
+    root = cfg.data.root
+    return root if "://" in root else os.path.abspath(root)
+
+
 def make_context(cfg: sweep_config.SweepConfig, storage: Storage) -> dict[str, Any]:
     """What every unit receives: storage URI (absolute path when local), config, data root."""
-    root = cfg.data.root
-    if "://" not in root:
-        root = os.path.abspath(root)
+    root = data_root(cfg)
     # Local paths absolute: workers may start in another directory than the driver.
     return {"storage": storage.root if storage.local else storage.uri, "config": cfg.to_json(),
             "data_root": root}
