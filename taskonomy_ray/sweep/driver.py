@@ -65,7 +65,8 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
                 f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
                 f"the run started in, or pass --data {was}; if the data there is the same "
                 "dataset, moved, pass --force-config to continue with it")
-        if not sweep_config.diff(old.get("config", {}), new["config"]) and was == new["data_root"]:
+        if not sweep_config.diff(old.get("config", {}), new["config"]) and old.get(
+                "data_root") == new["data_root"]:
             return
         changes = sweep_config.diff(old.get("config", {}), new["config"],
                                     skip=sweep_config.EXECUTION_ONLY_SETTINGS)
