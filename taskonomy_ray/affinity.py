@@ -211,8 +211,10 @@ def _pivot(part: pa.Table, target: str) -> tuple[np.ndarray, list[_Transfer]]:
             missing = [img_names[int(j)] for j in np.flatnonzero(np.isnan(matrix[i]))[:3]]
             raise DataError(f"{what}: no loss on {len(img_names) - filled[i]} of the "
                             f"{len(img_names)} test images of this target (e.g. {missing}); "
-                            "every transfer must be tested on the same images: re-run that "
-                            "unit's evaluation")
+                            "every transfer must be tested on the same images. If the dataset "
+                            "changed since other units ran (adding or removing buildings "
+                            "moves buildings between splits), start a new storage; otherwise "
+                            "re-run that unit")
     return matrix, transfers
 
 
