@@ -154,8 +154,10 @@ def _resize(x: torch.Tensor, size: int, kind: str) -> torch.Tensor:
         return x
     if kind == "ids":
         return F.interpolate(x[None].float(), (size, size), mode="nearest")[0].to(x.dtype)
-    if kind == "mask":  # valid only where every covered source pixel is valid
-        return F.interpolate(x[None].float(), (size, size), mode="area")[0] > 0.999
+    if kind == "mask":  # valid only where every source pixel the value reads is valid
+        mode = "area" if x.shape[-1] > size else "bilinear"  # as the values are resized
+        kw = {} if mode == "area" else {"align_corners": False}
+        return F.interpolate(x[None].float(), (size, size), mode=mode, **kw)[0] > 0.999
     if x.shape[-1] > size:
         return F.interpolate(x[None], (size, size), mode="area")[0]
     return F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False)[0]

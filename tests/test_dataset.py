@@ -100,6 +100,22 @@ def test_depth_mask_marks_the_release_invalid_pixels(root: Path) -> None:
     assert s["depth_zbuffer"][0, 0, 0] == 0  # invalid depth kept out of the label
 
 
+@pytest.mark.parametrize("size", [16, 64])  # the fixture's 32 px, resized down and up
+def test_a_resized_depth_is_valid_only_where_it_reads_no_invalid_pixel(root: Path,
+                                                                       size: int) -> None:
+    # Invalid depth is 0 in the label: a pixel interpolated from it is wrong, so it must be
+    # masked (upsampling used to keep it valid, blended towards 0 m).
+    full = TaskonomyDataset(root, ["depth_zbuffer"], split="all")[0]
+    s = TaskonomyDataset(root, ["depth_zbuffer"], split="all", size=size)[0]
+    mask = s["depth_zbuffer_mask"]
+    assert mask.sum() > 0 and (~mask).any()
+    # Give the invalid source pixels another value: no pixel the mask keeps may change.
+    other = torch.where(full["depth_zbuffer_mask"], full["depth_zbuffer"], 1000.0)
+    mode = {"mode": "area"} if size < 32 else {"mode": "bilinear", "align_corners": False}
+    moved = torch.nn.functional.interpolate(other[None], (size, size), **mode)[0]
+    assert torch.allclose(moved[mask], s["depth_zbuffer"][mask])
+
+
 def test_image_ids_are_stable_and_unique(root: Path) -> None:
     ids = TaskonomyDataset(root, ["normal"], split="all").images
     assert len(set(ids)) == len(ids) == 4 * 4 * 3
