@@ -27,6 +27,8 @@ from .derived import (
     jigsaw,
     jigsaw_permutations,
     relative_pose,
+    room_layout_label,
+    vanishing_point_label,
 )
 from .errors import ConfigError, DataError
 from .tasks import DEPTH_MASK_DOMAIN, TaskSpec, get_task
@@ -168,7 +170,8 @@ def _resize(x: torch.Tensor, size: int, kind: str) -> torch.Tensor:
 # How a multi-view task groups views into one sample (see `TaskonomyDataset`'s docstring).
 PAIRING = {"fixated_pose": "same_point", "egomotion": "same_point",
            "nonfixated_pose": "same_room", "point_matching": "match"}
-VECTOR_KEYS = {"room_layout": "room_layout", "vanishing_point": "vanishing_points_gaussian_sphere"}
+# The vector labels, from point_info's room box (both in the box's canonical frame: derived.py).
+VECTOR_LABELS = {"room_layout": room_layout_label, "vanishing_point": vanishing_point_label}
 Sample = tuple[tuple[View, ...], int]  # views, point_matching label (-1 for other tasks)
 
 
@@ -377,7 +380,7 @@ class TaskonomyDataset(Dataset):
             return
         if spec.output == "vector_regression":
             info = self._read(v, "point_info")
-            out[name] = torch.tensor(info[VECTOR_KEYS[name]], dtype=torch.float32).reshape(-1)
+            out[name] = torch.from_numpy(VECTOR_LABELS[name](info["room_layout"]))
             return
         value = self._read(v, spec.domains[0])
         path = layout.path_for(self.root, v.building, v.point, v.view, spec.domains[0])

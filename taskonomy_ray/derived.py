@@ -98,3 +98,61 @@ def relative_pose(a: dict[str, Any], b: dict[str, Any]) -> np.ndarray:
     t = ra.T @ (np.asarray(b["camera_location"]) - np.asarray(a["camera_location"]))
     rot = Rotation.from_matrix(ra.T @ rb).as_rotvec()
     return np.concatenate([t, rot]).astype(np.float32)
+
+
+# The room box seen as a camera would: x right, y up (the room's z), z backwards (the room's -y).
+# An upright camera facing the room's +y axis is then the identity.
+_ROOM_AS_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+def _quarter_turn(k: int) -> np.ndarray:
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def canonical_room_frame(camera_from_room: np.ndarray) -> tuple[np.ndarray, int]:
+    """The room axes to label a view with, and how many quarter turns about up they took.
+
+    A box looks the same from frames turned by quarter turns about its up axis (x and y extents
+    swapping on odd turns), so a label may use any of the four. The one closest to the camera
+    (smallest rotation from an upright camera facing its +y axis) keeps the label continuous as
+    the camera turns, but at the diagonals (45 degrees off a wall, where views are fewest), instead
+    of jumping where Euler angles wrap or an axis crosses the image plane (facing a wall).
+    """
+    best, turns, angle = camera_from_room, 0, np.inf
+    for k in range(4):
+        r = camera_from_room @ _quarter_turn(k)
+        a = np.arccos(np.clip((np.trace(r @ _ROOM_AS_CAMERA) - 1) / 2, -1.0, 1.0))
+        if a < angle - 1e-9:
+            best, turns, angle = r, k, a
+    return best, turns
+
+
+def room_layout_label(stored: Any) -> np.ndarray:
+    """room_layout's 9 training numbers from point_info's, in the canonical room frame.
+
+    Box centre (camera frame, 3), extents along the canonical room axes (3), and the rotation
+    vector from an upright camera facing the canonical +y axis to this camera (3). point_info
+    stores the rotation as scipy 'xyz' Euler angles of the room's own axes; those wrap at +-pi
+    and suffer gimbal jumps, so views a few degrees apart could differ by 2 pi.
+    """
+    from scipy.spatial.transform import Rotation
+
+    v = np.asarray(stored, np.float64)
+    frame, turns = canonical_room_frame(Rotation.from_euler("xyz", v[6:9]).as_matrix())
+    extents = v[3:6][[1, 0, 2]] if turns % 2 else v[3:6]
+    rot = Rotation.from_matrix(frame @ _ROOM_AS_CAMERA).as_rotvec()
+    return np.concatenate([v[:3], extents, rot]).astype(np.float32)
+
+
+def vanishing_point_label(stored_layout: Any) -> np.ndarray:
+    """vanishing_point's 9 training numbers: the canonical room axes in the camera frame.
+
+    Unit x, y and up directions, whose signs follow the camera continuously (see
+    `canonical_room_frame`) instead of flipping when an axis crosses the image plane.
+    """
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("xyz", np.asarray(stored_layout, np.float64)[6:9]).as_matrix()
+    frame, _ = canonical_room_frame(rotation)
+    return frame.T.reshape(-1).astype(np.float32)

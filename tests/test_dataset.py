@@ -173,6 +173,54 @@ def test_pose_labels_come_from_point_info(root: Path) -> None:
     assert np.allclose(s["egomotion"][6:12].numpy(), relative_pose(infos[0], infos[2]), atol=1e-5)
 
 
+def _camera_from_room(yaw_deg: float, pitch_deg: float = 12.0) -> np.ndarray:
+    """An upright camera turned `yaw` about the room's up axis from facing +y, tilted down."""
+    from scipy.spatial.transform import Rotation
+
+    facing_y = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # camera axes in the room frame
+    world_from_camera = (Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix() @ facing_y
+                         @ Rotation.from_euler("x", -pitch_deg, degrees=True).as_matrix())
+    return world_from_camera.T
+
+
+def _stored_layout(camera_from_room: np.ndarray) -> list[float]:
+    from scipy.spatial.transform import Rotation
+
+    return [0.5, -0.2, -2.0, 4.0, 3.0, 2.5,
+            *Rotation.from_matrix(camera_from_room).as_euler("xyz").tolist()]
+
+
+def _corners(centre, extents, camera_from_box) -> set[tuple[float, ...]]:
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) / 2
+    pts = np.asarray(centre) + (signs * np.asarray(extents)) @ np.asarray(camera_from_box).T
+    return {tuple(np.round(p, 4)) for p in pts}
+
+
+def test_room_labels_jump_only_at_the_diagonals_and_describe_the_same_box() -> None:
+    from scipy.spatial.transform import Rotation
+
+    from taskonomy_ray.derived import room_layout_label, vanishing_point_label
+
+    facing_y = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    yaws = np.arange(0.5, 360.0, 1.0)
+    for label in (room_layout_label, vanishing_point_label):
+        values = np.stack([label(_stored_layout(_camera_from_room(y))) for y in yaws])
+        steps = np.abs(np.diff(values, axis=0)).max(axis=1)
+        jumps = yaws[1:][steps > 0.2]  # a degree apart: only switching frames moves a label far
+        assert len(jumps) == 4 and np.allclose(np.sort(jumps % 90), 45.5), jumps
+    stored_euler = np.stack([_stored_layout(_camera_from_room(y))[6:] for y in yaws])
+    assert (np.abs(np.diff(stored_euler, axis=0)).max(axis=1) > 3).any()  # what it replaces
+    for yaw in (10.0, 80.0, 170.0, 260.0):
+        r = _camera_from_room(yaw)
+        stored = _stored_layout(r)
+        lab = room_layout_label(stored)
+        frame = Rotation.from_rotvec(lab[6:]).as_matrix() @ facing_y.T
+        assert _corners(lab[:3], lab[3:6], frame) == _corners(stored[:3], stored[3:6], r)
+        axes = vanishing_point_label(stored).reshape(3, 3)
+        assert np.allclose(axes[2], r[:, 2], atol=1e-6)  # up stays up
+        assert np.allclose(np.abs(axes[:2] @ r[:, :2]).sum(axis=1), 1, atol=1e-5)  # room axes
+
+
 def test_self_supervised_labels_are_derived_from_rgb(root: Path) -> None:
     tasks = ["autoencoding", "denoising", "colorization", "inpainting", "jigsaw"]
     ds = TaskonomyDataset(root, tasks, split="all", jigsaw_classes=30)
