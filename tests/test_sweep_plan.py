@@ -55,6 +55,8 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
     ({"name": None}, "name must be a non-empty string"),
     ({"tasks": "normal"}, r"tasks must be a list of task names, e.g. \[normal, reshading\]"),
     ({"solve": {"budget": "4"}}, "solve.budget must be an integer"),
+    ({"data": {"root": "s3://bucket/data", "render": {"points": 2}}},
+     "is a URI, but the renderer writes a local folder"),
 ])
 def test_a_setting_of_the_wrong_type_is_refused_at_load_naming_it(setting, message):
     # Before, these loaded and failed on a worker (a TypeError, retried as if transient).

@@ -68,6 +68,10 @@ class DataConfig:
     test_images: int | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
+        if self.render is not None and "://" in self.root:
+            raise ConfigError(f"data.root {self.root!r} is a URI, but the renderer writes a local "
+                              "folder: give a local path (a shared file system on a cluster), or "
+                              "drop data.render to read a dataset already there")
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ConfigError(f"data.split must be three positive fractions summing to 1 "
                               f"(train, val, test), got {list(self.split)}")
