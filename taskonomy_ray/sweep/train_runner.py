@@ -88,7 +88,10 @@ def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         run_config=RunConfig(
             storage_path=Storage(ctx["storage"]).uri_for("ray_train"), name=unit.key,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=r.retries)),
+            # No restarts inside the run: a deterministic error would recur on each, and the
+            # scheduler's retry of this unit resumes the same run (same name) from its last
+            # checkpoint, so resources.retries stays the one retry count.
+            failure_config=FailureConfig(max_failures=0)),
     )
     try:
         result = trainer.fit()
