@@ -55,7 +55,7 @@ def check_schema(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise StorageError(
-            f"{what}: missing columns {missing}; expected {schema.names} (DESIGN.md). "
+            f"{what}: missing columns {missing}; expected {schema.names}. "
             "Was it written by another version? Re-run the step that writes it."
         )
     try:

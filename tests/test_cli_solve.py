@@ -116,3 +116,13 @@ def test_a_curve_leaves_out_budgets_too_small_and_says_so(tmp_path, capsys):
                             "--json")
     assert code == 0 and [p["budget"] for p in json.loads(out)["curve"]] == [1, 2]
     assert "left out budgets 0: below 1" in err
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `taskonomy-ray tasks | head -4` (the README's own example) could end in BrokenPipeError.
+    # The reader here is gone before the command writes (it takes a second to import).
+    proc = subprocess.Popen([sys.executable, "-m", "taskonomy_ray", "tasks"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
