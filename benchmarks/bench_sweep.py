@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_sweep.py [--units-seconds 0.3] [--mini-storage runs/mini]
 
-1. Overhead: the mini plan (every unit of the 26-task sweep) run with units that busy-wait a
-   fixed time on 2 CPUs; overhead share = 1 - (sum of unit time / CPUs) / wall time.
+1. Overhead: the mini plan (the 26-task sweep, with a stand-in beam choosing one pair per
+   target: 375 units) run with units that busy-wait a fixed time on 2 CPUs; overhead share
+   = 1 - (sum of unit time / CPUs) / wall time.
 2. Scaling: the same on a simulated cluster of 1 node x 1 CPU against 2 nodes x 1 CPU
    (ray.cluster_utils.Cluster), units per second of each, and their ratio.
 3. If --mini-storage names a finished mini sweep, its wall time and per-stage breakdown.

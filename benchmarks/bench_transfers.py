@@ -1,7 +1,7 @@
 """Benchmark of step 2: transfers per minute, fused + cached against two naive ways.
 
 Run: `.venv/bin/python benchmarks/bench_transfers.py [--scale mini|paper|gpu] [--device cpu|cuda]
-[--data DIR] [--steps N] [--quick]`. `mini` (default; 15-30 min on one core, plus ~30 s to
+[--data DIR] [--steps N] [--quick]`. `mini` (default; 12-17 min of one core, plus ~30 s to
 render): 64 px data and the `mini` networks (4x4x8 representations), all ways below. `paper`
 (30-60 min): the paper's networks (ResNet-50 trunk, 256 px, 16x16x8) on rendered 256 px data,
 fused + cached against the original-style naive way only, 5 epochs of 12 images. `gpu`: the
@@ -418,7 +418,7 @@ def sweep_share_of_cache(ways: dict, rows: dict, targets: dict) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scale", choices=sorted(SCALES), default="mini",
-                   help="mini (64 px, 4x4x8; ~15 min), paper (the paper's networks at 256 px; "
+                   help="mini (64 px, 4x4x8; 12-17 min), paper (the paper's networks at 256 px; "
                    "~35 min, fused and original-style naive ways only) or gpu (the paper's "
                    "networks, batch 16, every way; with --device cuda)")
     p.add_argument("--data", type=Path, default=None,

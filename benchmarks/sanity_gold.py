@@ -1,11 +1,12 @@
 """Sanity check of step 1: do the `mini` gold networks learn?
 
-Run: `.venv/bin/python benchmarks/sanity_gold.py` (about 15 minutes on 2 CPU cores). Renders a
-mini-Taskonomy set with `taskonomy-ray synth`'s library call (or reads `--root`), trains each
-task's mini gold network, and scores it per test image against two baselines: the trivial one
-(the training split's mean label, or its class frequencies, as a constant prediction) and the
-random-encoder network (the fixed-seed random encoder, frozen, with the task's decoder trained
-the same way). Writes docs/sanity.md; prints one JSON line of the win rates.
+Run: `.venv/bin/python benchmarks/sanity_gold.py` (7-15 minutes on 2 CPU cores, rendering
+included). Renders a mini-Taskonomy set with `taskonomy-ray synth`'s library call (or reads
+`--root`), trains each task's mini gold network, and scores it per test image against two
+baselines: the trivial one (the training split's mean label, or its class frequencies, as a
+constant prediction) and the random-encoder network (the fixed-seed random encoder, frozen, with
+the task's decoder trained the same way). Writes docs/sanity.md; prints one JSON line of the win
+rates.
 """
 
 from __future__ import annotations
