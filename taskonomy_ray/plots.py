@@ -23,6 +23,12 @@ SUPERVISED_TARGET = "#6baed6"  # a target that is itself supervised
 SUPERVISED_SOURCE = "#fdae6b"  # a supervised task that only serves others
 TRANSFER_TARGET = "#ffffff"
 ROW = 8  # transfer targets per row of the drawing
+# One colour per supervised source (its box's outline and its edges): matplotlib's tab10 without
+# its grey; black is the hyperedges' own. Beyond nine sources colours repeat.
+SOURCE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                  "#bcbd22", "#17becf")
+EDGE_ALPHA = 0.8
+EDGE_TOP = 0.9  # edges leave a supervised box at its bottom, not over its name
 
 
 def _as_dict(item: Taxonomy | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -111,9 +117,16 @@ def draw_taxonomy(taxonomy: Taxonomy | Mapping[str, Any], path: str | Path,
     """Draw a taxonomy as a two-layer hypergraph PNG with matplotlib (no system Graphviz).
 
     Supervised tasks sit on the top row (blue if also a target, orange if only a source);
-    transfer targets below, ordered by where their sources are to limit crossings. A transfer
-    of order > 1 is drawn as a hyperedge: its sources meet in a black junction dot.
+    transfer targets below, ordered by where their sources are to limit crossings. Each source
+    has its own colour, on its box's outline and on every edge it starts, and edges are drawn
+    over the boxes: an edge passing a box on its way to a lower row cannot be read as leaving
+    it. A transfer of order > 1 is drawn as a hyperedge: its sources meet in a black junction.
     """
+    return _save(taxonomy_figure(taxonomy, title), path)
+
+
+def taxonomy_figure(taxonomy: Taxonomy | Mapping[str, Any], title: str | None = None) -> Figure:
+    """The figure `draw_taxonomy` saves."""
     d = _as_dict(taxonomy)
     targets = {a["target"] for a in d["transfers"]}
     top = list(d["supervised"])
@@ -130,19 +143,24 @@ def draw_taxonomy(taxonomy: Taxonomy | Mapping[str, Any], path: str | Path,
     fig = Figure(figsize=(max(6.0, 1.25 * span + 1), 3.2 + 1.3 * len(rows)), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    colour = {n: SOURCE_COLOURS[i % len(SOURCE_COLOURS)] for i, n in enumerate(top)}
     for a in served:
-        (tx, ty), srcs = at[a["target"]], [x_top[s] for s in a["sources"] if s in x_top]
-        start = (srcs[0], 1.0)
+        (tx, ty) = at[a["target"]]
+        srcs = [s for s in a["sources"] if s in x_top]
+        start, arrow = (x_top[srcs[0]], EDGE_TOP), colour[srcs[0]]
         if len(srcs) > 1:  # hyperedge: the sources meet in a junction, one arrow leaves it
-            start = ((sum(srcs) + tx) / (len(srcs) + 1), 0.55)
-            for sx in srcs:
-                ax.plot([sx, start[0]], [1.0, start[1]], color="#555555", linewidth=0.9,
-                        zorder=1)
-            ax.plot(*start, marker="o", color="black", markersize=5, zorder=2)
-        ax.annotate("", xy=(tx, ty + 0.08), xytext=start, zorder=1,
-                    arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 0.9})
+            start = ((sum(x_top[s] for s in srcs) + tx) / (len(srcs) + 1), 0.55)
+            arrow = "black"
+            for s in srcs:
+                ax.plot([x_top[s], start[0]], [EDGE_TOP, start[1]], color=colour[s], linewidth=1.1,
+                        alpha=EDGE_ALPHA, zorder=4)
+            ax.plot(*start, marker="o", color="black", markersize=5, zorder=5)
+        ax.annotate("", xy=(tx, ty + 0.08), xytext=start, zorder=4,
+                    arrowprops={"arrowstyle": "-|>", "color": arrow, "lw": 1.1,
+                                "alpha": EDGE_ALPHA})
     for n, x in x_top.items():
-        _node(ax, x, 1.0, n, SUPERVISED_TARGET if n in targets else SUPERVISED_SOURCE, True)
+        _node(ax, x, 1.0, n, SUPERVISED_TARGET if n in targets else SUPERVISED_SOURCE, True,
+              outline=colour[n])
     for a in served:
         _node(ax, *at[a["target"]], a["target"], TRANSFER_TARGET, False)
     ax.set_xlim(-0.8, span - 0.2 + 0.5 * (len(rows) > 1))
@@ -156,14 +174,15 @@ def draw_taxonomy(taxonomy: Taxonomy | Mapping[str, Any], path: str | Path,
     ], loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=7, frameon=False)
     ax.set_title(title or _title(d), fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def _node(ax: Any, x: float, y: float, name: str, color: str, bold: bool) -> None:
+def _node(ax: Any, x: float, y: float, name: str, color: str, bold: bool,
+          outline: str = "black") -> None:
     ax.text(x, y, name.replace("_", "\n"), ha="center", va="center", fontsize=7, zorder=3,
             fontweight="bold" if bold else "normal",
-            bbox={"boxstyle": "round,pad=0.3", "facecolor": color, "edgecolor": "black",
-                  "linewidth": 1.6 if bold else 0.8})
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": color, "edgecolor": outline,
+                  "linewidth": 2.6 if bold else 0.8})
 
 
 def _title(d: Mapping[str, Any]) -> str:

@@ -126,3 +126,26 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_each_drawn_edge_has_its_sources_colour_and_is_drawn_over_the_boxes(published_csv):
+    # Rows of targets wrap: an edge to a lower row passes the boxes above it. Drawn under them
+    # in one grey, it looked like it left the box it passed (egomotion "from" depth_euclidean).
+    from matplotlib.colors import to_hex
+    from matplotlib.text import Annotation
+
+    from taskonomy_ray import plots
+
+    result = taxonomy.solve_taxonomy(published.read_published_csv(published_csv),
+                                     taxonomy.ProblemSpec(max_order=1), 8)
+    ax = plots.taxonomy_figure(result).axes[0]
+    boxes = [t for t in ax.texts if not isinstance(t, Annotation)]
+    edges = [t for t in ax.texts if isinstance(t, Annotation)]
+    outline = {b.get_text().replace("\n", "_"): to_hex(b.get_bbox_patch().get_edgecolor())
+               for b in boxes}
+    assert len(edges) == sum(not a.supervised for a in result.transfers)
+    assert min(e.get_zorder() for e in edges) > max(b.get_zorder() for b in boxes)
+    by_colour = {to_hex(e.arrow_patch.get_edgecolor()) for e in edges}
+    used = {a.sources[0] for a in result.transfers if not a.supervised}
+    assert by_colour == {outline[s] for s in used}
+    assert len({outline[s] for s in result.supervised}) == len(result.supervised)
