@@ -206,7 +206,9 @@ def _run_solve(args: argparse.Namespace) -> int:
     if args.plot:
         from . import plots
 
-        print(f"wrote {plots.plot_budget_curve(curve, args.plot)}", file=sys.stderr)
+        title = (f"budget curve, regime {problem.regime}, order <= {problem.max_order}, "
+                 f"weight {problem.weight}")
+        print(f"wrote {plots.plot_budget_curve(curve, args.plot, title)}", file=sys.stderr)
     return 0
 
 

@@ -46,8 +46,12 @@ class Significance:
 
     @property
     def p_value(self) -> float:
-        """Fraction of random policies scoring at least as well as the taxonomy."""
-        return float(np.mean(self.random >= self.taxonomy - 1e-12))
+        """Monte Carlo p-value: (policies scoring at least as well + 1) / (policies + 1).
+
+        The +1s count the taxonomy itself as one draw, so n policies never claim a p-value
+        below 1 / (n + 1) (a plain fraction printed 0.000 from 100 draws).
+        """
+        return float((np.sum(self.random >= self.taxonomy - 1e-12) + 1) / (len(self.random) + 1))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (the distribution as mean, std, quantiles)."""

@@ -7,7 +7,9 @@ figures next to `index.html`, and renders a Jinja2 template that only lays the n
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
-from .errors import ConfigError
+from .errors import ConfigError, SolverError
 from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, Storage
 
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
@@ -64,11 +66,12 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
                  published: bool = False, budgets: Sequence[float] = DEFAULT_BUDGETS,
                  orders: Sequence[int] = DEFAULT_ORDERS, drawn: Sequence[float] = DEFAULT_DRAWN,
                  random_policies: int = DEFAULT_POLICIES, regime: int | None = None,
-                 samples: int = 3, data_root: str | None = None, seed: int = 0) -> Path:
-    """Write the report of a sweep's storage (or of the published CSV) and return index.html.
+                 samples: int = 3, data_root: str | None = None, seed: int = 0) -> Path | str:
+    """Write the report of a sweep's storage (or of the published CSV); return its index.html.
 
-    Default folder: `<storage>/report` for a sweep (staged locally, then uploaded, when the
-    storage is an object store), `report-published/` for the published results.
+    A path, or a URI for a sweep on an object store. Default folder: `<storage>/report` for a
+    sweep (staged locally, then uploaded, when the storage is an object store),
+    `report-published/` for the published results.
     """
     cfg = ReportConfig(tuple(budgets), tuple(orders), tuple(drawn), random_policies, seed,
                        regime, samples, data_root)
@@ -86,6 +89,7 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
     if out_dir is not None:
         return _render(Path(out_dir), storage.read_affinities(), cfg, f"sweep {storage.display}",
                        storage.display, storage)
+    index: Path | str
     if storage.local:
         index = _render(Path(storage.path(REPORT_DIR)), storage.read_affinities(), cfg,
                         f"sweep {storage.display}", storage.display, storage)
@@ -93,21 +97,43 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
         with tempfile.TemporaryDirectory() as tmp:
             staged = _render(Path(tmp), storage.read_affinities(), cfg,
                              f"sweep {storage.display}", storage.display, storage)
-            for f in sorted(Path(tmp).iterdir()):
-                storage.write_bytes(f"{REPORT_DIR}/{f.name}", f.read_bytes())
-        index = Path(storage.uri_for(f"{REPORT_DIR}/{staged.name}"))
+            new = sorted(f.name for f in Path(tmp).iterdir())
+            for name in new:
+                storage.write_bytes(f"{REPORT_DIR}/{name}", (Path(tmp) / name).read_bytes())
+        for name in storage.list(REPORT_DIR):  # an earlier report's figures that this one lacks
+            if name not in new and any(fnmatch.fnmatch(name, p) for p in FIGURES):
+                storage.delete(f"{REPORT_DIR}/{name}")
+        index = storage.uri_for(f"{REPORT_DIR}/{staged.name}")  # a URI: a Path would mangle //
     storage.delete(REPORT_ERROR)  # an earlier failed report's traceback no longer describes it
     return index
 
 
 def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: str,
             storage: Storage | None) -> Path:
+    """Compute every section in a staging folder, then swap its files into `out`.
+
+    An earlier report in `out` stays whole until the new one is complete: a run that fails
+    (a bad --regime, a solver error) leaves it as it was. Then the earlier report's figures,
+    and only those (`FIGURES`), are replaced by the new ones.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as tmp:
+        stage = Path(tmp)
+        _render_into(stage, table, cfg, title, source, storage)
+        for pattern in FIGURES:
+            for old in out.glob(pattern):
+                old.unlink()
+        for f in sorted(stage.iterdir()):  # index.html last: it links the figures
+            if f.name != "index.html":
+                os.replace(f, out / f.name)
+        os.replace(stage / "index.html", out / "index.html")
+    return out / "index.html"
+
+
+def _render_into(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: str,
+                 storage: Storage | None) -> None:
     """Compute every section, draw the figures into `out`, render index.html."""
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in FIGURES:  # figures of an earlier report with other settings, only ours
-        for old in out.glob(pattern):
-            old.unlink()
     regime = pick_regime(table, cfg.regime)
     context: dict[str, Any] = {
         "title": title, "source": source, "version": __version__, "regime": regime,
@@ -124,9 +150,7 @@ def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: s
 
         context["sweep"] = sweep_sections(storage, cfg, out)
     context["seconds"] = f"{time.perf_counter() - t0:.1f}"
-    index = out / "index.html"
-    index.write_text(render_html(context))
-    return index
+    (out / "index.html").write_text(render_html(context))
 
 
 def render_html(context: dict[str, Any]) -> str:
@@ -241,7 +265,12 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
                          "supervised)")
         for budget in usable:
             solved = taxonomy.solve(problem, budget)
-            sig = evaluate.significance(problem, solved, cfg.random_policies, cfg.seed)
+            try:
+                sig: dict[str, evaluate.Significance] | None = evaluate.significance(
+                    problem, solved, cfg.random_policies, cfg.seed)
+            except SolverError as e:  # too few feasible random policies: this row goes without
+                sig = None
+                notes.append(f"order {order}, budget {budget:g}: no significance test ({e})")
             if order in orders and budget in cfg.budgets:
                 curve.append(solved)
                 points.append(_curve_row(solved, sig))
@@ -258,14 +287,15 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance]) -> dict[str, str]:
+def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | None
+               ) -> dict[str, str]:
     return {"order": str(t.max_order), "budget": f"{t.budget:g}", "objective": _fmt(t.objective),
             "gain": _fmt(t.gain), "quality": _fmt(t.quality),
-            "percentile": _fmt(sig["objective"].percentile, 1),
+            "percentile": _fmt(sig["objective"].percentile if sig else None, 1),
             "supervised": ", ".join(t.supervised)}
 
 
-def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance], out: Path,
+def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | None, out: Path,
            pinned: dict[str, Any] | None) -> dict[str, Any]:
     """One taxonomy: its graph, per-target rows and its significance against random policies."""
     name = f"taxonomy_o{t.max_order}_b{t.budget:g}".replace(".", "p") + ".png"
@@ -282,11 +312,13 @@ def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance], out: Pat
     significance = [{"metric": k, "value": _fmt(s.taxonomy), "percentile": _fmt(s.percentile, 1),
                      "p_value": _fmt(s.p_value), "random_mean": _fmt(float(s.random.mean())),
                      "random_p95": _fmt(float(np.quantile(s.random, 0.95)))}
-                    for k, s in sig.items()]
+                    for k, s in (sig or {}).items()]
     return {"image": name, "order": str(t.max_order), "budget": f"{t.budget:g}",
             "pinned": is_pinned, "objective": _fmt(t.objective), "gain": _fmt(t.gain),
             "quality": _fmt(t.quality), "supervised": ", ".join(t.supervised), "rows": rows,
-            "significance": significance, "anchor": name.removesuffix(".png")}
+            "significance": significance, "anchor": name.removesuffix(".png"),
+            "significance_note": "too few feasible random policies at this budget for the "
+                                 "significance test (see the notes above)"}
 
 
 def default_out(source: str | Path, published: bool) -> str:

@@ -70,7 +70,8 @@ def run_facts(storage: Storage, run: dict[str, Any] | None,
     return {"notes": notes, "stages": stages, "failures": failures,
             "version": (run or {}).get("version", "unknown"),
             "config": json.dumps((run or {}).get("config", {}), indent=1, sort_keys=True),
-            "data_root": ((run or {}).get("config", {}).get("data", {}).get("root", "unknown")),
+            "data_root": ((run or {}).get("data_root")
+                          or (run or {}).get("config", {}).get("data", {}).get("root", "unknown")),
             "wall_s": _seconds((summary or {}).get("wall_s"))}
 
 
@@ -162,7 +163,8 @@ def samples(storage: Storage, run: dict[str, Any] | None, units: list[dict[str, 
     except (TaskonomyError, KeyError, TypeError) as e:
         raise StorageError(f"{storage.path(RUN_FILE)} holds no readable sweep config ({e}); "
                            "it was written by another version") from e
-    root = cfg.data_root or swept.data.root
+    # The absolute root run.json recorded: the config's may be relative to where the sweep ran.
+    root = cfg.data_root or run.get("data_root") or swept.data.root
     if "://" not in root and not os.path.isdir(root):
         return {**empty, "note": f"the dataset root {root!r} of this sweep is not here, so no "
                                  "test images can be shown; pass the dataset with "

@@ -17,7 +17,7 @@ import torch
 from fixtures import make_root
 
 from taskonomy_ray import __version__, affinity, cli, evaluate, report, tables, taxonomy, training
-from taskonomy_ray.errors import ConfigError
+from taskonomy_ray.errors import ConfigError, SolverError
 from taskonomy_ray.published import load_published
 from taskonomy_ray.sweep import config as sweep_config
 from taskonomy_ray.sweep import ledger, plan
@@ -198,6 +198,50 @@ def test_a_second_report_replaces_its_own_figures_and_keeps_other_files(
     assert "taxonomy_o1_b3.png" not in names  # drawn by the first report only
 
 
+def test_a_report_that_fails_leaves_the_earlier_one_whole(published_csv: Path,
+                                                           tmp_path: Path) -> None:
+    report.write_report(published_csv, tmp_path, published=True, **FAST)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match="regime 999"):
+        report.write_report(published_csv, tmp_path, published=True, regime=999, **FAST)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_significance_test_that_cannot_draw_policies_costs_its_row_not_the_page(
+        published_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def too_sparse(*args, **kwargs):
+        raise SolverError("only 81 of 100 random policies were feasible in 20000 draws")
+
+    monkeypatch.setattr(report.evaluate, "significance", too_sparse)
+    page = report.write_report(published_csv, tmp_path, published=True, **FAST).read_text()
+    assert "no significance test (only 81 of 100 random policies" in page
+    assert "too few feasible random policies at this budget" in page
+
+
+def test_the_samples_find_the_dataset_from_another_directory(sweep_storage, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    # run.json records the absolute data root; the config's may be relative to the sweep's
+    # working directory, which a later `taskonomy-ray report` need not share.
+    storage, cfg = sweep_storage
+    copy = tables.Storage(str(tmp_path / "store"))
+    for rel in ("affinities.parquet", "plan.json", "taxonomy.json", "sweep.json"):
+        copy.write_bytes(rel, storage.read_bytes(rel))
+    for name in storage.list("losses"):
+        copy.write_bytes(f"losses/{name}", storage.read_bytes(f"losses/{name}"))
+    for u in plan.build(cfg):
+        if u.stage == "gold":
+            copy.write_bytes(plan.checkpoint_path(u.key),
+                             storage.read_bytes(plan.checkpoint_path(u.key)))
+    root = Path(cfg.data.root)
+    run = {"config": {**cfg.to_json(), "data": {**cfg.to_json()["data"], "root": root.name}},
+           "version": __version__, "data_root": str(root)}
+    copy.write_json(tables.RUN_FILE, run)
+    monkeypatch.chdir(tmp_path)  # where data/<root.name> does not exist
+    page = report.write_report(copy.uri, tmp_path / "out", **FAST).read_text()
+    assert f'src="samples_{GOLD_TASKS[0]}.png"' in page and str(root) in page
+
+
 def test_object_store_sweep_gets_its_report_uploaded_under_report(
         sweep_storage, monkeypatch: pytest.MonkeyPatch) -> None:
     storage, _ = sweep_storage
@@ -209,9 +253,12 @@ def test_object_store_sweep_gets_its_report_uploaded_under_report(
 
     monkeypatch.setattr(report, "Storage", ObjectStore)
     index = report.write_report(storage.uri, samples=0, **FAST)
-    assert str(index) == storage.uri_for("report/index.html")
+    assert index == storage.uri_for("report/index.html")
     assert b"Taskonomy report" in storage.read_bytes("report/index.html")
-    assert storage.exists("report/budget_curve.png")
+    assert storage.exists("report/budget_curve.png") and storage.exists("report/taxonomy_o1_b3.png")
+    report.write_report(storage.uri, samples=0, **{**FAST, "drawn": (1,)})
+    assert storage.exists("report/taxonomy_o1_b1.png")
+    assert not storage.exists("report/taxonomy_o1_b3.png")  # the earlier report's, removed
 
 
 def test_storage_with_only_affinities_reports_what_is_missing(published_csv: Path,
