@@ -127,6 +127,30 @@ def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
     info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
         "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
     assert info["transfers"] == 6  # 5 transfers into normal and its gold row, once each
+    assert "normal" not in info["left_out"]  # the workflow's other targets have no losses here
+
+
+def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):
+    from test_affinity import _run
+
+    from taskonomy_ray.sweep import config as sweep_config
+    from taskonomy_ray.sweep import units
+
+    st = Storage(str(tmp_path / "store"))
+    table = pa.concat_tables([_run("normal"), _run("reshading", seed=1).filter(
+        pa.compute.not_equal(pa.compute.field("kind"), "scratch"))])  # its scratch failed
+    keys = sorted(set(table.column("unit").to_pylist()))
+    for k in keys:
+        st.write_losses(k, table.filter(pa.compute.equal(table.column("unit"), k)))
+    st.write_json(plan.PLAN_FILE, {"units": [
+        {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
+    cfg = sweep_config.load(workflow(tmp_path, **{
+        "regimes: [8]": "regimes: [1000]",
+        "tasks: [normal, depth_zbuffer, reshading]": "tasks: [normal, reshading]"})).to_json()
+    info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
+        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
+    assert info["left_out"] == ["reshading"]
+    assert set(st.read_affinities().column("target").to_pylist()) == {"normal"}
 
 
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):

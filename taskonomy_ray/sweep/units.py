@@ -339,19 +339,34 @@ def run_render(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 
 def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     """Stages 3-5: affinities from every loss table, the default taxonomy, the report."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from .. import affinity, taxonomy
 
     cfg, storage = _context(ctx)
     # plan.json is complete here (the analysis waits for every beam): read only its units'
     # losses, not those of units that a changed config replaced.
     plan = storage.read_json(planning.PLAN_FILE)["units"]
-    table = affinity.write_affinities(storage, [u["key"] for u in plan
-                                                if planning.losses_path(u["key"]) in u["outputs"]])
+    losses = storage.read_losses([u["key"] for u in plan
+                                  if planning.losses_path(u["key"]) in u["outputs"]])
+    # A target whose gold or scratch network failed cannot be ranked; the others still can
+    # (the sweep lists the failures, and a resume that completes them redoes this analysis).
+    kinds = losses.group_by(["target", "kind", "regime"]).aggregate([]).to_pylist()
+    left_out = sorted(t for t in cfg.targets
+                      if not any(k["target"] == t and k["kind"] == "gold" for k in kinds)
+                      or not all(any(k["target"] == t and k["kind"] == "scratch"
+                                     and k["regime"] == r for k in kinds) for r in cfg.regimes))
+    if left_out:
+        losses = losses.filter(pc.invert(pc.is_in(losses.column("target"),
+                                                  pa.array(left_out))))
+    table = affinity.compute_affinities(losses)
+    storage.write_affinities(table)
     spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
     storage.write_json("taxonomy.json", solved.to_json())
     return {"transfers": table.num_rows, "objective": solved.objective,
-            "supervised": list(solved.supervised)}
+            "supervised": list(solved.supervised), "left_out": left_out}
 
 
 EXECUTORS = {
