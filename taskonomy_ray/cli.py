@@ -161,7 +161,7 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_solve(args: argparse.Namespace) -> int:
-    from . import published, taxonomy
+    from . import published, solve_text, taxonomy
     from .errors import ConfigError
 
     if (args.budget is None) == (args.budgets is None):
@@ -175,13 +175,13 @@ def _run_solve(args: argparse.Namespace) -> int:
         max_order=args.max_order, regime=args.regime,
         targets=tuple(args.targets) if args.targets else None,
         sources=tuple(args.sources) if args.sources else None,
-        importance=taxonomy.parse_importance(args.importance), weight=args.weight,
+        importance=solve_text.parse_importance(args.importance), weight=args.weight,
         novel=tuple(args.novel))
     problem = taxonomy.build_problem(table, spec)
     if args.budget is not None:
         result = taxonomy.solve(problem, args.budget)
         print(json.dumps(result.to_json(), indent=1) if args.json
-              else taxonomy.format_taxonomy(result))
+              else solve_text.format_taxonomy(result))
         if args.dot or args.draw:
             from . import plots
 
@@ -189,7 +189,7 @@ def _run_solve(args: argparse.Namespace) -> int:
                                       args.draw and plots.draw_taxonomy(result, args.draw))):
                 print(f"wrote {path}", file=sys.stderr)
         return 0
-    budgets = taxonomy.parse_budgets(args.budgets)
+    budgets = solve_text.parse_budgets(args.budgets)
     need = taxonomy.min_budget(problem) if budgets else 0.0
     feasible = [b for b in budgets if b >= need - 1e-9]
     if not feasible:
@@ -201,8 +201,8 @@ def _run_solve(args: argparse.Namespace) -> int:
         print(f"left out budgets {left}: below {need:g}, the smallest that serves all "
               f"{len(problem.targets)} targets", file=sys.stderr)
     curve = taxonomy.budget_curve(problem, feasible)
-    print(json.dumps(taxonomy.curve_json(curve), indent=1) if args.json
-          else taxonomy.format_curve(curve))
+    print(json.dumps(solve_text.curve_json(curve), indent=1) if args.json
+          else solve_text.format_curve(curve))
     if args.plot:
         from . import plots
 
@@ -244,7 +244,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
     from .report import write_report
-    from .taxonomy import parse_budgets
+    from .solve_text import parse_budgets
 
     if (args.storage is None) == (args.published is None):
         raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")

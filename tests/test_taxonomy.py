@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from taskonomy_ray import evaluate, published, tables, taxonomy
+from taskonomy_ray import evaluate, published, solve_text, tables, taxonomy
 from taskonomy_ray.errors import ConfigError, SolverError, UnknownNameError
 
 
@@ -265,18 +265,18 @@ def test_json_output_has_the_design_contract_fields():
 
 
 def test_parse_budgets_and_importance():
-    assert taxonomy.parse_budgets("1-3,8") == [1, 2, 3, 8]
-    assert taxonomy.parse_budgets("2,1") == [1, 2]
+    assert solve_text.parse_budgets("1-3,8") == [1, 2, 3, 8]
+    assert solve_text.parse_budgets("2,1") == [1, 2]
     with pytest.raises(ConfigError):
-        taxonomy.parse_budgets("one")
-    assert taxonomy.parse_importance(["normal=2", "depth_zbuffer=0.5"]) == {
+        solve_text.parse_budgets("one")
+    assert solve_text.parse_importance(["normal=2", "depth_zbuffer=0.5"]) == {
         "normal": 2.0, "depth_zbuffer": 0.5}
     with pytest.raises(ConfigError, match="TASK=WEIGHT"):
-        taxonomy.parse_importance(["normal"])
+        solve_text.parse_importance(["normal"])
 
 
 def test_format_taxonomy_is_a_readable_table():
-    text = taxonomy.format_taxonomy(taxonomy.solve(taxonomy.build_problem(
+    text = solve_text.format_taxonomy(taxonomy.solve(taxonomy.build_problem(
         SMALL, taxonomy.ProblemSpec()), 1))
     assert "supervised (1): normal" in text and "(supervised)" in text
 

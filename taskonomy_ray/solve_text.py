@@ -1,0 +1,81 @@
+"""The solver's text side: `solve` options parsed, taxonomies and budget curves printed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ConfigError
+from .taxonomy import Taxonomy
+
+
+def parse_budgets(spec: str) -> list[float]:
+    """Budgets from '1-8' (inclusive range), '1,2,5' or a mix such as '1-3,8'."""
+    out: list[float] = []
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(float(b) for b in range(int(lo), int(hi) + 1))
+            else:
+                out.append(float(part))
+    except ValueError:
+        raise ConfigError(f"cannot read budgets {spec!r}; write e.g. '1-8' or '1,2,5'") from None
+    if not out or any(b < 0 for b in out):
+        raise ConfigError(f"budgets {spec!r}: give at least one budget, all >= 0")
+    return sorted(set(out))
+
+
+def parse_importance(items: Sequence[str]) -> dict[str, float]:
+    """Per-target importance from 'TASK=W' strings."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"cannot read importance {item!r}; write TASK=WEIGHT, "
+                              "e.g. normal=2")
+    return out
+
+
+def format_taxonomy(result: Taxonomy) -> str:
+    """A readable table of a solved taxonomy, for `taskonomy-ray solve`."""
+    head = (f"regime {result.regime}, budget {result.budget:g}, max order {result.max_order}, "
+            f"weight {result.weight}\nobjective {result.objective:.4f}, mean quality "
+            f"{result.quality:.3f}, mean gain {result.gain:.3f}\nsupervised "
+            f"({len(result.supervised)}): {', '.join(result.supervised)}\n")
+    rows = [("target", "served by", "weight", "affinity", "quality", "gain")]
+    for a in result.transfers:
+        rows.append((a.target, "(supervised)" if a.supervised else " + ".join(a.sources),
+                     f"{a.weight:.4f}", f"{a.affinity:.5f}", f"{a.quality:.3f}",
+                     f"{a.gain:.3f}"))
+    return head + "\n" + _columns(rows)
+
+
+def format_curve(curve: Sequence[Taxonomy]) -> str:
+    """A readable table of a budget curve: objective and mean win rates per budget."""
+    rows = [("budget", "objective", "quality", "gain", "supervised")]
+    rows += [(f"{t.budget:g}", f"{t.objective:.4f}", f"{t.quality:.3f}", f"{t.gain:.3f}",
+              ", ".join(t.supervised)) for t in curve]
+    first = curve[0] if curve else None
+    head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}\n\n"
+            if first else "")
+    return head + _columns(rows)
+
+
+def curve_json(curve: Sequence[Taxonomy]) -> dict[str, Any]:
+    """The `solve --budgets --json` object: one entry per budget."""
+    first = curve[0]
+    return {"regime": first.regime, "max_order": first.max_order, "weight": first.weight,
+            "curve": [{"budget": t.to_json()["budget"], "objective": t.objective,
+                       "quality": t.quality, "gain": t.gain, "supervised": list(t.supervised)}
+                      for t in curve]}
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1]
+                     for r in rows)
