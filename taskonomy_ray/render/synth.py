@@ -219,9 +219,9 @@ def render_state(cfg: SynthConfig) -> tuple[str, str]:
     if info.get("complete") is False:
         return "partial", f"{root} holds this render, interrupted"
     if "complete" not in info:  # written before renders recorded completion: count the views
-        full = all(sum(1 for _ in layout.scan(root, b)) == cfg.points * cfg.views
-                   for b in want["buildings"] if (root / b / "rgb").is_dir())
-        if not full or not all((root / b / "rgb").is_dir() for b in want["buildings"]):
+        if not all((root / b / "rgb").is_dir()
+                   and sum(1 for _ in layout.scan(root, b)) == cfg.points * cfg.views
+                   for b in want["buildings"]):
             return "partial", f"{root} holds this render, with views missing"
     return "complete", f"{root} holds this render, complete"
 

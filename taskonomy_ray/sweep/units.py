@@ -353,10 +353,10 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     # A target whose gold or scratch network failed cannot be ranked; the others still can
     # (the sweep lists the failures, and a resume that completes them redoes this analysis).
     kinds = losses.group_by(["target", "kind", "regime"]).aggregate([]).to_pylist()
+    gold = {k["target"] for k in kinds if k["kind"] == "gold"}
+    scratch = {(k["target"], k["regime"]) for k in kinds if k["kind"] == "scratch"}
     left_out = sorted(t for t in cfg.targets
-                      if not any(k["target"] == t and k["kind"] == "gold" for k in kinds)
-                      or not all(any(k["target"] == t and k["kind"] == "scratch"
-                                     and k["regime"] == r for k in kinds) for r in cfg.regimes))
+                      if t not in gold or any((t, r) not in scratch for r in cfg.regimes))
     if left_out:
         losses = losses.filter(pc.invert(pc.is_in(losses.column("target"),
                                                   pa.array(left_out))))
