@@ -6,7 +6,6 @@ tournament over every transfer into the target, whose principal eigenvector is t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,9 +105,9 @@ def compute_affinities(losses: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(parts, schema=AFFINITIES_SCHEMA)
 
 
-def write_affinities(storage: Storage, units: Sequence[str] | None = None) -> pa.Table:
-    """Affinities of a run's losses (of `units`; default all), written and returned."""
-    table = compute_affinities(storage.read_losses(units))
+def write_affinities(storage: Storage) -> pa.Table:
+    """Read a run's losses, compute the affinities and write `affinities.parquet`; returns it."""
+    table = compute_affinities(storage.read_losses())
     storage.write_affinities(table)
     return table
 

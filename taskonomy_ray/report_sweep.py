@@ -17,12 +17,13 @@ import pyarrow as pa
 
 from .affinity import win_rate
 from .errors import StorageError, TaskonomyError
+from .sweep.plan import PLAN_FILE
 from .tables import LOSSES_SCHEMA, RUN_FILE, Storage
 
 if TYPE_CHECKING:
     from .report import ReportConfig
 
-PLAN_FILE, SUMMARY_FILE = "plan.json", "sweep.json"  # written by sweep.driver
+SUMMARY_FILE = "sweep.json"  # written by sweep.driver
 TRIVIAL_NOTE = ("The trivial constant-prediction baseline (the training split's mean label) is not "
                 "measured by a sweep, so it is not available here; "
                 "`benchmarks/sanity_gold.py` measures it and writes docs/sanity.md.")

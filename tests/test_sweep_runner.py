@@ -104,28 +104,35 @@ def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tm
     assert ledger.history(st, "analysis").completions == 2  # not the partial one kept
 
 
+def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=False):
+    """Run the analysis unit on `table`'s units (with a replaced copy of each when `stale`)."""
+    from taskonomy_ray.sweep import config as sweep_config
+    from taskonomy_ray.sweep import units
+
+    st = Storage(str(tmp_path / "store"))
+    keys = sorted(set(table.column("unit").to_pylist()))
+    for k in keys:
+        part = table.filter(pa.compute.equal(table.column("unit"), k))
+        st.write_losses(k, part)
+        if stale:  # what a config change leaves behind: the same transfer under an old key
+            st.write_losses(f"{k}-old", part.set_column(0, "unit", pa.array([f"{k}-old"] *
+                                                                              part.num_rows)))
+    st.write_json(plan.PLAN_FILE, {"units": [
+        {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
+    cfg = sweep_config.load(workflow(tmp_path, **{
+        "regimes: [8]": "regimes: [1000]",
+        "tasks: [normal, depth_zbuffer, reshading]": f"tasks: {tasks}"})).to_json()
+    info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
+        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
+    return st, info
+
+
 def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
     # A config change (--force-config) leaves the replaced units' loss files in storage; read
     # as well, they would count every transfer twice.
     from test_affinity import _run
 
-    from taskonomy_ray.sweep import units
-
-    st = Storage(str(tmp_path / "store"))
-    table = _run("normal")
-    keys = sorted(set(table.column("unit").to_pylist()))
-    for k in keys:
-        part = table.filter(pa.compute.equal(table.column("unit"), k))
-        st.write_losses(k, part)
-        st.write_losses(f"{k}-old", part.set_column(0, "unit", pa.array([f"{k}-old"] *
-                                                                          part.num_rows)))
-    st.write_json(plan.PLAN_FILE, {"units": [
-        {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
-    from taskonomy_ray.sweep import config as sweep_config
-
-    cfg = sweep_config.load(workflow(tmp_path, **{"regimes: [8]": "regimes: [1000]"})).to_json()
-    info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
-        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
+    _, info = _analyse(tmp_path, _run("normal"), stale=True)
     assert info["transfers"] == 6  # 5 transfers into normal and its gold row, once each
     assert "normal" not in info["left_out"]  # the workflow's other targets have no losses here
 
@@ -133,22 +140,9 @@ def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
 def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):
     from test_affinity import _run
 
-    from taskonomy_ray.sweep import config as sweep_config
-    from taskonomy_ray.sweep import units
-
-    st = Storage(str(tmp_path / "store"))
     table = pa.concat_tables([_run("normal"), _run("reshading", seed=1).filter(
         pa.compute.not_equal(pa.compute.field("kind"), "scratch"))])  # its scratch failed
-    keys = sorted(set(table.column("unit").to_pylist()))
-    for k in keys:
-        st.write_losses(k, table.filter(pa.compute.equal(table.column("unit"), k)))
-    st.write_json(plan.PLAN_FILE, {"units": [
-        {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
-    cfg = sweep_config.load(workflow(tmp_path, **{
-        "regimes: [8]": "regimes: [1000]",
-        "tasks: [normal, depth_zbuffer, reshading]": "tasks: [normal, reshading]"})).to_json()
-    info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
-        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
+    st, info = _analyse(tmp_path, table, tasks="[normal, reshading]")
     assert info["left_out"] == ["reshading"]
     assert set(st.read_affinities().column("target").to_pylist()) == {"normal"}
 

@@ -18,9 +18,9 @@ from ..errors import ConfigError, StorageError
 from ..tables import REPORT_ERROR, RUN_FILE, Storage
 from . import config as sweep_config
 from . import plan as planning
+from .plan import PLAN_FILE
 from .scheduler import Scheduler
 
-PLAN_FILE = planning.PLAN_FILE
 SUMMARY_FILE = "sweep.json"
 REPORT_INDEX = "report/index.html"
 
