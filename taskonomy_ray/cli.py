@@ -97,6 +97,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
           f"{len(result.failures)} failed; storage {redact(result.storage)}")
     for key, err in sorted(result.failures.items()):
         print(f"  FAILED {key}: {err}", file=sys.stderr)
+    for key, without in sorted(result.partial.items()):
+        print(f"  PARTIAL {key}: ran without {', '.join(without)} (failed); a resume that "
+              "completes them trains it again, whole", file=sys.stderr)
     report = result.report_path
     if report:
         print(f"report: {report}")
@@ -126,6 +129,9 @@ def _run_status(args: argparse.Namespace) -> int:
               f"{c['failed']} failed")
     for key, err in sorted(st["failures"].items()):
         print(f"FAILED {key}: {err}")
+    for key, sources in sorted(st["partial"].items()):
+        print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
+              "representations failed)")
     return 0
 
 

@@ -83,6 +83,9 @@ def build_sweep_storage(tmp: Path) -> tuple[tables.Storage, sweep_config.SweepCo
     table = affinity.write_affinities(storage)
     solved = taxonomy.solve_taxonomy(table, taxonomy.ProblemSpec(max_order=2), 1)
     storage.write_json("taxonomy.json", solved.to_json())
+    group = next(u for u in units if u.stage == "transfer")  # as if a source had failed
+    storage.write_json(plan.partial_path(group.key), {"without": [], "left_out": [["jigsaw"]],
+                                                      "sources": ["jigsaw"]})
     failed = plan.beam_key(cfg, "normal", REGIME)
     ledger.record(storage, failed, "started")
     ledger.record(storage, failed, "failed", error="RuntimeError: out of memory")
@@ -157,6 +160,8 @@ def test_sweep_report_shows_samples_sanity_and_run_facts(sweep_storage, tmp_path
     assert re.search(rf"<td>normal</td><td class=\"num\">{REGIME}</td><td class=\"num\">"
                      rf"{len(gold)}</td>\s*<td class=\"num\">{expect:.2f}</td>", page)
     assert "RuntimeError: out of memory" in page and plan.beam_key(cfg, "normal", REGIME) in page
+    group = next(u for u in plan.build(cfg) if u.stage == "transfer")
+    assert re.search(rf"<code>{group.key}</code></td><td>jigsaw</td>", page)  # trained without
     assert "<td class=\"num\">7.2</td>" in page and "12.5 s" in page  # from sweep.json
     assert "the sweep's own solve (taxonomy.json)" in page  # its budget 1, order 2 is drawn
     assert "not measured by a sweep" in page

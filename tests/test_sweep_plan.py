@@ -240,6 +240,47 @@ def test_deterministic_failure_fails_its_dependents_and_the_rest_goes_on():
     assert s.tries[bad] == 1
 
 
+def test_a_failed_source_costs_its_transfers_not_every_group_that_reads_it():
+    # Every first-order group reads every source: without optional deps one failed gold
+    # network failed every group of the sweep, and with them every target's ranking.
+    cfg = small()
+    bad = plan.gold_key(cfg, "reshading")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    run_all(s, fail=lambda u: "non-finite loss" if u.key == bad else None)
+    lost = sorted(plan.features_key(cfg, "reshading", i) for i in ("r16", "test"))
+    firsts = [k for k, u in s.units.items() if u.stage == "transfer"]
+    assert len(firsts) == 3 and all(s.state[k] == "done" for k in firsts)
+    assert {k: sorted(v) for k, v in s.partial.items()} == dict.fromkeys(firsts, lost)
+    beams = {u.params["target"]: s.state[k] for k, u in s.units.items() if u.stage == "beam"}
+    assert beams == {"normal": "done", "depth_zbuffer": "done", "reshading": "failed"}
+    assert s.state["analysis"] == "done"
+    assert all(s.failures()[k].startswith("not run") for k in lost)
+
+
+def test_a_resume_that_completes_a_failed_source_retrains_only_the_groups_without_it():
+    cfg = small()
+    gold = plan.gold_key(cfg, "reshading")
+    lost = {plan.features_key(cfg, "reshading", i) for i in ("r16", "test")}
+    units = plan.build(cfg)
+    beam = {u.params["target"]: u.key for u in units if u.stage == "beam"}
+    group = next(u.key for u in units if u.stage == "transfer" and u.params["target"] == "normal")
+    not_done = {gold, beam["reshading"]} | lost
+
+    def resumed():  # `normal`'s first-order group ran without reshading in an earlier run
+        return Scheduler(plan.build(cfg), is_done=lambda u: u.key not in not_done,
+                         went_without=lambda u: lost if u.key == group else ())
+
+    s = resumed()
+    assert s.partial == {group: sorted(lost)}
+    order = run_all(s)
+    assert set(order) == not_done | {group, beam["normal"], "analysis"}
+    assert order.index(group) < order.index(beam["normal"])  # its ranking reads the new group
+    assert s.partial == {}
+    again = resumed()  # the source fails again: the partial group is kept, not retrained
+    order = run_all(again, fail=lambda u: "non-finite loss" if u.key == gold else None)
+    assert group not in order and again.partial == {group: sorted(lost)}
+
+
 def test_transient_failures_are_retried_a_bounded_number_of_times():
     cfg = small(resources={"retries": 2})
     flaky = plan.gold_key(cfg, "normal")

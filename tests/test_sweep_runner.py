@@ -80,6 +80,29 @@ def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp
     assert "non-finite loss" in status["failures"][bad[0]]
 
 
+def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray_session,
+                                                                             tmp_path):
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"fail": ["gold-reshading"]})
+    first = sweep(tmp_path)
+    firsts = [u["key"] for u in st.read_json("plan.json")["units"]
+              if u["stage"] == "transfer" and u["params"]["order"] == 1]
+    assert first.counts["transfer"]["done"] >= 3 and set(firsts) <= set(first.partial)
+    status = driver.status(str(tmp_path / "store"))
+    assert status["partial"] == dict.fromkeys(firsts, ["reshading"])
+    features = [k for k in status["failures"] if k.startswith("features-reshading")]
+    never_ran = "not run: its dependency gold-reshading"  # failed, as in the run, not "pending"
+    assert len(features) == 2 and all(status["failures"][k].startswith(never_ran)
+                                      for k in features)
+    assert status["stages"]["features"]["pending"] == 0
+    assert ledger.history(st, "analysis").completions == 1
+    st.write_json("fake.json", {})
+    second = sweep(tmp_path)
+    assert second.ok and second.partial == {}, (second.failures, second.partial)
+    assert all(ledger.history(st, k).completions == 2 for k in firsts)
+    assert driver.status(str(tmp_path / "store"))["partial"] == {}
+
+
 def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_session,
                                                                              tmp_path):
     st = Storage(str(tmp_path / "store"))

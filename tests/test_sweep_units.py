@@ -85,3 +85,32 @@ def test_the_render_unit_renders_adopts_its_own_render_and_refuses_other_data(tm
                                                            "buildings": 2}})
     with pytest.raises(DataError, match="another render \\(points 2, where this workflow's has 3"):
         units.run_render(unit, {**ctx, "config": other.to_json()})
+
+
+def test_a_transfer_group_trains_what_has_its_sources_and_records_what_it_left_out(root, tmp_path):
+    from taskonomy_ray.errors import DataError
+
+    cfg = sweep(root, transfer={"steps": 2, "batch_size": 4}, regimes=[8])
+    storage = units.Storage(str(tmp_path / "store"))
+    ctx = {"config": cfg.to_json(), "storage": storage.uri, "data_root": str(root)}
+    for u in plan.build(cfg):  # only `random` has representations: normal's gold "failed"
+        if u.stage == "features" and u.params["source"] == "random":
+            units.run_features(u, ctx)
+    group = next(u for u in plan.build(cfg) if u.stage == "transfer")
+    assert group.params["source_sets"] == [["normal"], ["random"]]
+    info = units.run_transfer(group, ctx)
+    assert info["transfers"] == 1 and info["left_out"] == [["normal"]]
+    losses = storage.read_table(plan.losses_path(group.key), units.LOSSES_SCHEMA)
+    assert {tuple(s) for s in losses.column("sources").to_pylist()} == {("random",)}
+    record = storage.read_json(plan.partial_path(group.key))
+    assert record["sources"] == ["normal"] and record["left_out"] == [["normal"]]
+    assert sorted(record["without"]) == sorted(d for d in group.deps if "-normal-" in d)
+    # A group none of whose transfers can train fails naming the missing sources.
+    pair = plan.transfer_unit(cfg, "normal", 8, 2, [["normal", "random"]])
+    with pytest.raises(DataError, match="representations of normal are missing"):
+        units.run_transfer(pair, ctx)
+    # A complete run of a group removes the record an earlier partial run left.
+    alone = plan.transfer_unit(cfg, "normal", 8, 1, [["random"]])
+    storage.write_json(plan.partial_path(alone.key), record)
+    assert "left_out" not in units.run_transfer(alone, ctx)
+    assert not storage.exists(plan.partial_path(alone.key))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class SweepResult:
     failures: dict[str, str]
     wall_s: float
     stats: dict[str, Any]
+    # Units that ran without some optional deps (failed): unit key -> those deps' keys.
+    partial: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +108,16 @@ def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str):
     return is_done
 
 
+def went_without(storage: Storage):
+    """The scheduler's went_without hook: the deps a stored partial transfer group lacked."""
+
+    def without(unit: planning.Unit) -> list[str]:
+        record = planning.partial_path(unit.key)
+        return storage.read_json(record)["without"] if storage.exists(record) else []
+
+    return without
+
+
 def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
     """The scheduler's expand hook: a finished beam unit adds its chosen higher orders."""
 
@@ -166,7 +178,8 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     t0 = time.time()
     ctx = make_context(cfg, storage)
     sched = Scheduler(planning.build(cfg), is_done=done_check(storage, cfg, ctx["data_root"]),
-                      expand=beam_expander(storage, cfg), retries=cfg.resources.retries)
+                      expand=beam_expander(storage, cfg), retries=cfg.resources.retries,
+                      went_without=went_without(storage))
 
     def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:
         if unit.stage == "beam":  # the plan grew: keep plan.json current for `status`
@@ -182,9 +195,11 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
                          {"wall_s": stats.wall_s, "driver_s": stats.driver_s,
                           "unit_s": stats.unit_s, "stage_span_s": {
                               s: stats.last_end[s] - stats.first_start[s]
-                              for s in stats.first_start}})
+                              for s in stats.first_start}},
+                         {k: v for k, v in sched.partial.items() if sched.state[k] == "done"})
     storage.write_json(SUMMARY_FILE, {"counts": result.counts, "failures": result.failures,
-                                      "wall_s": result.wall_s, "stats": result.stats})
+                                      "partial": result.partial, "wall_s": result.wall_s,
+                                      "stats": result.stats})
     if report and sched.state.get("analysis") == "done":  # shows the run facts just written
         write_sweep_report(storage, ctx, result)
     return result
@@ -221,25 +236,39 @@ def status(storage_uri: str) -> dict[str, Any]:
         raise StorageError(f"no sweep found in {storage.display} ({PLAN_FILE} missing); start one "
                            "with `taskonomy-ray sweep CONFIG --storage ...`")
     units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
-    stages = {s: dict.fromkeys(("planned", "pending", "running", "done", "failed"), 0)
-              for s in planning.STAGES}
+    state: dict[str, str] = {}
     failures = {}
-    orders: dict[str, dict[str, int]] = {}
+    partial = {}
     for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
-            state = "done"
+            state[u.key] = "done"
+            if u.optional and storage.exists(planning.partial_path(u.key)):
+                partial[u.key] = storage.read_json(planning.partial_path(u.key))["sources"]
         else:
             h = ledger.history(storage, u.key)
             # `running` also covers units of a driver that died: they resume on the next run.
-            state = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
-            if state == "failed":
+            state[u.key] = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
+            if state[u.key] == "failed":
                 failures[u.key] = h.last_error or ""
+    changed = True
+    while changed:  # units whose required deps failed never ran: failed too, as in the run
+        changed = False
+        for u in units:
+            bad = [d for d in u.required if state.get(d) == "failed"]
+            if state[u.key] == "pending" and bad:
+                state[u.key] = "failed"
+                failures[u.key] = f"not run: its dependency {bad[0]} failed"
+                changed = True
+    stages = {s: dict.fromkeys(("planned", "pending", "running", "done", "failed"), 0)
+              for s in planning.STAGES}
+    orders: dict[str, dict[str, int]] = {}
+    for u in units:
         stages[u.stage]["planned"] += 1
-        stages[u.stage][state] += 1
+        stages[u.stage][state[u.key]] += 1
         if u.stage == "transfer":
             o = orders.setdefault(str(u.params["order"]), {"planned": 0, "done": 0, "failed": 0})
             o["planned"] += 1
-            o["done"] += state == "done"
-            o["failed"] += state == "failed"
+            o["done"] += state[u.key] == "done"
+            o["failed"] += state[u.key] == "failed"
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
-            "failures": failures}
+            "failures": failures, "partial": partial}

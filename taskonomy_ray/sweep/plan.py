@@ -32,17 +32,26 @@ class Unit:
     deps: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()  # storage-relative paths, written atomically by the unit
     barrier: bool = False  # ready only once every non-barrier unit has finished
+    # Deps the unit can run without when they fail: a transfer group's sources' representations
+    # (the group trains the transfers whose sources are all there, `partial_path` says which not).
+    optional: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The deps whose failure fails this unit."""
+        return tuple(d for d in self.deps if d not in self.optional)
 
     def to_json(self) -> dict[str, Any]:
         """The unit as JSON (what `plan.json` records for `status`)."""
         return {"key": self.key, "stage": self.stage, "params": self.params,
-                "deps": list(self.deps), "outputs": list(self.outputs), "barrier": self.barrier}
+                "deps": list(self.deps), "outputs": list(self.outputs), "barrier": self.barrier,
+                "optional": list(self.optional)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Unit:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json` (plans written before `optional` existed have none)."""
         return cls(d["key"], d["stage"], d["params"], tuple(d["deps"]), tuple(d["outputs"]),
-                   d["barrier"])
+                   d["barrier"], tuple(d.get("optional", ())))
 
 
 def imagesets(target: str, regime: int) -> tuple[str, str]:
@@ -87,13 +96,18 @@ def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
 
 
 def _unit(stage: str, key: str, params: dict[str, Any], deps: list[str], outputs: list[str],
-          barrier: bool = False) -> Unit:
-    return Unit(key, stage, params, tuple(deps), tuple(outputs), barrier)
+          barrier: bool = False, optional: tuple[str, ...] = ()) -> Unit:
+    return Unit(key, stage, params, tuple(deps), tuple(outputs), barrier, optional)
 
 
 def losses_path(key: str) -> str:
     """Where a unit's per-image losses go (one Parquet file per unit)."""
     return f"losses/{key}.parquet"
+
+
+def partial_path(key: str) -> str:
+    """Where a transfer group that ran without some sources records which (gone when complete)."""
+    return f"partial/{key}.json"
 
 
 def checkpoint_path(key: str) -> str:
@@ -147,12 +161,17 @@ def build(cfg: SweepConfig) -> list[Unit]:
 
 def transfer_unit(cfg: SweepConfig, target: str, regime: int, order: int,
                   source_sets: list[list[str]]) -> Unit:
-    """A fused group of `order`-th order transfers into `target` (one unit of work)."""
+    """A fused group of `order`-th order transfers into `target` (one unit of work).
+
+    Every representation it reads is an optional dep: a source whose network failed costs the
+    transfers from it, not the whole group (a failed gold network would otherwise fail every
+    first-order group of the sweep).
+    """
     key = transfer_key(cfg, target, regime, order, source_sets)
     sources = sorted({s for group in source_sets for s in group})
     deps = [features_key(cfg, s, i) for s in sources for i in imagesets(target, regime)]
     params = {"target": target, "regime": regime, "order": order, "source_sets": source_sets}
-    return _unit("transfer", key, params, deps, [losses_path(key)])
+    return _unit("transfer", key, params, deps, [losses_path(key)], optional=tuple(deps))
 
 
 def expand_beam(cfg: SweepConfig, beam: Unit, chosen: dict[str, list[list[str]]]) -> list[Unit]:

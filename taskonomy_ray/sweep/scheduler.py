@@ -19,14 +19,20 @@ class Scheduler:
     """Tracks every unit's state; expands the plan when a unit's result adds work (beam search)."""
 
     def __init__(self, units: Iterable[Unit], *, is_done: Callable[[Unit], bool],
-                 expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2) -> None:
+                 expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2,
+                 went_without: Callable[[Unit], Iterable[str]] | None = None) -> None:
+        """`went_without(unit)`: the optional deps an adopted unit's stored result lacks."""
         self.units: dict[str, Unit] = {}
         self.state: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.tries: Counter[str] = Counter()
+        # Done (or running) units that ran without some optional deps (they had failed): the
+        # unit runs again once those succeed, in a later run.
+        self.partial: dict[str, list[str]] = {}
         self.retries = retries
         self._is_done = is_done
         self._expand = expand or (lambda unit: [])
+        self._went_without = went_without or (lambda unit: ())
         self._add(list(units))
 
     def _add(self, units: list[Unit]) -> list[Unit]:
@@ -41,6 +47,9 @@ class Scheduler:
         for u in new:  # adopt work finished by an earlier run (outputs already in storage)
             if self._is_done(u):
                 self.state[u.key] = "done"
+                without = sorted(self._went_without(u)) if u.optional else []
+                if without:
+                    self.partial[u.key] = without
                 self._add(self._expand(u))
         return new
 
@@ -55,7 +64,8 @@ class Scheduler:
                 continue
             if u.barrier and not settled:
                 continue
-            if all(self.state[d] == "done" for d in u.deps):
+            if all(self.state[d] == "done" for d in u.required) and all(
+                    self.state[d] in ("done", "failed") for d in u.optional):
                 out.append(u)
         return sorted(out, key=lambda u: PRIORITY.index(u.stage))
 
@@ -66,16 +76,21 @@ class Scheduler:
             for key, u in self.units.items():
                 if self.state[key] != "planned":
                     continue
-                bad = [d for d in u.deps if self.state[d] == "failed"]
+                bad = [d for d in u.required if self.state[d] == "failed"]
                 if bad:
                     self.state[key] = "failed"
                     self.errors[key] = f"not run: its dependency {bad[0]} failed"
                     changed = True
 
     def started(self, unit: Unit) -> None:
-        """The runner submitted `unit`."""
+        """The runner submitted `unit` (without whichever optional deps failed)."""
         self.state[unit.key] = "running"
         self.tries[unit.key] += 1
+        without = [d for d in unit.optional if self.state[d] == "failed"]
+        if without:
+            self.partial[unit.key] = without
+        else:
+            self.partial.pop(unit.key, None)
 
     def succeeded(self, unit: Unit) -> list[Unit]:
         """`unit` finished; returns the units its result added to the plan.
@@ -89,7 +104,23 @@ class Scheduler:
             for key, u in self.units.items():
                 if u.barrier and self.state[key] == "done":
                     self.state[key] = "planned"
+        self._complete_partial(unit.key)
         return self._add(self._expand(unit))
+
+    def _complete_partial(self, key: str) -> None:
+        """Plan again the done units that went without `key`, and the done units reading them.
+
+        Only a unit adopted from an earlier run can have gone without a unit that succeeds now
+        (in one run a unit waits until its optional deps have succeeded or failed for good).
+        """
+        stale = [k for k, without in self.partial.items()
+                 if key in without and self.state[k] == "done"]
+        while stale:
+            k = stale.pop()
+            self.state[k] = "planned"
+            self.partial.pop(k, None)
+            stale += [d for d, u in self.units.items()
+                      if k in u.deps and self.state[d] == "done" and d not in stale]
 
     def failed(self, unit: Unit, error: str, *, transient: bool) -> bool:
         """`unit` failed; transient errors are retried a bounded number of times. True: retry."""

@@ -268,21 +268,52 @@ def _decoded(root: str, imageset: str, cfg: sweep_config.SweepConfig) -> Any:
     return kept
 
 
+def trainable_sets(unit: planning.Unit, cfg: sweep_config.SweepConfig,
+                   storage: Storage) -> tuple[list[list[str]], list[list[str]]]:
+    """A transfer group's source sets whose representations are all in storage, and the rest.
+
+    The rest (their sources' units failed) are recorded in `partial_path`, before any loss is
+    written, so a crash never leaves a partial table that looks complete.
+    """
+    p = unit.params
+    missing = [d for d in unit.optional if not storage.exists(planning.features_path(d))]
+    absent = {s for ss in p["source_sets"] for s in ss
+              if any(planning.features_key(cfg, s, i) in missing
+                     for i in planning.imagesets(p["target"], p["regime"]))}
+    kept = [ss for ss in p["source_sets"] if absent.isdisjoint(ss)]
+    left_out = [ss for ss in p["source_sets"] if not absent.isdisjoint(ss)]
+    if not kept:
+        raise DataError(f"no transfer of {unit.key} can train: the representations of "
+                        f"{', '.join(sorted(absent))} are missing (their units failed; see the "
+                        "sweep's failures). Fix those and resume")
+    if left_out:
+        storage.write_json(planning.partial_path(unit.key),
+                           {"without": missing, "left_out": left_out, "sources": sorted(absent)})
+    return kept, left_out
+
+
 def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Stage 2b-c: a fused group of transfers into one target; per-image losses written."""
+    """Stage 2b-c: a fused group of transfers into one target; per-image losses written.
+
+    Transfers from sources whose representations failed are left out (`trainable_sets`); a
+    later run that has them trains the group again, whole.
+    """
     import torch
 
     from ..fused import train_transfer_group
 
     cfg, storage = _context(ctx)
     torch.manual_seed(cfg.seed)
-    p = unit.params
-    table = train_transfer_group(p["target"], p["source_sets"], p["regime"],
+    kept, left_out = trainable_sets(unit, cfg, storage)
+    table = train_transfer_group(unit.params["target"], kept, unit.params["regime"],
                                  _feature_cache(cfg, storage), ctx["data_root"],
                                  cfg.transfer_config(), cfg.gold_network().model, unit=unit.key,
                                  splits=splits(cfg), subset_seed=cfg.seed)
     storage.write_losses(unit.key, table)
-    return {"transfers": len(p["source_sets"]), "rows": table.num_rows}
+    if not left_out:
+        storage.delete(planning.partial_path(unit.key))  # an earlier partial run's record
+    info: dict[str, Any] = {"transfers": len(kept), "rows": table.num_rows}
+    return {**info, "left_out": left_out} if left_out else info
 
 
 def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
