@@ -81,7 +81,9 @@ def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp
 
 
 def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray_session,
-                                                                             tmp_path):
+                                                                             tmp_path, capsys):
+    from taskonomy_ray import cli
+
     st = Storage(str(tmp_path / "store"))
     st.write_json("fake.json", {"fail": ["gold-reshading"]})
     first = sweep(tmp_path)
@@ -96,6 +98,11 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
                                       for k in features)
     assert status["stages"]["features"]["pending"] == 0
     assert ledger.history(st, "analysis").completions == 1
+    capsys.readouterr()
+    cli.main(["status", str(tmp_path / "store")])
+    out = capsys.readouterr().out
+    assert f"PARTIAL {firsts[0]}: trained without the transfers from reshading" in out
+    assert f"FAILED {features[0]}: not run" in out
     st.write_json("fake.json", {})
     second = sweep(tmp_path)
     assert second.ok and second.partial == {}, (second.failures, second.partial)
