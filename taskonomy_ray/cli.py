@@ -113,13 +113,13 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from .sweep.driver import status
+    from .sweep.driver import STATUS_STATES, status
 
     st = status(args.storage)
     if args.json:
         print(json.dumps(st, indent=1))
         return 0
-    cols = ("planned", "pending", "running", "done", "failed")
+    cols = STATUS_STATES
     print(f"{'stage':<10}" + "".join(f"{c:>9}" for c in cols))
     for stage, c in st["stages"].items():
         if c["planned"]:
@@ -129,6 +129,8 @@ def _run_status(args: argparse.Namespace) -> int:
               f"{c['failed']} failed")
     for key, err in sorted(st["failures"].items()):
         print(f"FAILED {key}: {err}")
+    for key, why in sorted(st["blocked"].items()):
+        print(f"BLOCKED {key}: {why}")
     for key, sources in sorted(st["partial"].items()):
         print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
               "representations failed)")

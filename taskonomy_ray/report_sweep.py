@@ -90,7 +90,8 @@ def _stage_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str
         return [], [], []
     st = driver.status(storage.uri)
     stages = [{"stage": name, "planned": c["planned"], "done": c["done"], "failed": c["failed"],
-               "open": c["planned"] - c["done"] - c["failed"]}
+               "blocked": c["blocked"], "open": c["planned"] - c["done"] - c["failed"]
+               - c["blocked"]}
               for name, c in st["stages"].items() if c["planned"]]
     failures = [{"key": key, "error": err, "attempts": ledger.history(storage, key).attempts}
                 for key, err in sorted(st["failures"].items())]

@@ -39,19 +39,16 @@ def fake_execute(unit, ctx):
 
         synth = units.render_config(config.from_dict(ctx["config"]), ctx["data_root"])
         layout.write_info(ctx["data_root"], {**dataset_info(synth), "complete": True})
-    left_out = None
     if unit.stage == "transfer":  # as run_transfer: train what has its sources, record the rest
         from taskonomy_ray.sweep import config, units
 
-        _, left_out = units.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
+        _, record = units.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
     for out in unit.outputs:
         if unit.stage == "beam":
             srcs = [s for s in ctx["config"]["tasks"] if s != unit.params["target"]][:2]
             storage.write_json(out, {"chosen": {"2": [srcs]}})
         else:
             storage.write_bytes(out, json.dumps({"unit": unit.key}).encode())
-    if left_out == []:
-        from taskonomy_ray.sweep import plan
-
-        storage.delete(plan.partial_path(unit.key))
+    if unit.stage == "transfer":
+        units.record_partial(storage, unit, record)
     return {"pid": os.getpid()}

@@ -281,6 +281,59 @@ def test_a_resume_that_completes_a_failed_source_retrains_only_the_groups_withou
     assert group not in order and again.partial == {group: sorted(lost)}
 
 
+def _partial_normal(cfg):
+    """Keys of a resume in which `normal`'s first-order group ran without reshading."""
+    units = plan.build(cfg)
+    lost = sorted(plan.features_key(cfg, "reshading", i) for i in ("r16", "test"))
+    group = next(u.key for u in units if u.stage == "transfer" and u.params["target"] == "normal")
+    beam = next(u.key for u in units if u.stage == "beam" and u.params["target"] == "normal")
+    return lost, group, beam, (lambda u: lost if u.key == group else ())
+
+
+def test_a_partial_group_whose_missing_source_is_done_by_now_is_retrained():
+    # A run that completed reshading and then died before retraining the group: all adopted.
+    cfg = small()
+    lost, group, beam, without = _partial_normal(cfg)
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True, went_without=without)
+    assert run_all(s) == [group, beam, "analysis"] and s.partial == {}
+
+
+def test_a_beam_waits_for_a_partial_group_whose_missing_source_may_still_come():
+    cfg = small()
+    lost, group, beam, without = _partial_normal(cfg)
+    not_done = {plan.gold_key(cfg, "reshading"), beam, "analysis", *lost,
+                plan.beam_key(cfg, "reshading", 16)}
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in not_done,
+                  went_without=without)
+    order = run_all(s)
+    assert order.count(beam) == 1 and order.index(group) < order.index(beam)
+    # ...and, when the source fails for good, ranks what the partial group has.
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in not_done,
+                  went_without=without)
+    order = run_all(s, fail=lambda u: "non-finite loss" if u.stage == "gold" else None)
+    assert beam in order and group not in order
+
+
+def test_a_beam_ranked_again_drops_the_higher_orders_only_its_old_ranking_chose():
+    # Kept, the old groups would cost training and could hold a transfer the new groups hold
+    # too: the analysis would read it twice.
+    cfg = small()
+    lost, group, beam, without = _partial_normal(cfg)
+    chosen = [["depth_zbuffer", "normal"], ["depth_zbuffer", "random"]]
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, {"2": chosen}) if u.key == beam else []
+
+    not_done = {plan.gold_key(cfg, "reshading"), *lost, plan.beam_key(cfg, "reshading", 16)}
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in not_done,
+                  went_without=without, expand=expand)
+    old = [k for k, u in s.units.items() if u.params.get("order") == 2]
+    chosen = [["depth_zbuffer", "normal"], ["normal", "reshading"]]  # reshading ranks now
+    run_all(s)
+    now = [u.params["source_sets"] for u in s.units.values() if u.params.get("order") == 2]
+    assert now == [chosen] and not set(old) & set(s.units) and not set(old) & set(s.state)
+
+
 def test_transient_failures_are_retried_a_bounded_number_of_times():
     cfg = small(resources={"retries": 2})
     flaky = plan.gold_key(cfg, "normal")

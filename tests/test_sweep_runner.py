@@ -92,17 +92,18 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     assert first.counts["transfer"]["done"] >= 3 and set(firsts) <= set(first.partial)
     status = driver.status(str(tmp_path / "store"))
     assert status["partial"] == dict.fromkeys(firsts, ["reshading"])
-    features = [k for k in status["failures"] if k.startswith("features-reshading")]
-    never_ran = "not run: its dependency gold-reshading"  # failed, as in the run, not "pending"
-    assert len(features) == 2 and all(status["failures"][k].startswith(never_ran)
+    features = [k for k in status["blocked"] if k.startswith("features-reshading")]
+    never_ran = "not run: its dependency gold-reshading"  # blocked by it, not just "pending"
+    assert len(features) == 2 and all(status["blocked"][k].startswith(never_ran)
                                       for k in features)
     assert status["stages"]["features"]["pending"] == 0
+    assert status["stages"]["features"]["blocked"] == 2
     assert ledger.history(st, "analysis").completions == 1
     capsys.readouterr()
     cli.main(["status", str(tmp_path / "store")])
     out = capsys.readouterr().out
     assert f"PARTIAL {firsts[0]}: trained without the transfers from reshading" in out
-    assert f"FAILED {features[0]}: not run" in out
+    assert f"BLOCKED {features[0]}: not run" in out
     st.write_json("fake.json", {})
     second = sweep(tmp_path)
     assert second.ok and second.partial == {}, (second.failures, second.partial)
@@ -181,7 +182,7 @@ def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     sweep(tmp_path)
     st = driver.status(str(tmp_path / "store"))
     assert st["stages"]["gold"] == {"planned": 3, "pending": 0, "running": 0, "done": 3,
-                                    "failed": 0}
+                                    "failed": 0, "blocked": 0}
     assert st["transfer_orders"]["2"]["done"] == st["transfer_orders"]["2"]["planned"] > 0
     json.dumps(st)
 

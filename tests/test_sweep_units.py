@@ -105,6 +105,17 @@ def test_a_transfer_group_trains_what_has_its_sources_and_records_what_it_left_o
     record = storage.read_json(plan.partial_path(group.key))
     assert record["sources"] == ["normal"] and record["left_out"] == [["normal"]]
     assert sorted(record["without"]) == sorted(d for d in group.deps if "-normal-" in d)
+    # Retrained with more sources, the stored record covers the old table too until the new
+    # one is written: a crash in between leaves no table that looks more complete than it is.
+    older = {"without": ["features-x"], "left_out": [["x"]], "sources": ["x"]}
+    storage.write_json(plan.partial_path(group.key), older)
+    kept, new = units.trainable_sets(group, cfg, storage)
+    assert kept == [["random"]] and new == record
+    stored = storage.read_json(plan.partial_path(group.key))
+    assert stored["sources"] == ["normal", "x"] and ["x"] in stored["left_out"]
+    assert "features-x" in stored["without"] and set(record["without"]) <= set(stored["without"])
+    units.record_partial(storage, group, new)  # the new table written: exactly what it lacks
+    assert storage.read_json(plan.partial_path(group.key)) == record
     # A group none of whose transfers can train fails naming the missing sources.
     pair = plan.transfer_unit(cfg, "normal", 8, 2, [["normal", "random"]])
     with pytest.raises(DataError, match="representations of normal are missing"):

@@ -22,6 +22,8 @@ from .plan import PLAN_FILE
 from .scheduler import Scheduler
 
 SUMMARY_FILE = "sweep.json"
+# `status` per stage: planned = all of them; blocked = waiting on a failed unit (never run).
+STATUS_STATES = ("planned", "pending", "running", "done", "failed", "blocked")
 REPORT_INDEX = "report/index.html"
 
 
@@ -250,17 +252,17 @@ def status(storage_uri: str) -> dict[str, Any]:
             state[u.key] = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
             if state[u.key] == "failed":
                 failures[u.key] = h.last_error or ""
+    blocked: dict[str, str] = {}
     changed = True
-    while changed:  # units whose required deps failed never ran: failed too, as in the run
+    while changed:  # waiting on a failed unit: blocked until a resume runs that unit again
         changed = False
         for u in units:
-            bad = [d for d in u.required if state.get(d) == "failed"]
+            bad = [d for d in u.required if state.get(d) in ("failed", "blocked")]
             if state[u.key] == "pending" and bad:
-                state[u.key] = "failed"
-                failures[u.key] = f"not run: its dependency {bad[0]} failed"
+                state[u.key] = "blocked"
+                blocked[u.key] = f"not run: its dependency {bad[0]} {state[bad[0]]}"
                 changed = True
-    stages = {s: dict.fromkeys(("planned", "pending", "running", "done", "failed"), 0)
-              for s in planning.STAGES}
+    stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
     orders: dict[str, dict[str, int]] = {}
     for u in units:
         stages[u.stage]["planned"] += 1
@@ -271,4 +273,4 @@ def status(storage_uri: str) -> dict[str, Any]:
             o["done"] += state[u.key] == "done"
             o["failed"] += state[u.key] == "failed"
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
-            "failures": failures, "partial": partial}
+            "failures": failures, "blocked": blocked, "partial": partial}

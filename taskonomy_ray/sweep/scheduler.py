@@ -29,11 +29,17 @@ class Scheduler:
         # Done (or running) units that ran without some optional deps (they had failed): the
         # unit runs again once those succeed, in a later run.
         self.partial: dict[str, list[str]] = {}
+        self.expanded: dict[str, list[str]] = {}  # unit key -> the keys its result added
         self.retries = retries
         self._is_done = is_done
         self._expand = expand or (lambda unit: [])
         self._went_without = went_without or (lambda unit: ())
         self._add(list(units))
+        # A partial unit adopted with everything it lacked now done (a run that completed
+        # those died before retraining it): retrain it now.
+        for key, without in list(self.partial.items()):
+            if self.state[key] == "done" and all(self.state[d] == "done" for d in without):
+                self._replan(key)
 
     def _add(self, units: list[Unit]) -> list[Unit]:
         new = [u for u in units if u.key not in self.units]
@@ -50,8 +56,30 @@ class Scheduler:
                 without = sorted(self._went_without(u)) if u.optional else []
                 if without:
                     self.partial[u.key] = without
-                self._add(self._expand(u))
+                self._expand_from(u)
         return new
+
+    def _expand_from(self, unit: Unit) -> list[Unit]:
+        """Add what `unit`'s result asks for; drop what only its earlier result asked for.
+
+        (A beam ranked again on complete first-order results chooses other higher orders.)
+        """
+        units = self._expand(unit)
+        keep = {u.key for u in units}
+        for key in self.expanded.get(unit.key, []):
+            if key not in keep and not any(key in u.deps for u in self.units.values()):
+                self.units.pop(key)
+                self.state.pop(key)
+                self.errors.pop(key, None)
+                self.partial.pop(key, None)
+        if units:
+            self.expanded[unit.key] = sorted(keep)
+        return self._add(units)
+
+    def _usable(self, key: str) -> bool:
+        """Done, and not a partial result whose missing deps may still come in this run."""
+        return self.state[key] == "done" and not any(
+            self.state[d] in ("planned", "running") for d in self.partial.get(key, ()))
 
     def ready(self) -> list[Unit]:
         """Planned units whose dependencies are done, by stage priority; failed deps fail them."""
@@ -64,7 +92,7 @@ class Scheduler:
                 continue
             if u.barrier and not settled:
                 continue
-            if all(self.state[d] == "done" for d in u.required) and all(
+            if all(self._usable(d) for d in u.required) and all(
                     self.state[d] in ("done", "failed") for d in u.optional):
                 out.append(u)
         return sorted(out, key=lambda u: PRIORITY.index(u.stage))
@@ -98,6 +126,8 @@ class Scheduler:
         A barrier summarises every other unit: one adopted as done from an earlier run is
         planned again once any other unit finishes in this one (its inputs changed).
         """
+        if unit.key not in self.units:  # dropped from the plan while it ran (`_expand_from`)
+            return []
         self.state[unit.key] = "done"
         self.errors.pop(unit.key, None)
         if not unit.barrier:
@@ -105,7 +135,7 @@ class Scheduler:
                 if u.barrier and self.state[key] == "done":
                     self.state[key] = "planned"
         self._complete_partial(unit.key)
-        return self._add(self._expand(unit))
+        return self._expand_from(unit)
 
     def _complete_partial(self, key: str) -> None:
         """Plan again the done units that went without `key`, and the done units reading them.
@@ -113,8 +143,13 @@ class Scheduler:
         Only a unit adopted from an earlier run can have gone without a unit that succeeds now
         (in one run a unit waits until its optional deps have succeeded or failed for good).
         """
-        stale = [k for k, without in self.partial.items()
-                 if key in without and self.state[k] == "done"]
+        for k in [k for k, without in self.partial.items()
+                  if key in without and self.state[k] == "done"]:
+            self._replan(k)
+
+    def _replan(self, key: str) -> None:
+        """Plan `key` again, and every done unit that read it (transitively)."""
+        stale = [key]
         while stale:
             k = stale.pop()
             self.state[k] = "planned"
@@ -124,6 +159,8 @@ class Scheduler:
 
     def failed(self, unit: Unit, error: str, *, transient: bool) -> bool:
         """`unit` failed; transient errors are retried a bounded number of times. True: retry."""
+        if unit.key not in self.units:  # dropped from the plan while it ran
+            return False
         retry = transient and self.tries[unit.key] <= self.retries
         self.state[unit.key] = "planned" if retry else "failed"
         self.errors[unit.key] = error

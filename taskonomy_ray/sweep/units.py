@@ -7,10 +7,11 @@ atomically, the outputs last, so a unit is either done (its outputs exist) or wi
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
-from ..dataset import SplitConfig
 from ..errors import DataError
+from ..dataset import SplitConfig
 from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
 from . import plan as planning
@@ -269,11 +270,13 @@ def _decoded(root: str, imageset: str, cfg: sweep_config.SweepConfig) -> Any:
 
 
 def trainable_sets(unit: planning.Unit, cfg: sweep_config.SweepConfig,
-                   storage: Storage) -> tuple[list[list[str]], list[list[str]]]:
-    """A transfer group's source sets whose representations are all in storage, and the rest.
+                   storage: Storage) -> tuple[list[list[str]], dict[str, Any] | None]:
+    """A transfer group's source sets whose representations are all in storage, and a record.
 
-    The rest (their sources' units failed) are recorded in `partial_path`, before any loss is
-    written, so a crash never leaves a partial table that looks complete.
+    The record names the rest (None: none left out); `record_partial` stores it once the
+    losses are written. Before any training the stored record becomes what both the old loss
+    table (if any) and the new one lack, so a crash at any point never leaves a table that
+    looks more complete than it is.
     """
     p = unit.params
     missing = [d for d in unit.optional if not storage.exists(planning.features_path(d))]
@@ -286,10 +289,23 @@ def trainable_sets(unit: planning.Unit, cfg: sweep_config.SweepConfig,
         raise DataError(f"no transfer of {unit.key} can train: the representations of "
                         f"{', '.join(sorted(absent))} are missing (their units failed; see the "
                         "sweep's failures). Fix those and resume")
-    if left_out:
-        storage.write_json(planning.partial_path(unit.key),
-                           {"without": missing, "left_out": left_out, "sources": sorted(absent)})
-    return kept, left_out
+    record = ({"without": missing, "left_out": left_out, "sources": sorted(absent)}
+              if left_out else None)
+    path = planning.partial_path(unit.key)
+    old = storage.read_json(path) if storage.exists(path) else None
+    if old is not None or record is not None:
+        both = [r for r in (old, record) if r is not None]
+        storage.write_json(path, {k: sorted({json.dumps(x): x for r in both for x in r[k]}.values())
+                                  for k in ("without", "left_out", "sources")})
+    return kept, record
+
+
+def record_partial(storage: Storage, unit: planning.Unit, record: dict[str, Any] | None) -> None:
+    """After a transfer group's losses are written: what they lack, or no record if nothing."""
+    if record is None:
+        storage.delete(planning.partial_path(unit.key))
+    else:
+        storage.write_json(planning.partial_path(unit.key), record)
 
 
 def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -304,16 +320,15 @@ def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 
     cfg, storage = _context(ctx)
     torch.manual_seed(cfg.seed)
-    kept, left_out = trainable_sets(unit, cfg, storage)
+    kept, record = trainable_sets(unit, cfg, storage)
     table = train_transfer_group(unit.params["target"], kept, unit.params["regime"],
                                  _feature_cache(cfg, storage), ctx["data_root"],
                                  cfg.transfer_config(), cfg.gold_network().model, unit=unit.key,
                                  splits=splits(cfg), subset_seed=cfg.seed)
     storage.write_losses(unit.key, table)
-    if not left_out:
-        storage.delete(planning.partial_path(unit.key))  # an earlier partial run's record
+    record_partial(storage, unit, record)
     info: dict[str, Any] = {"transfers": len(kept), "rows": table.num_rows}
-    return {**info, "left_out": left_out} if left_out else info
+    return {**info, "left_out": record["left_out"]} if record else info
 
 
 def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
