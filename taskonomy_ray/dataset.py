@@ -1,7 +1,7 @@
 """Data for every step: a torch Dataset over a Taskonomy-layout root.
 
-Building splits, regime subsets, multi-view samples, validity masks, and every task's label decoded
-(or derived from RGB) per its spec.
+Regime subsets of the building splits (splits.py), multi-view samples, validity masks, and every
+task's label decoded (or derived from RGB) per its spec.
 
 Used by step 1 (task networks), step 2 (transfers) and the evaluation; reads through `layout`.
 """
@@ -31,61 +31,12 @@ from .derived import (
     vanishing_point_label,
 )
 from .errors import ConfigError, DataError
+from .splits import SPLITS, SplitConfig, split_buildings
 from .tasks import DEPTH_MASK_DOMAIN, TaskSpec, get_task
 
-SPLITS = ("train", "val", "test")
 BAD_FILE_MODES = ("error", "skip")
 ROOM_TOLERANCE_M = 0.25  # two views share a room when their room boxes agree within this
 IN_VIEW = "nonfixated_points_in_view"  # point_info: other points whose surface the view sees
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Fractions of the buildings in train / val / test, shuffled by `seed`.
-
-    Split by building, as in the paper, so no room is seen both in training and in testing.
-    """
-
-    train: float = 0.6
-    val: float = 0.2
-    test: float = 0.2
-    seed: int = 0
-    # At most this many test samples (a subset drawn with `seed`), the same for every network
-    # scored on the test split; None: all of them. A full Taskonomy test split holds ~400k
-    # images: every transfer scored on all of them would cost more than training it.
-    test_images: int | None = None
-
-    def __post_init__(self) -> None:
-        fr = (self.train, self.val, self.test)
-        if min(fr) < 0 or abs(sum(fr) - 1) > 1e-6 or self.train <= 0:
-            raise ConfigError(f"split fractions must be >= 0, sum to 1 and give train a share; "
-                              f"got train={self.train} val={self.val} test={self.test}")
-        n = self.test_images
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise ConfigError(f"test_images must be a positive number of test samples, or None "
-                              f"for the whole test split; got {self.test_images}")
-
-
-def split_buildings(buildings: Sequence[str], cfg: SplitConfig) -> dict[str, list[str]]:
-    """Assign buildings to splits: each split with a positive fraction gets at least one."""
-    names = sorted(buildings)
-    wanted = [s for s, f in zip(SPLITS, (cfg.train, cfg.val, cfg.test)) if f > 0]
-    if len(names) < len(wanted):
-        raise DataError(f"{len(names)} building(s) cannot fill the {len(wanted)} splits "
-                        f"{wanted}; render more buildings (`taskonomy-ray synth ... --buildings "
-                        f"{len(wanted)}`) or set a split fraction to 0")
-    order = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]
-    n = len(names)
-    n_val = max(1, round(n * cfg.val)) if cfg.val > 0 else 0
-    n_test = max(1, round(n * cfg.test)) if cfg.test > 0 else 0
-    while n - n_val - n_test < 1:  # rounding may leave train empty: take from the larger
-        if n_val >= n_test:
-            n_val -= 1
-        else:
-            n_test -= 1
-    return {"train": sorted(order[: n - n_val - n_test]),
-            "val": sorted(order[n - n_val - n_test: n - n_test]),
-            "test": sorted(order[n - n_test:])}
 
 
 @dataclass(frozen=True)

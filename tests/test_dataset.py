@@ -51,6 +51,41 @@ def test_too_few_buildings_for_the_splits_is_an_error_naming_the_fix() -> None:
     assert split_buildings(["only"], SplitConfig(1.0, 0.0, 0.0))["train"] == ["only"]
 
 
+def test_a_release_split_file_gives_each_split_its_listed_buildings(root: Path,
+                                                                    tmp_path: Path) -> None:
+    from taskonomy_ray.splits import read_split_file
+
+    csv = tmp_path / "train_val_test_tiny.csv"  # the release's format, header row included
+    csv.write_text("id,train,val,test\nbuilding2,1,0,0\nbuilding0,0,1,0\nbuilding1,0,0,1\n"
+                   "elsewhere,1,0,0\nunused,0,0,0\n")
+    lists = read_split_file(csv)
+    assert lists == {"train": ["building2", "elsewhere"], "val": ["building0"],
+                     "test": ["building1"]}
+    cfg = SplitConfig(buildings=lists)  # fractions ignored; a listed building not here skipped
+    assert split_buildings(["building0", "building1", "building2"], cfg) == {
+        "train": ["building2"], "val": ["building0"], "test": ["building1"]}
+    assert TaskonomyDataset(root, ["normal"], split="test", splits=cfg).buildings == ["building1"]
+    with pytest.raises(DataError, match="none of the 1 test buildings of the given split"):
+        split_buildings(["building0", "building2"], cfg)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a,1,0\n", "line 1: expected 4 columns"),
+    ("id,train,val,test\na,1,0,0\nb,yes,0,0\n", "line 3: the train, val and test columns"),
+    ("a,1,0,1\n", "line 1: building 'a' is flagged for train and test"),
+    ("a,0,1,0\n", "train lists no building"),
+])
+def test_a_bad_split_file_is_refused_naming_the_line(tmp_path: Path, text: str,
+                                                     message: str) -> None:
+    from taskonomy_ray.splits import read_split_file
+
+    (tmp_path / "s.csv").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_split_file(tmp_path / "s.csv")
+    with pytest.raises(ConfigError, match="cannot read the split file"):
+        read_split_file(tmp_path / "missing.csv")
+
+
 def test_test_images_caps_the_test_split_with_one_subset_for_every_task(root: Path) -> None:
     full = TaskonomyDataset(root, ["normal"], split="test")
     capped = SplitConfig(test_images=5)

@@ -123,6 +123,28 @@ def test_a_relative_data_root_read_from_another_directory_is_refused(tmp_path, m
     assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "b" / "data" / "mini")
 
 
+def test_a_split_file_becomes_building_lists_that_unit_keys_hash(tmp_path):
+    from taskonomy_ray.sweep import units
+
+    split = tmp_path / "train_val_test_tiny.csv"
+    split.write_text("id,train,val,test\nb1,1,0,0\nb2,0,1,0\nb3,0,0,1\n")
+    data = {"root": "x", "split_file": str(split)}
+    cfg = small(data=data)
+    assert cfg.to_json()["data"]["buildings"] == {"train": ["b1"], "val": ["b2"], "test": ["b3"]}
+    assert units.splits(cfg).buildings == {"train": ("b1",), "val": ("b2",), "test": ("b3",)}
+    assert plan.gold_key(cfg, "normal") != plan.gold_key(small(data={"root": "x"}), "normal")
+    assert config.from_dict(cfg.to_json()) == cfg  # what units receive: the lists themselves
+    split.write_text("id,train,val,test\nb1,1,0,0\nb2,0,0,1\nb3,0,0,1\n")  # edited file
+    assert config.diff(cfg.to_json(), small(data=data).to_json()) == [
+        'data.buildings.test: ["b3"] -> ["b2", "b3"]', 'data.buildings.val: ["b2"] -> []']
+    with pytest.raises(ConfigError, match="data.split_file or data.buildings, not both"):
+        small(data={**data, "buildings": {"train": ["b1"], "val": [], "test": []}})
+    with pytest.raises(ConfigError, match="cannot read the split file"):
+        small(data={"root": "x", "split_file": str(tmp_path / "none.csv")})
+    with pytest.raises(ConfigError, match="'b1' is in both train and test"):
+        small(data={"root": "x", "buildings": {"train": ["b1"], "val": [], "test": ["b1"]}})
+
+
 def test_transfer_units_reserve_the_configured_memory():
     from taskonomy_ray.sweep.units import options
 

@@ -19,6 +19,7 @@ from .. import config as network_config
 from .. import tasks as registry
 from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only
 from ..errors import ConfigError, unknown_name
+from ..splits import SPLITS, check_lists, read_split_file
 
 # A setting added after runs were made: left out of run.json and unit keys while it has its
 # default, so that those runs resume (no config difference) and keep their units' keys.
@@ -66,6 +67,10 @@ class DataConfig:
     split: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train, validation, test buildings
     # Score every network on at most this many test samples (None: the whole test split).
     test_images: int | None = field(default=None, metadata=ADDED_LATER)
+    # The buildings of each split ({train, val, test: names}), e.g. the release's official split
+    # (the workflow's `data.split_file` is read into this, so unit keys hash the lists, not a
+    # path); None: `split` fractions of the root's buildings, shuffled by `split_seed`.
+    buildings: dict[str, tuple[str, ...]] | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.render is not None and "://" in self.root:
@@ -80,6 +85,10 @@ class DataConfig:
             raise ConfigError(f"data.test_images must be a positive integer (test samples every "
                               f"network is scored on) or null for the whole test split, got "
                               f"{self.test_images!r}")
+        if self.buildings is not None:
+            check_lists(self.buildings, "data.buildings")
+            object.__setattr__(self, "buildings",
+                               {s: tuple(sorted(self.buildings[s])) for s in SPLITS})
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,10 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     if "name" not in raw:
         raise ConfigError("the workflow needs a `name`")
     data = dict(raw.get("data") or {})
+    if "split_file" in data:  # read now: units see the lists, wherever they run
+        if data.get("buildings") is not None:
+            raise ConfigError("give data.split_file or data.buildings, not both")
+        data["buildings"] = read_split_file(data.pop("split_file"))
     if data.get("render") is not None:
         data["render"] = _build(RenderConfig, data["render"], "data.render")
     raw["data"] = _build(DataConfig, data, "data")

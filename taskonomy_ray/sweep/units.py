@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ..errors import DataError
-from ..dataset import SplitConfig
+from ..splits import SplitConfig
 from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
 from . import plan as planning
@@ -91,7 +91,7 @@ def splits(cfg: sweep_config.SweepConfig) -> SplitConfig:
     """The dataset's building split from the workflow's data section."""
     train, val, test = cfg.data.split
     return SplitConfig(train=train, val=val, test=test, seed=cfg.data.split_seed,
-                       test_images=cfg.data.test_images)
+                       test_images=cfg.data.test_images, buildings=cfg.data.buildings)
 
 
 class StorageHooks:
