@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 
 from . import tasks
 from .errors import DataError, UnknownNameError
-from .tables import AFFINITIES_SCHEMA
+from .tables import AFFINITIES_SCHEMA, rows_table
 
 # A source of the published table outside the 26-task dictionary: object classification trained
 # on a selected subset of classes. Kept as a name the solver accepts only through --sources.
@@ -76,7 +76,7 @@ def read_published_csv(path: str | Path) -> pa.Table:
             raise DataError(f"{path}: row {r} has order {r['order']} but {len(sources)} sources")
         rows.append(_row(r["regime"], target, sources, r["affinity"],
                          r["wins_vs_task"], r["wins_vs_pixels"]))
-    return pa.Table.from_pylist(rows, schema=AFFINITIES_SCHEMA)
+    return rows_table(rows, AFFINITIES_SCHEMA)
 
 
 def read_results_dir(folder: str | Path) -> pa.Table:
@@ -114,7 +114,7 @@ def read_results_dir(folder: str | Path) -> pa.Table:
             raise DataError(f"{root}, key {key!r} of the {regime // 1000}k pickles: {e}") from None
         rows.append(_row(regime, names[1], names[0], v.get("affinity"), v.get("quality"),
                          v.get("gain")))
-    return pa.Table.from_pylist(rows, schema=AFFINITIES_SCHEMA)
+    return rows_table(rows, AFFINITIES_SCHEMA)
 
 
 def _row(regime: int, target: str, sources: list[str], affinity: float | None,

@@ -149,3 +149,28 @@ def test_each_drawn_edge_has_its_sources_colour_and_is_drawn_over_the_boxes(publ
     used = {a.sources[0] for a in result.transfers if not a.supervised}
     assert by_colour == {outline[s] for s in used}
     assert len({outline[s] for s in result.supervised}) == len(result.supervised)
+
+
+def test_a_solve_never_imports_pandas_which_would_cost_half_its_second(published_csv, tmp_path):
+    # pyarrow imports pandas at its first Python-to-Arrow conversion (or pq.read_table): ~0.5 s
+    # of a one-second re-solve. Both inputs, published and stored, must avoid it.
+    stored = tmp_path / "run"
+    tables.Storage(str(stored)).write_affinities(published.read_published_csv(published_csv))
+    for source in (["--published", str(published_csv)], [str(stored)]):
+        code = ("import sys; from taskonomy_ray import cli; "
+                f"cli.main(['solve', *{source!r}, '--budget', '4', '--json']); "
+                "assert 'pandas' not in sys.modules, 'pandas was imported'")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["budget"] == 4
+
+
+def test_rows_become_the_same_table_through_either_converter():
+    rows = [{"regime": 1000, "target": "normal", "sources": ["a", "b"], "order": 2,
+             "affinity": 0.5, "quality": None, "gain": 0.25}]
+    fast = tables.rows_table(rows, tables.AFFINITIES_SCHEMA)
+    assert fast.equals(tables.pa.Table.from_pylist(rows, schema=tables.AFFINITIES_SCHEMA))
+    odd = [{**rows[0], "affinity": float("nan")}]  # JSON cannot spell NaN: the converters can
+    assert tables.rows_table(odd, tables.AFFINITIES_SCHEMA).column("affinity")[0].is_valid
+    assert tables.rows_table([], tables.AFFINITIES_SCHEMA).num_rows == 0
