@@ -145,6 +145,37 @@ def test_a_split_file_becomes_building_lists_that_unit_keys_hash(tmp_path):
         small(data={"root": "x", "buildings": {"train": ["b1"], "val": [], "test": ["b1"]}})
 
 
+def test_a_resume_on_a_root_whose_buildings_changed_is_refused_naming_them(tmp_path):
+    # Splits are fractions of the root's buildings: one more building moves images between
+    # train, val and test under the same unit keys, mixing two splits in one run.
+    import shutil
+
+    from fixtures import make_root
+
+    from taskonomy_ray.sweep.driver import guard_run, record_split
+    from taskonomy_ray.tables import RUN_FILE, Storage
+
+    root = make_root(tmp_path / "data", buildings=4, points=2, views=1, size=16)
+    st = Storage(str(tmp_path / "store"))
+    cfg = small(data={"root": str(root)})
+    guard_run(st, cfg)
+    first = st.read_json(RUN_FILE)["splits"]
+    assert sorted(sum(first.values(), [])) == [f"building{i}" for i in range(4)]
+    guard_run(st, cfg)  # unchanged: a resume
+    shutil.copytree(root / "building0", root / "building9")
+    with pytest.raises(ConfigError, match=r"building split .* \(.*\+building9.*new run"):
+        guard_run(st, cfg)
+    guard_run(st, cfg, force=True)
+    assert st.read_json(RUN_FILE)["splits"] != first
+    # A render's split is recorded once the render is complete, not from a partial one.
+    rendered = small(data={"root": str(root), "render": {"points": 2, "views": 3, "size": 16}})
+    other = Storage(str(tmp_path / "other"))
+    guard_run(other, rendered)  # this root is not the workflow's finished render
+    assert "splits" not in other.read_json(RUN_FILE)
+    record_split(other, rendered)
+    assert "splits" not in other.read_json(RUN_FILE)
+
+
 def test_transfer_units_reserve_the_configured_memory():
     from taskonomy_ray.sweep.units import options
 

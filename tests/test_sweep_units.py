@@ -57,12 +57,17 @@ def test_the_render_unit_renders_adopts_its_own_render_and_refuses_other_data(tm
 
     data = tmp_path / "data"
     cfg = sweep(data, data={"root": str(data), "render": {"points": 2, "views": 3, "size": 16,
-                                                         "buildings": 2}})
+                                                         "buildings": 3}})
     unit = next(u for u in plan.build(cfg) if u.stage == "render")
     storage = units.Storage(str(tmp_path / "store"))
     ctx = {"config": cfg.to_json(), "storage": storage.uri, "data_root": str(data)}
     done = driver.done_check(storage, cfg, str(data))
+    driver.guard_run(storage, cfg)  # before the render: no split to record yet
+    assert "splits" not in storage.read_json("run.json")
     assert units.run_render(unit, ctx)["adopted"] is False and done(unit)
+    driver.record_split(storage, cfg)  # what the driver does once the render is done
+    assert sorted(sum(storage.read_json("run.json")["splits"].values(), [])) == sorted(
+        p.name for p in data.iterdir() if p.is_dir())
     assert layout.read_info(data)["complete"] is True
     before = sorted(p.stat().st_mtime_ns for p in data.rglob("*.png"))
     assert units.run_render(unit, ctx)["adopted"] is True  # e.g. a second storage: no re-render
@@ -82,7 +87,7 @@ def test_the_render_unit_renders_adopts_its_own_render_and_refuses_other_data(tm
         units.run_render(unit, {**ctx, "data_root": str(real)})
     assert sorted(p.name for p in real.iterdir()) == ["mybuilding"]
     other = sweep(data, data={"root": str(data), "render": {"points": 3, "views": 3, "size": 16,
-                                                           "buildings": 2}})
+                                                           "buildings": 3}})
     with pytest.raises(DataError, match="another render \\(points 2, where this workflow's has 3"):
         units.run_render(unit, {**ctx, "config": other.to_json()})
 
