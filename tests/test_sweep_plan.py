@@ -351,6 +351,15 @@ def test_a_partial_group_whose_missing_source_is_done_by_now_is_retrained():
     assert run_all(s) == [group, beam, "analysis"] and s.partial == {}
 
 
+def test_a_beam_ranked_on_a_partial_group_ranks_again_once_the_group_is_complete():
+    # A run retrained the group and died before the beam: only the beam's record says so.
+    cfg = small()
+    lost, group, beam, _ = _partial_normal(cfg)
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True,
+                  went_without=lambda u: lost if u.key == beam else ())
+    assert run_all(s) == [beam, "analysis"]
+
+
 def test_a_beam_waits_for_a_partial_group_whose_missing_source_may_still_come():
     cfg = small()
     lost, group, beam, without = _partial_normal(cfg)

@@ -192,3 +192,29 @@ def test_status_of_an_empty_path_says_how_to_start(tmp_path):
 
     with pytest.raises(StorageError, match="taskonomy-ray sweep"):
         driver.status(str(tmp_path))
+
+
+def test_a_beam_ranked_on_a_partial_group_records_what_that_group_lacked(tmp_path):
+    # So that a resume which completes those sources ranks again (driver.went_without).
+    from test_affinity import _run
+
+    from taskonomy_ray.sweep import config as sweep_config
+    from taskonomy_ray.sweep import units
+
+    cfg = sweep_config.load(workflow(tmp_path, **{"regimes: [8]": "regimes: [1000]"}))
+    beam = next(u for u in plan.build(cfg) if u.stage == "beam" and
+                u.params["target"] == "normal")
+    group, gold, scratch = beam.deps
+    st = Storage(str(tmp_path / "store"))
+    table = _run("normal")
+    st.write_losses(group, table)
+    for key in (gold, scratch):  # the run's rows are all in the group's file here
+        st.write_losses(key, table.slice(0, 0))
+    ctx = {"storage": st.uri, "config": cfg.to_json(), "data_root": str(tmp_path / "data")}
+    units.run_beam(beam, ctx)
+    assert st.read_json(beam.outputs[0])["without"] == []
+    assert driver.went_without(st)(beam) == []
+    st.write_json(plan.partial_path(group), {"without": ["features-x"], "left_out": [["x"]],
+                                             "sources": ["x"]})
+    units.run_beam(beam, ctx)
+    assert driver.went_without(st)(beam) == ["features-x"]

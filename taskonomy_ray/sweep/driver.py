@@ -175,11 +175,19 @@ def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str):
 
 
 def went_without(storage: Storage):
-    """The scheduler's went_without hook: the deps a stored partial transfer group lacked."""
+    """The scheduler's went_without hook: what a stored partial result lacked.
+
+    A transfer group's partial record; a beam's own output, which names what the first-order
+    group it ranked lacked.
+    """
 
     def without(unit: planning.Unit) -> list[str]:
+        if unit.stage == "beam":
+            return list(storage.read_json(unit.outputs[0]).get("without", []))
         record = planning.partial_path(unit.key)
-        return storage.read_json(record)["without"] if storage.exists(record) else []
+        if unit.stage != "transfer" or not storage.exists(record):
+            return []
+        return list(storage.read_json(record)["without"])
 
     return without
 

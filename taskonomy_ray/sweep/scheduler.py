@@ -21,7 +21,10 @@ class Scheduler:
     def __init__(self, units: Iterable[Unit], *, is_done: Callable[[Unit], bool],
                  expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2,
                  went_without: Callable[[Unit], Iterable[str]] | None = None) -> None:
-        """`went_without(unit)`: the optional deps an adopted unit's stored result lacks."""
+        """`went_without(unit)`: the units an adopted unit's stored result lacks.
+
+        (A transfer group's failed sources; for a beam, those of the group it ranked.)
+        """
         self.units: dict[str, Unit] = {}
         self.state: dict[str, str] = {}
         self.errors: dict[str, str] = {}
@@ -53,7 +56,7 @@ class Scheduler:
         for u in new:  # adopt work finished by an earlier run (outputs already in storage)
             if self._is_done(u):
                 self.state[u.key] = "done"
-                without = sorted(self._went_without(u)) if u.optional else []
+                without = sorted(self._went_without(u))
                 if without:
                     self.partial[u.key] = without
                 self._expand_from(u)

@@ -346,7 +346,12 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     chosen: dict[str, list[list[str]]] = {}
     for sources in beam.expand_target(table, target, regime, widths):
         chosen.setdefault(str(len(sources)), []).append(list(sources))
-    storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "chosen": chosen})
+    # Ranked on a partial first-order group: what it lacked, so that a resume which completes
+    # those ranks again (`driver.went_without`), even after a crash that kept this choice.
+    without = [w for d in unit.deps if storage.exists(planning.partial_path(d))
+               for w in storage.read_json(planning.partial_path(d))["without"]]
+    storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "chosen": chosen,
+                                         "without": without})
     return {"chosen": sum(len(v) for v in chosen.values())}
 
 
