@@ -61,9 +61,14 @@ def sample_id(views: Sequence[View]) -> str:
 class BadFile(DataError):
     """A missing or corrupt dataset file; `path` names it."""
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path | str, message: str) -> None:
         super().__init__(message)
         self.path = str(path)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Pickled with both arguments: a Ray worker sends its failure to the driver this way,
+        # and an exception it cannot unpickle arrives as a crash, retried as if transient.
+        return type(self), (self.path, str(self))
 
 
 def output_channels(task: str, root: str | Path | None = None, *, jigsaw_classes: int = 1000,

@@ -10,7 +10,17 @@ import json
 import os
 import time
 
+from taskonomy_ray.errors import DataError
 from taskonomy_ray.tables import Storage
+
+
+class UnpicklableError(DataError):
+    """A project error that pickle rebuilds from its message alone, and so cannot (BadFile's
+    two-argument __init__ was one)."""
+
+    def __init__(self, key, detail):
+        super().__init__(f"unit {key}: {detail}")
+        self.key = key
 
 
 def fake_execute(unit, ctx):
@@ -32,6 +42,8 @@ def fake_execute(unit, ctx):
         from taskonomy_ray.errors import TrainingError
 
         raise TrainingError(f"unit {unit.key}: non-finite loss at step 3")
+    if any(part in unit.key for part in knobs.get("fail_unpicklable", [])):
+        raise UnpicklableError(unit.key, "a corrupt file")
     if unit.stage == "render":  # a stand-in dataset: what the render's done check looks for
         from taskonomy_ray import layout
         from taskonomy_ray.render.synth import dataset_info

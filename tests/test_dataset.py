@@ -86,6 +86,14 @@ def test_a_bad_split_file_is_refused_naming_the_line(tmp_path: Path, text: str,
         read_split_file(tmp_path / "missing.csv")
 
 
+def test_a_bad_file_error_survives_pickling_as_ray_sends_it() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(BadFile("/r/b/normal/x.png", "missing file /r/b/...")))
+    assert isinstance(err, BadFile) and err.path == "/r/b/normal/x.png"
+    assert str(err) == "missing file /r/b/..."
+
+
 def test_test_images_caps_the_test_split_with_one_subset_for_every_task(root: Path) -> None:
     full = TaskonomyDataset(root, ["normal"], split="test")
     capped = SplitConfig(test_images=5)

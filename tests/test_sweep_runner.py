@@ -111,6 +111,19 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     assert driver.status(str(tmp_path / "store"))["partial"] == {}
 
 
+def test_a_project_error_pickle_cannot_rebuild_still_fails_once_and_names_itself(ray_session,
+                                                                                 tmp_path):
+    # Ray delivers an exception it cannot unpickle as a crash, which the driver retries: a
+    # corrupt dataset file (BadFile) was read three times and reported as UnserializableException.
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"fail_unpicklable": ["gold-normal"]})
+    result = sweep(tmp_path)
+    key = next(k for k in result.failures if k.startswith("gold-normal"))
+    assert ledger.history(st, key).attempts == 1
+    assert result.failures[key].startswith("TaskonomyError: UnpicklableError: unit gold-normal")
+    assert "Unserializable" not in result.failures[key]
+
+
 def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_session,
                                                                              tmp_path):
     st = Storage(str(tmp_path / "store"))

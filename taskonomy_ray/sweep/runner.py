@@ -7,6 +7,7 @@ loses nothing: a rerun adopts every unit whose outputs exist.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 import traceback
@@ -48,6 +49,9 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any
         ledger.record(storage, unit.key, "failed", error=f"{type(e).__name__}: {e}",
                       deterministic=isinstance(e, TaskonomyError),
                       traceback=traceback.format_exc(limit=8), seconds=time.time() - t0)
+        if isinstance(e, TaskonomyError) and not _picklable(e):
+            # Ray would deliver it as an UnserializableException: a crash, retried in vain.
+            raise TaskonomyError(f"{type(e).__name__}: {e}") from None
         raise
     missing = [o for o in unit.outputs if not storage.exists(o)]
     if missing:
@@ -57,6 +61,14 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any
     info = {**info, "seconds": time.time() - t0, "start": t0}
     ledger.record(storage, unit.key, "done", **info)
     return info
+
+
+def _picklable(err: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return False
+    return True
 
 
 def is_deterministic(err: BaseException) -> bool:
