@@ -11,6 +11,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ class SplitConfig:
 
     With `buildings` ({split: names}) the fractions are not used: each split holds the listed
     buildings the dataset root has (a listed building missing there is skipped; one in no list
-    is in no split).
+    is in no split). They are kept as sorted (split, names) pairs, so the config stays hashable
+    (workers key their decoded image sets on it); `lists` gives them back as a mapping.
     """
 
     train: float = 0.6
@@ -36,7 +38,7 @@ class SplitConfig:
     # scored on the test split; None: all of them. A full Taskonomy test split holds ~400k
     # images: every transfer scored on all of them would cost more than training it.
     test_images: int | None = None
-    buildings: Mapping[str, Sequence[str]] | None = None
+    buildings: Any = None  # Mapping[str, Sequence[str]] given; tuple of pairs kept
 
     def __post_init__(self) -> None:
         fr = (self.train, self.val, self.test)
@@ -48,7 +50,15 @@ class SplitConfig:
             raise ConfigError(f"test_images must be a positive number of test samples, or None "
                               f"for the whole test split; got {self.test_images}")
         if self.buildings is not None:
-            check_lists(self.buildings, "buildings")
+            lists = dict(self.buildings)
+            check_lists(lists, "buildings")
+            object.__setattr__(self, "buildings",
+                               tuple((k, tuple(sorted(lists[k]))) for k in SPLITS))
+
+    @property
+    def lists(self) -> dict[str, tuple[str, ...]] | None:
+        """The given building lists ({split: names}), or None for fractional splits."""
+        return None if self.buildings is None else dict(self.buildings)
 
 
 def check_lists(lists: Mapping[str, Sequence[str]], where: str) -> None:
@@ -73,8 +83,8 @@ def check_lists(lists: Mapping[str, Sequence[str]], where: str) -> None:
 
 def split_buildings(buildings: Sequence[str], cfg: SplitConfig) -> dict[str, list[str]]:
     """Assign buildings to splits: each split with a positive fraction gets at least one."""
-    if cfg.buildings is not None:
-        return listed_split(buildings, cfg.buildings)
+    if cfg.lists is not None:
+        return listed_split(buildings, cfg.lists)
     names = sorted(buildings)
     wanted = [s for s, f in zip(SPLITS, (cfg.train, cfg.val, cfg.test)) if f > 0]
     if len(names) < len(wanted):
@@ -114,17 +124,21 @@ def listed_split(found: Sequence[str], lists: Mapping[str, Sequence[str]]) -> di
 
 
 def read_split_file(path: str | Path) -> dict[str, list[str]]:
-    """The building lists of a split CSV in the release's format (a header row is optional).
+    """The building lists of a split CSV in the release's format.
 
-    Each row is `name,train,val,test` with 0/1 flags; a building flagged nowhere is left out.
+    Each row is `name,train,val,test` with 0/1 flags; a building flagged nowhere is left out. A
+    header row (the first row whose flags are not 0/1) is optional; when present, it names the
+    flag columns, in any order.
     """
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
+    except (OSError, UnicodeError) as e:
         raise ConfigError(f"cannot read the split file {p}: {e}; give the path of the release's "
                           "train_val_test_<size>.csv (relative paths start where you run)") from e
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    columns: tuple[int, ...] = (1, 2, 3)  # train, val, test
+    first = True
     for line, row in enumerate(csv.reader(text.splitlines()), start=1):
         cells = [c.strip() for c in row]
         if not any(cells):
@@ -132,9 +146,15 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
         if len(cells) != 4:
             raise ConfigError(f"{p}, line {line}: expected 4 columns (name,train,val,test), got "
                               f"{len(cells)}: {row}")
-        flags = cells[1:]
-        if line == 1 and not set(flags) <= {"0", "1"}:
-            continue  # the header
+        header, first = first and not set(cells[1:]) <= {"0", "1"}, False
+        if header:
+            names = [c.lower() for c in cells]
+            if sorted(names[1:]) != sorted(SPLITS):
+                raise ConfigError(f"{p}, line {line}: a header must name the columns train, "
+                                  f"val and test after the building's, got {row}")
+            columns = tuple(names.index(s) for s in SPLITS)
+            continue
+        flags = [cells[i] for i in columns]
         if not set(flags) <= {"0", "1"}:
             raise ConfigError(f"{p}, line {line}: the train, val and test columns must be 0 or "
                               f"1, got {flags}")
@@ -142,7 +162,7 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
         if len(chosen) > 1:
             raise ConfigError(f"{p}, line {line}: building {cells[0]!r} is flagged for "
                               f"{' and '.join(chosen)}; a building belongs to one split")
-        if chosen:
+        if chosen and cells[0] not in out[chosen[0]]:  # a repeated row says nothing new
             out[chosen[0]].append(cells[0])
     try:
         check_lists(out, str(p))

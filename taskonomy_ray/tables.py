@@ -238,7 +238,7 @@ class Storage:
         """Read a Parquet file and check it against `schema`."""
         try:  # ParquetFile, not pq.read_table: the dataset reader imports pandas (rows_table)
             with self.fs.open_input_file(self.path(rel)) as f:
-                table = pq.ParquetFile(f).read()
+                table = pq.ParquetFile(f, pre_buffer=True).read()  # pre_buffer: as read_table
         except FileNotFoundError:
             raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except (OSError, pa.ArrowInvalid) as e:

@@ -61,6 +61,12 @@ def test_a_release_split_file_gives_each_split_its_listed_buildings(root: Path,
     lists = read_split_file(csv)
     assert lists == {"train": ["building2", "elsewhere"], "val": ["building0"],
                      "test": ["building1"]}
+    # A byte-order mark, CRLF lines, a repeated row and a header in another column order.
+    csv.write_bytes(b"\xef\xbb\xbfid,test,train,val\r\nbuilding1,1,0,0\r\nbuilding2,0,1,0\r\n"
+                    b"building2,0,1,0\r\nelsewhere,0,1,0\r\nbuilding0,0,0,1\r\n")
+    assert read_split_file(csv) == lists
+    csv.write_bytes(b"\xef\xbb\xbfbuilding2,1,0,0\nbuilding0,0,1,0\n")  # no header
+    assert read_split_file(csv)["train"] == ["building2"]
     cfg = SplitConfig(buildings=lists)  # fractions ignored; a listed building not here skipped
     assert split_buildings(["building0", "building1", "building2"], cfg) == {
         "train": ["building2"], "val": ["building0"], "test": ["building1"]}
@@ -74,6 +80,8 @@ def test_a_release_split_file_gives_each_split_its_listed_buildings(root: Path,
     ("id,train,val,test\na,1,0,0\nb,yes,0,0\n", "line 3: the train, val and test columns"),
     ("a,1,0,1\n", "line 1: building 'a' is flagged for train and test"),
     ("a,0,1,0\n", "train lists no building"),
+    ("id,train,val,tset\na,1,0,0\n", "line 1: a header must name the columns train, val"),
+    ("a,1,0,0\nb,x,0,0\n", "line 2: the train, val and test columns"),
 ])
 def test_a_bad_split_file_is_refused_naming_the_line(tmp_path: Path, text: str,
                                                      message: str) -> None:

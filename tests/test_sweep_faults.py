@@ -81,3 +81,44 @@ def test_driver_killed_at_random_points_resumes_without_redoing_work(tmp_path):
     a = pq.read_table(tmp_path / "clean" / "affinities.parquet").sort_by(order)
     b = pq.read_table(storage / "affinities.parquet").sort_by(order)
     assert a.equals(b)
+
+
+def test_a_sweep_whose_source_failed_ends_fixed_and_resumed_as_if_it_never_had(ray_session,
+                                                                              tmp_path):
+    # Real units at smoke scale: edge_texture's labels are missing, so its gold network fails;
+    # every other target's transfers train without it (partial groups, re-ranked beams later).
+    # Once the files are back, a resume retrains what lacked it and ends with the affinities
+    # of a sweep that never failed.
+    import shutil
+
+    from taskonomy_ray.render import SynthConfig, synthesize
+    from taskonomy_ray.sweep import driver
+
+    data, hidden = tmp_path / "data", tmp_path / "hidden"
+    synthesize(SynthConfig(out=str(data), points=10, views=3, size=32, seed=0, buildings=4),
+               progress=False)
+    text = (HERE.parent / "workflows" / "smoke.yaml").read_text()
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(text.replace("root: data/smoke", f"root: {data}").replace(
+        "render: {points: 10, views: 3, size: 32, seed: 0, buildings: 4}", "render: null"))
+    labels = sorted(data.glob("*/edge_texture"))
+    for folder in labels:
+        shutil.move(folder, hidden / folder.parent.name)
+
+    def sweep(store):
+        return driver.run_sweep(wf, storage_uri=str(tmp_path / store), progress=False)
+
+    first = sweep("store")
+    assert any(k.startswith("gold-edge_texture") for k in first.failures)
+    assert len(first.partial) == 3  # the other targets' first-order groups
+    assert first.counts["analysis"]["done"] == 1  # affinities and report of what could run
+    for folder in labels:
+        shutil.move(hidden / folder.parent.name, folder)
+    second = sweep("store")
+    assert second.ok and second.partial == {}, second.failures
+    clean = sweep("clean")
+    assert clean.ok
+    order = [("target", "ascending"), ("order", "ascending"), ("affinity", "ascending")]
+    a = pq.read_table(tmp_path / "clean" / "affinities.parquet").sort_by(order)
+    b = pq.read_table(tmp_path / "store" / "affinities.parquet").sort_by(order)
+    assert a.equals(b)

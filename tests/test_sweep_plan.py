@@ -131,7 +131,7 @@ def test_a_split_file_becomes_building_lists_that_unit_keys_hash(tmp_path):
     data = {"root": "x", "split_file": str(split)}
     cfg = small(data=data)
     assert cfg.to_json()["data"]["buildings"] == {"train": ["b1"], "val": ["b2"], "test": ["b3"]}
-    assert units.splits(cfg).buildings == {"train": ("b1",), "val": ("b2",), "test": ("b3",)}
+    assert units.splits(cfg).lists == {"train": ("b1",), "val": ("b2",), "test": ("b3",)}
     assert plan.gold_key(cfg, "normal") != plan.gold_key(small(data={"root": "x"}), "normal")
     assert config.from_dict(cfg.to_json()) == cfg  # what units receive: the lists themselves
     split.write_text("id,train,val,test\nb1,1,0,0\nb2,0,0,1\nb3,0,0,1\n")  # edited file
@@ -165,8 +165,15 @@ def test_a_resume_on_a_root_whose_buildings_changed_is_refused_naming_them(tmp_p
     shutil.copytree(root / "building0", root / "building9")
     with pytest.raises(ConfigError, match=r"building split .* \(.*\+building9.*new run"):
         guard_run(st, cfg)
+    reseeded = small(data={"root": str(root), "split_seed": 5})  # a setting: said as such
+    with pytest.raises(ConfigError, match=r"another config; differences:\n  data.split_seed"):
+        guard_run(st, reseeded)
     guard_run(st, cfg, force=True)
     assert st.read_json(RUN_FILE)["splits"] != first
+    run = st.read_json(RUN_FILE)
+    st.write_json(RUN_FILE, {**run, "version": "0.0.1"})
+    guard_run(st, cfg)  # a resume by a newer version keeps the version that started the run
+    assert st.read_json(RUN_FILE)["version"] == "0.0.1"
     # A render's split is recorded once the render is complete, not from a partial one.
     rendered = small(data={"root": str(root), "render": {"points": 2, "views": 3, "size": 16}})
     other = Storage(str(tmp_path / "other"))
@@ -358,6 +365,15 @@ def test_a_beam_ranked_on_a_partial_group_ranks_again_once_the_group_is_complete
     s = Scheduler(plan.build(cfg), is_done=lambda u: True,
                   went_without=lambda u: lost if u.key == beam else ())
     assert run_all(s) == [beam, "analysis"]
+
+
+def test_what_a_stored_result_lacked_is_not_waited_for_once_it_left_the_plan():
+    # E.g. the failed source dropped from the workflow and the run resumed with --force-config.
+    cfg = small()
+    lost, group, beam, _ = _partial_normal(cfg)
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True,
+                  went_without=lambda u: ["features-gone-r16-0"] if u.key == beam else ())
+    assert s.partial == {} and run_all(s) == []
 
 
 def test_a_beam_waits_for_a_partial_group_whose_missing_source_may_still_come():

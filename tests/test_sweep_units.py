@@ -130,3 +130,16 @@ def test_a_transfer_group_trains_what_has_its_sources_and_records_what_it_left_o
     storage.write_json(plan.partial_path(alone.key), record)
     assert "left_out" not in units.run_transfer(alone, ctx)
     assert not storage.exists(plan.partial_path(alone.key))
+
+
+def test_a_feature_unit_encodes_on_a_listed_building_split(root, tmp_path):
+    # Workers key their decoded image sets on the split config: given lists must keep it
+    # hashable (a dict made every feature unit fail).
+    lists = {"train": ["building0"], "val": ["building1"], "test": ["building2"]}
+    cfg = sweep(root, data={"root": str(root), "buildings": lists})
+    unit = next(u for u in plan.build(cfg) if u.stage == "features"
+                and u.params["source"] == "random" and u.params["imageset"] == "test")
+    ctx = {"config": cfg.to_json(), "storage": str(tmp_path / "store"), "data_root": str(root)}
+    assert units.run_features(unit, ctx)["images"] == len(TaskonomyDataset(
+        root, split="test", splits=units.splits(cfg), size=64).images) > 0
+    assert units.splits(cfg).lists["test"] == ("building2",)

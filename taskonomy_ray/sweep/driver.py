@@ -75,15 +75,7 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
                 f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
                 f"the run started in, or pass --data {was}; if the data there is the same "
                 "dataset, moved, pass --force-config to continue with it")
-        moved = split_changes(old.get("splits"), split)
-        if moved and not force:
-            raise ConfigError(
-                f"the building split of {new['data_root']} is not the one storage "
-                f"{storage.display} was trained on ({'; '.join(moved)}): buildings were added "
-                "to or removed from the root, so done units and new ones would see different "
-                "splits. Restore the root's buildings, or start a new run with another "
-                "--storage (or fix the split with data.split_file); --force-config continues "
-                "anyway, keeping what was done on the old split")
+        new["version"] = old.get("version", new["version"])  # the version that started it
         if split is None and "splits" in old:
             new["splits"] = old["splits"]  # the data is not there yet (a render to redo)
         if new == old:
@@ -98,6 +90,15 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
                 "or pass --force-config to resume with the new one (units whose keys change "
                 "are recomputed)."
             )
+        moved = split_changes(old.get("splits"), split)
+        if moved and not force:  # the same config: the root's buildings changed
+            raise ConfigError(
+                f"the building split of {new['data_root']} is not the one storage "
+                f"{storage.display} was trained on ({'; '.join(moved)}): buildings were added "
+                "to or removed from the root, so done units and new ones would see different "
+                "splits. Restore the root's buildings, or start a new run with another "
+                "--storage (or fix the split with data.split_file); --force-config continues "
+                "anyway, keeping what was done on the old split")
     storage.write_json(RUN_FILE, new)
 
 

@@ -56,7 +56,9 @@ class Scheduler:
         for u in new:  # adopt work finished by an earlier run (outputs already in storage)
             if self._is_done(u):
                 self.state[u.key] = "done"
-                without = sorted(self._went_without(u))
+                # (Units no longer in the plan, e.g. a source dropped by --force-config, are
+                # not waited for.)
+                without = sorted(d for d in self._went_without(u) if d in self.units)
                 if without:
                     self.partial[u.key] = without
                 self._expand_from(u)
