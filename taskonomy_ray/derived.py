@@ -56,6 +56,18 @@ def colorize(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return grey, _bin_lookup()[cell[..., 0], cell[..., 1]]
 
 
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """Colorization's input of channels-first images (..., 3, H, W): L/100 on every channel.
+
+    The same values as `colorize`'s grey input; what the colorization encoder sees whenever it
+    encodes an image, as in Taskonomy, whose colorization network only ever saw lightness.
+    """
+    from skimage.color import rgb2lab
+
+    light = rgb2lab(np.moveaxis(rgb.astype(np.float64), -3, -1))[..., 0] / 100.0
+    return np.repeat(light[..., None, :, :].astype(np.float32), 3, -3)
+
+
 @lru_cache(maxsize=4)
 def jigsaw_permutations(n: int, seed: int = 0) -> np.ndarray:
     """`n` permutations of 9 tiles, far apart in Hamming distance.

@@ -98,19 +98,37 @@ def _batches(samples: Sequence[Mapping[str, Any]], batch_size: int, num_workers:
         yield _stack([samples[i] for i in range(start, min(len(samples), start + batch_size))])
 
 
+def source_view(source: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What `source`'s encoder is shown of an RGB image, when not the image itself.
+
+    Colorization's encoder sees lightness only (its training input; Taskonomy's representation
+    extraction did the same). The other sources see the clean image, jigsaw's too (Taskonomy's
+    extraction encoded the unshuffled image); denoising and inpainting see it without the noise
+    or mask they were trained to see through.
+    """
+    if get_task(source).derived == "colorize":
+        from .derived import lightness
+
+        return lambda x: torch.from_numpy(lightness(x.numpy()))
+    return None
+
+
 @torch.no_grad()
 def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
                    batch_size: int = 64, dtype: str = "float32",
-                   device: str | torch.device = "cpu", num_workers: int = 0) -> Features:
+                   device: str | torch.device = "cpu", num_workers: int = 0,
+                   view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Features:
     """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches.
 
-    `num_workers` loader processes read the samples (a dataset decoding files) ahead.
+    `num_workers` loader processes read the samples (a dataset decoding files) ahead; `view`
+    turns each batch of images into what the encoder takes (`source_view`).
     """
     if isinstance(encoder, torch.nn.Module):
         encoder.eval().to(device)
     images: list[str] = []
     chunks: list[np.ndarray] = []
     for ids, x in _batches(samples, batch_size, num_workers):
+        x = view(x) if view is not None else x
         lead = x.shape[:-3]
         z = encoder(x.reshape(-1, *x.shape[-3:]).to(device)).float().cpu()  # (B*V, C, h, w)
         chunks.append(z.reshape(*lead, *z.shape[1:]).numpy().astype(DTYPES[dtype]))
@@ -173,7 +191,8 @@ class FeatureCache:
             return rel
         enc = encoder() if lazy else encoder  # type: ignore[call-arg]
         feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype,
-                               device=device, num_workers=num_workers)
+                               device=device, num_workers=num_workers,
+                               view=source_view(source))
         if images is not None and feats.images != [str(i) for i in images]:
             raise ConfigError(f"the samples' ids differ from the `images` given for {source!r}; "
                               "pass the dataset's ids in sample order")

@@ -122,3 +122,22 @@ def test_loader_processes_read_ahead_and_encode_the_same_representations():
     assert ahead.images == here.images == [s["image"] for s in samples]
     assert ahead.array.shape == (10, 2, 8, 1, 1)
     np.testing.assert_array_equal(ahead.array, here.array)
+
+
+def test_colorization_encodes_the_lightness_it_was_trained_on_and_the_others_rgb(tmp_path):
+    # Its network only ever saw grey (L/100) images; shown colour, its representation would be
+    # of inputs it never saw (Taskonomy's extraction also gave it lightness).
+    from taskonomy_ray.derived import colorize
+
+    keys = {"colorization": "gold-colorization-abc", "normal": "gold-normal-abc"}
+    cache = features.FeatureCache(Storage(str(tmp_path)), features.keyed_paths(keys), "float32")
+    enc, samples = CountingEncoder(), _samples(6, views=2)  # multi-view sets too
+    ids = [s["image"] for s in samples]
+    cache.ensure("colorization", "r8", enc, samples, batch_size=4)
+    cache.ensure("normal", "r8", enc, samples, batch_size=4)
+    grey = [{"image": s["image"], "rgb": torch.stack([torch.from_numpy(colorize(
+        v.permute(1, 2, 0).numpy())[0]) for v in s["rgb"]])} for s in samples]
+    expect = features.encode_samples(enc, grey, batch_size=4).array
+    np.testing.assert_allclose(cache.load("colorization", "r8", ids), expect, atol=1e-6)
+    np.testing.assert_array_equal(cache.load("normal", "r8", ids),
+                                  features.encode_samples(enc, samples, batch_size=4).array)
