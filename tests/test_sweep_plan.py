@@ -410,6 +410,10 @@ def test_a_beam_ranked_again_drops_the_higher_orders_only_its_old_ranking_chose(
     run_all(s)
     now = [u.params["source_sets"] for u in s.units.values() if u.params.get("order") == 2]
     assert now == [chosen] and not set(old) & set(s.units) and not set(old) & set(s.state)
+    chosen = []  # ranked again, twice, choosing nothing: nothing left, nothing dropped twice
+    for _ in range(2):
+        s.succeeded(s.units[beam])
+    assert not [u for u in s.units.values() if u.params.get("order") == 2]
 
 
 def test_transient_failures_are_retried_a_bounded_number_of_times():

@@ -73,12 +73,9 @@ class Scheduler:
         keep = {u.key for u in units}
         for key in self.expanded.get(unit.key, []):
             if key not in keep and not any(key in u.deps for u in self.units.values()):
-                self.units.pop(key)
-                self.state.pop(key)
-                self.errors.pop(key, None)
-                self.partial.pop(key, None)
-        if units:
-            self.expanded[unit.key] = sorted(keep)
+                for table in (self.units, self.state, self.errors, self.partial):
+                    table.pop(key, None)
+        self.expanded[unit.key] = sorted(keep)
         return self._add(units)
 
     def _usable(self, key: str) -> bool:
