@@ -92,6 +92,8 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     assert first.counts["transfer"]["done"] >= 3 and set(firsts) <= set(first.partial)
     status = driver.status(str(tmp_path / "store"))
     assert status["partial"] == dict.fromkeys(firsts, ["reshading"])
+    o1 = status["transfer_orders"]["1"]  # each group lacks its transfer from reshading
+    assert (o1["transfers_planned"], o1["transfers_done"], o1["done"]) == (12, 9, 3)
     features = [k for k in status["blocked"] if k.startswith("features-reshading")]
     never_ran = "not run: its dependency gold-reshading"  # blocked by it, not just "pending"
     assert len(features) == 2 and all(status["blocked"][k].startswith(never_ran)
@@ -103,6 +105,7 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     cli.main(["status", str(tmp_path / "store")])
     out = capsys.readouterr().out
     assert f"PARTIAL {firsts[0]}: trained without the transfers from reshading" in out
+    assert "transfers of order 1: 9 of 12 trained; groups: 3 planned, 3 done, 0 failed" in out
     assert f"BLOCKED {features[0]}: not run" in out
     st.write_json("fake.json", {})
     second = sweep(tmp_path)
@@ -197,6 +200,8 @@ def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     assert st["stages"]["gold"] == {"planned": 3, "pending": 0, "running": 0, "done": 3,
                                     "failed": 0, "blocked": 0}
     assert st["transfer_orders"]["2"]["done"] == st["transfer_orders"]["2"]["planned"] > 0
+    o1 = st["transfer_orders"]["1"]
+    assert o1["transfers_done"] == o1["transfers_planned"] == 3 * 4  # targets x sources
     json.dumps(st)
 
 

@@ -316,11 +316,14 @@ def status(storage_uri: str) -> dict[str, Any]:
     state: dict[str, str] = {}
     failures = {}
     partial = {}
+    left_out: dict[str, int] = {}  # transfers a partial group's table lacks
     for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
             state[u.key] = "done"
             if u.optional and storage.exists(planning.partial_path(u.key)):
-                partial[u.key] = storage.read_json(planning.partial_path(u.key))["sources"]
+                record = storage.read_json(planning.partial_path(u.key))
+                partial[u.key] = record["sources"]
+                left_out[u.key] = len(record["left_out"])
         else:
             h = ledger.history(storage, u.key)
             # `running` also covers units of a driver that died: they resume on the next run.
@@ -342,10 +345,14 @@ def status(storage_uri: str) -> dict[str, Any]:
     for u in units:
         stages[u.stage]["planned"] += 1
         stages[u.stage][state[u.key]] += 1
-        if u.stage == "transfer":
-            o = orders.setdefault(str(u.params["order"]), {"planned": 0, "done": 0, "failed": 0})
+        if u.stage == "transfer":  # groups, and the transfers in them
+            o = orders.setdefault(str(u.params["order"]), dict.fromkeys(
+                ("planned", "done", "failed", "transfers_planned", "transfers_done"), 0))
             o["planned"] += 1
             o["done"] += state[u.key] == "done"
             o["failed"] += state[u.key] == "failed"
+            n = len(u.params["source_sets"])
+            o["transfers_planned"] += n
+            o["transfers_done"] += (n - left_out.get(u.key, 0)) if state[u.key] == "done" else 0
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures, "blocked": blocked, "partial": partial}
