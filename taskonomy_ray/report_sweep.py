@@ -62,13 +62,13 @@ def run_facts(storage: Storage, run: dict[str, Any] | None,
     if summary is None:
         notes.append(f"{SUMMARY_FILE} is missing: the sweep is still running or was interrupted, "
                      "so stage timings are not available yet")
-    stages, failures, partial = _stage_counts(storage, units, notes)
+    counts = _unit_counts(storage, units, notes)
     stats = (summary or {}).get("stats", {})
     span, busy = stats.get("stage_span_s", {}), stats.get("unit_s", {})
-    for s in stages:
+    for s in counts["stages"]:
         s["span_s"] = _seconds(span.get(s["stage"]))
         s["unit_s"] = _seconds(busy.get(s["stage"]))
-    return {"notes": notes, "stages": stages, "failures": failures, "partial": partial,
+    return {"notes": notes, **counts,
             "version": (run or {}).get("version", "unknown"),
             "config": json.dumps((run or {}).get("config", {}), indent=1, sort_keys=True),
             "data_root": ((run or {}).get("data_root")
@@ -80,24 +80,25 @@ def _seconds(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def _stage_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per stage counts from storage (as `taskonomy-ray status`), failures, partial groups."""
+def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Units per stage, transfers per order, failures, partial groups: `status`'s view."""
     from .sweep import driver, ledger
 
     if not units:
         notes.append(f"{PLAN_FILE} is missing: no unit counts or failures to show")
-        return [], [], []
+        return {"stages": [], "orders": [], "failures": [], "partial": []}
     st = driver.status(storage.uri)
     stages = [{"stage": name, "planned": c["planned"], "done": c["done"], "failed": c["failed"],
                "blocked": c["blocked"], "open": c["planned"] - c["done"] - c["failed"]
                - c["blocked"]}
               for name, c in st["stages"].items() if c["planned"]]
+    orders = [{"order": order, **c} for order, c in sorted(st["transfer_orders"].items())]
     failures = [{"key": key, "error": err, "attempts": ledger.history(storage, key).attempts}
                 for key, err in sorted(st["failures"].items())]
     partial = [{"key": key, "sources": ", ".join(sources)}
                for key, sources in sorted(st["partial"].items())]
-    return stages, failures, partial
+    return {"stages": stages, "orders": orders, "failures": failures, "partial": partial}
 
 
 # --- sanity: gold against the baselines the sweep trained --------------------------------------

@@ -162,6 +162,10 @@ def test_sweep_report_shows_samples_sanity_and_run_facts(sweep_storage, tmp_path
     assert "RuntimeError: out of memory" in page and plan.beam_key(cfg, "normal", REGIME) in page
     group = next(u for u in plan.build(cfg) if u.stage == "transfer")
     assert re.search(rf"<code>{group.key}</code></td><td>jigsaw</td>", page)  # trained without
+    planned = len(group.params["source_sets"]) * sum(
+        u.stage == "transfer" for u in plan.build(cfg))  # order 1: one group per target
+    assert re.search(rf'<td class="num">1</td><td class="num">{planned - 1}</td>\s*'
+                     rf'<td class="num">{planned}</td>', page)  # the partial group lacks one
     assert "<td class=\"num\">7.2</td>" in page and "12.5 s" in page  # from sweep.json
     assert "the sweep's own solve (taxonomy.json)" in page  # its budget 1, order 2 is drawn
     assert "not measured by a sweep" in page
