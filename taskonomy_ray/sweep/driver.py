@@ -181,14 +181,13 @@ def went_without(storage: Storage):
     A transfer group's partial record; a beam's own output, which names what the first-order
     group it ranked lacked.
     """
+    from .units import read_partial
 
     def without(unit: planning.Unit) -> list[str]:
         if unit.stage == "beam":
             return list(storage.read_json(unit.outputs[0]).get("without", []))
-        record = planning.partial_path(unit.key)
-        if unit.stage != "transfer" or not storage.exists(record):
-            return []
-        return list(storage.read_json(record)["without"])
+        record = read_partial(storage, unit.key) if unit.stage == "transfer" else None
+        return list(record["without"]) if record else []
 
     return without
 
@@ -307,6 +306,7 @@ def write_plan(storage: Storage, sched: Scheduler) -> None:
 def status(storage_uri: str) -> dict[str, Any]:
     """Per stage planned/running/done/failed, from storage alone (live or after a crash)."""
     from . import ledger
+    from .units import read_partial
 
     storage = Storage(storage_uri)
     if not storage.exists(PLAN_FILE):
@@ -320,8 +320,8 @@ def status(storage_uri: str) -> dict[str, Any]:
     for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
             state[u.key] = "done"
-            if u.optional and storage.exists(planning.partial_path(u.key)):
-                record = storage.read_json(planning.partial_path(u.key))
+            record = read_partial(storage, u.key) if u.optional else None
+            if record is not None:
                 partial[u.key] = record["sources"]
                 left_out[u.key] = len(record["left_out"])
         else:

@@ -291,13 +291,19 @@ def trainable_sets(unit: planning.Unit, cfg: sweep_config.SweepConfig,
                         "sweep's failures). Fix those and resume")
     record = ({"without": missing, "left_out": left_out, "sources": sorted(absent)}
               if left_out else None)
-    path = planning.partial_path(unit.key)
-    old = storage.read_json(path) if storage.exists(path) else None
+    old = read_partial(storage, unit.key)
     if old is not None or record is not None:
         both = [r for r in (old, record) if r is not None]
-        storage.write_json(path, {k: sorted({json.dumps(x): x for r in both for x in r[k]}.values())
-                                  for k in ("without", "left_out", "sources")})
+        storage.write_json(planning.partial_path(unit.key),
+                           {k: sorted({json.dumps(x): x for r in both for x in r[k]}.values())
+                            for k in ("without", "left_out", "sources")})
     return kept, record
+
+
+def read_partial(storage: Storage, key: str) -> dict[str, Any] | None:
+    """A transfer group's partial record (`without`, `left_out`, `sources`), or None."""
+    path = planning.partial_path(key)
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def record_partial(storage: Storage, unit: planning.Unit, record: dict[str, Any] | None) -> None:
@@ -348,8 +354,7 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         chosen.setdefault(str(len(sources)), []).append(list(sources))
     # Ranked on a partial first-order group: what it lacked, so that a resume which completes
     # those ranks again (`driver.went_without`), even after a crash that kept this choice.
-    without = [w for d in unit.deps if storage.exists(planning.partial_path(d))
-               for w in storage.read_json(planning.partial_path(d))["without"]]
+    without = [w for d in unit.deps for w in (read_partial(storage, d) or {}).get("without", [])]
     storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "chosen": chosen,
                                          "without": without})
     return {"chosen": sum(len(v) for v in chosen.values())}
