@@ -227,13 +227,19 @@ class TaskonomyDataset(Dataset):
         return out
 
     def _same_room(self, views: list[View]) -> list[Sample]:
-        infos = {v: self._try_info(v) for v in views}
-        keys = {v: _room_key(i) for v, i in infos.items() if i is not None}
+        read = {v: self._try_info(v) for v in views}
+        infos = {v: i for v, i in read.items() if i is not None}
+        # Room boxes agreeing in the world frame (records without one: a release record that
+        # lacks its box is paired by the points it sees alone).
+        keys = {v: _room_key(i) for v, i in infos.items() if "room_layout" in i}
         out: list[Sample] = []
-        for v, key in keys.items():
-            mates = [w for w, k in keys.items() if w.point != v.point
-                     and np.abs(k - key).max() <= ROOM_TOLERANCE_M]
-            seen = infos[v].get(IN_VIEW) if infos[v] is not None else None
+        for v, info in infos.items():
+            seen = info.get(IN_VIEW)
+            if v in keys:
+                mates = [w for w, k in keys.items() if w.point != v.point
+                         and np.abs(k - keys[v]).max() <= ROOM_TOLERANCE_M]
+            else:
+                mates = [w for w in infos if w.point != v.point] if seen is not None else []
             if seen is not None:  # only points this camera sees: the two views overlap there
                 names = {str(p) for p in seen}
                 mates = [w for w in mates if str(w.point) in names
@@ -336,6 +342,11 @@ class TaskonomyDataset(Dataset):
             return
         if spec.output == "vector_regression":
             info = self._read(v, "point_info")
+            if "room_layout" not in info:
+                path = layout.path_for(self.root, v.building, v.point, v.view, "point_info")
+                raise BadFile(path, f"{path} has no room box, which {name} is trained on (a "
+                                    "release record has it as bounding_box_ranges); re-download "
+                                    f"the file, or leave {name} out of this root's tasks")
             out[name] = torch.from_numpy(VECTOR_LABELS[name](info["room_layout"]))
             return
         value = self._read(v, spec.domains[0])

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import point_info
 from .errors import DataError, unknown_name
 
 # Depth: 16-bit PNG in units of 1/512 m, so at most 65535/512 = 128 m; the release marks pixels
@@ -74,9 +75,10 @@ DOMAINS: dict[str, Domain] = {
 DEPTH_DOMAINS = ("depth_zbuffer", "depth_euclidean")
 INFO_FILE = "dataset_info.json"  # optional: class names and generator facts (not in the release)
 
-# point_info keys every loader relies on. Names follow the release's point_info where it has one
-# (camera_location, camera_rotation_final, field_of_view_rads, point_uuid, view_id, building);
-# the matrix form and the layout/vanishing-point parameters are added by this project.
+# point_info keys the loaders read. Names follow the release's point_info where it has one
+# (camera_location, field_of_view_rads, point_uuid, view_id); the matrix form and the layout and
+# vanishing-point parameters are this project's, which `point_info.from_release` derives from a
+# release record (its Euler angles and room box) as the file is read.
 POINT_INFO_KEYS = {
     "building": str,
     "point": int,
@@ -88,6 +90,9 @@ POINT_INFO_KEYS = {
     "room_layout": 9,  # room box in the camera frame: centre (3), size (3), rotation (3)
     "vanishing_points_gaussian_sphere": 9,  # the 3 Manhattan directions, camera frame
 }
+# Keys a read record may lack (a release record without a room box, say): the tasks that need
+# them say so by name (`require_info`). The renderer writes every key.
+OPTIONAL_INFO_KEYS = ("point_location", "room_layout", "vanishing_points_gaussian_sphere")
 
 
 def domain(name: str) -> Domain:
@@ -126,7 +131,7 @@ def encode(domain_name: str, value: Any) -> bytes:
     """The file bytes of a decoded value, in the release's encoding."""
     d = domain(domain_name)
     if d.storage == "json":
-        check_point_info(value, where=domain_name)
+        check_point_info(value, where=domain_name, complete=True)
         return (json.dumps(value, sort_keys=True, indent=1) + "\n").encode()
     arr = np.asarray(value)
     if d.storage == "float_npy":
@@ -136,11 +141,22 @@ def encode(domain_name: str, value: Any) -> bytes:
     return _png_bytes(_quantise(d, arr))
 
 
-def decode(domain_name: str, data: bytes) -> Any:
-    """The decoded value of file bytes (see `DOMAINS` for what each decodes to)."""
+def decode(domain_name: str, data: bytes, path: str | Path | None = None) -> Any:
+    """The decoded value of file bytes (see `DOMAINS` for what each decodes to).
+
+    A release's point_info is rewritten in this project's form (`point_info.from_release`),
+    which needs the file's `path` for the building, point and view its record lacks.
+    """
     d = domain(domain_name)
     if d.storage == "json":
         info = json.loads(data.decode())
+        if point_info.is_release_record(info):
+            if path is None:
+                raise DataError(f"{domain_name}: a release point_info record needs its file path "
+                                "(building, point, view); read it with layout.read_path")
+            point, view, _ = parse_filename(Path(path).name)
+            info = point_info.from_release(info, Path(path).parent.parent.name, point, view,
+                                           where=domain_name)
         check_point_info(info, where=domain_name)
         return info
     if d.storage == "float_npy":
@@ -225,15 +241,21 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def check_point_info(info: Any, where: str = "point_info") -> None:
-    """Raise DataError unless `info` has every key loaders need, of the right shape."""
+def check_point_info(info: Any, where: str = "point_info", complete: bool = False) -> None:
+    """Raise DataError unless `info` has the keys loaders need, each of the right shape.
+
+    `complete` asks for the optional keys too (what the renderer writes).
+    """
     if not isinstance(info, dict):
         raise DataError(f"{where}: point_info must be a JSON object, got {type(info).__name__}")
     for key, kind in POINT_INFO_KEYS.items():
         if key not in info:
-            raise DataError(
-                f"{where}: point_info lacks {key!r}; it needs {sorted(POINT_INFO_KEYS)}"
-            )
+            if key in OPTIONAL_INFO_KEYS and not complete:
+                continue
+            needed = sorted(k for k in POINT_INFO_KEYS if complete or k not in OPTIONAL_INFO_KEYS)
+            raise DataError(f"{where}: point_info lacks {key!r}; it needs {needed} (a real "
+                            "release's record needs camera_rotation_final instead of "
+                            "camera_rotation_matrix)")
         v = info[key]
         if isinstance(kind, type):
             ok = isinstance(v, kind) or (kind is float and isinstance(v, int))
@@ -289,7 +311,7 @@ def read_path(path: str | Path, domain_name: str) -> Any:
             "or re-render it, or load with on_bad_file='skip' to skip such samples"
         ) from None
     try:
-        return decode(domain_name, data)
+        return decode(domain_name, data, path)
     except DataError as e:
         raise DataError(f"{path}: {e}; re-download or re-render this file, or load with "
                         "on_bad_file='skip'") from e

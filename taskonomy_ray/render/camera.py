@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ..errors import DataError
+from ..point_info import box_layout
 from .raycast import cast
 from .scene import Building, Room
 
@@ -193,10 +193,7 @@ def layout_vector(room: Room, cam: Camera) -> np.ndarray:
     Box centre (camera frame), size (x, y, z extents), and the camera-from-room rotation as
     scipy 'xyz' Euler angles (radians).
     """
-    r_cw = cam.rotation.T
-    centre = r_cw @ ((room.lo + room.hi) / 2 - cam.position)
-    angles = Rotation.from_matrix(r_cw).as_euler("xyz")
-    return np.concatenate([centre, room.hi - room.lo, angles])
+    return box_layout(room.lo, room.hi, cam.position, cam.rotation)
 
 
 def vanishing_points(cam: Camera) -> np.ndarray:
