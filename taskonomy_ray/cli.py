@@ -11,9 +11,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
-from .errors import TaskonomyError
+from .errors import ConfigError, TaskonomyError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -106,6 +107,46 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="check a dataset root against a workflow before a sweep: "
+                                     "every dataset its units open, sampled; missing files")
+    p.add_argument("config", help="workflow YAML, e.g. workflows/paper.yaml")
+    p.add_argument("--data", help="dataset root (overrides data.root of the workflow)")
+    p.add_argument("--reads", type=int, default=4, metavar="N",
+                   help="samples decoded per dataset (default 4; 0: open only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .sweep import config as sweep_config
+    from .sweep.datacheck import check_data
+    from .sweep.driver import data_root
+
+    if args.reads < 0:
+        raise ConfigError("--reads must be >= 0")
+    cfg = sweep_config.load(args.config, data_root=args.data)
+    root = data_root(cfg)
+    if cfg.data.render is not None and not Path(root).exists():
+        print(f"{root} does not exist yet: the sweep renders it (data.render); nothing to check")
+        return 0
+    report = check_data(cfg, root, reads=args.reads, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 1 if report.problems else 0
+    sizes = ", ".join(f"{len(b)} {s}" for s, b in report.buildings.items())
+    print(f"{root}: buildings {sizes}")
+    for c in report.checks:
+        if c.problem is None and not c.what.startswith("files"):
+            print(f"  ok       {c.what:<28} {c.samples} samples")
+    for c in report.problems:
+        print(f"  PROBLEM  {c.what}: {c.problem}")
+    files = [c for c in report.checks if c.what.startswith("files")]
+    print(f"{len(report.checks) - len(report.problems)} of {len(report.checks)} checks passed "
+          f"({len(files)} domain folders counted)")
+    return 1 if report.problems else 0
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="progress of a sweep, from its storage alone")
     p.add_argument("storage", help="the sweep's storage path or URI")
@@ -170,7 +211,6 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
 
 def _run_solve(args: argparse.Namespace) -> int:
     from . import published, solve_text, taxonomy
-    from .errors import ConfigError
 
     if (args.budget is None) == (args.budgets is None):
         raise ConfigError("give --budget B (one taxonomy) or --budgets SPEC (a curve)")
@@ -273,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Handler]
     "tasks": (_add_tasks, _run_tasks),
     "synth": (_add_synth, _run_synth),
     "sweep": (_add_sweep, _run_sweep),
+    "check": (_add_check, _run_check),
     "status": (_add_status, _run_status),
     "solve": (_add_solve, _run_solve),
     "report": (_add_report, _run_report),

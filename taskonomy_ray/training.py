@@ -350,8 +350,13 @@ def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
     return images, torch.cat(losses) if losses else torch.zeros(0)
 
 
-def _datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
-              on_bad_file: str, **train_kw: Any) -> tuple[TaskonomyDataset, TaskonomyDataset]:
+def network_datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
+                     on_bad_file: str = "error", **train_kw: Any
+                     ) -> tuple[TaskonomyDataset, TaskonomyDataset]:
+    """The (training, test) datasets a network of `task` is trained and scored on.
+
+    `train_kw` overrides the training side (scratch networks: the regime's validation subset).
+    """
     kw: dict[str, Any] = {"size": cfg.model.image_size, "on_bad_file": on_bad_file,
                           "jigsaw_classes": cfg.model.jigsaw_classes, "splits": splits}
     train = TaskonomyDataset(root, [task], **{"split": "train", **kw, **train_kw})
@@ -381,7 +386,7 @@ def _run(task: str, root: str | Path, cfg: NetworkConfig, *, kind: str, sources:
         return TrainResult(net, None, seconds=time.perf_counter() - t0)
     if encoder is not None:  # a frozen given encoder (the random-encoder baseline)
         net.encoder = encoder
-    train, test = _datasets(task, root, cfg, splits, on_bad_file, **train_kw)
+    train, test = network_datasets(task, root, cfg, splits, on_bad_file, **train_kw)
     history, steps = train_network(net, train, cfg, hooks=hooks, unit=unit, channels=channels)
     if replica().rank != 0:  # data-parallel: the replicas are identical, rank 0 scores
         return TrainResult(net, None, history, steps, time.perf_counter() - t0, len(train))
