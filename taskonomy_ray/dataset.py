@@ -20,12 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import layout
 from .derived import (
-    NOISE_STD,
+    centre_masked,
     colorize,
     colour_bins,
     image_seed,
     jigsaw,
     jigsaw_permutations,
+    noisy,
     relative_pose,
     room_layout_label,
     vanishing_point_label,
@@ -387,17 +388,12 @@ class TaskonomyDataset(Dataset):
         if kind == "identity":
             out[name] = rgb
         elif kind == "denoise":
-            g = torch.Generator().manual_seed(image_seed(v.id, self.seed))
-            noise = torch.randn(rgb.shape, generator=g) * NOISE_STD
-            out[f"{name}_input"], out[name] = (rgb + noise).clamp(0, 1), rgb
+            out[f"{name}_input"], out[name] = noisy(rgb, image_seed(v.id, self.seed)), rgb
         elif kind == "colorize":
             grey, bins = colorize(rgb.permute(1, 2, 0).numpy())
             out[f"{name}_input"], out[name] = torch.from_numpy(grey), torch.from_numpy(bins)
         elif kind == "inpaint":
-            h, w = rgb.shape[1:]
-            masked = rgb.clone()
-            masked[:, h // 4: h - h // 4, w // 4: w - w // 4] = 0  # the centre half is hidden
-            out[f"{name}_input"], out[name] = masked, rgb
+            out[f"{name}_input"], out[name] = centre_masked(rgb), rgb
         elif kind == "jigsaw":
             k = image_seed(v.id, self.seed) % len(self.perms)
             out[f"{name}_input"] = jigsaw(rgb, k, self.perms)

@@ -68,6 +68,20 @@ def lightness(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(light[..., None, :, :].astype(np.float32), 3, -3)
 
 
+def noisy(rgb: torch.Tensor, seed: int) -> torch.Tensor:
+    """Denoising's input: `rgb` plus Gaussian noise (NOISE_STD) drawn from `seed`, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return (rgb + torch.randn(rgb.shape, generator=g) * NOISE_STD).clamp(0, 1)
+
+
+def centre_masked(rgb: torch.Tensor) -> torch.Tensor:
+    """Inpainting's input: `rgb` (..., 3, H, W) with its centre half hidden (set to 0)."""
+    h, w = rgb.shape[-2:]
+    out = rgb.clone()
+    out[..., h // 4: h - h // 4, w // 4: w - w // 4] = 0
+    return out
+
+
 @lru_cache(maxsize=4)
 def jigsaw_permutations(n: int, seed: int = 0) -> np.ndarray:
     """`n` permutations of 9 tiles, far apart in Hamming distance.

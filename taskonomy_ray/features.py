@@ -98,18 +98,31 @@ def _batches(samples: Sequence[Mapping[str, Any]], batch_size: int, num_workers:
         yield _stack([samples[i] for i in range(start, min(len(samples), start + batch_size))])
 
 
-def source_view(source: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """What `source`'s encoder is shown of an RGB image, when not the image itself.
+View = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]  # (images, their ids) -> input
 
-    Colorization's encoder sees lightness only (its training input; Taskonomy's representation
-    extraction did the same). The other sources see the clean image, jigsaw's too (Taskonomy's
-    extraction encoded the unshuffled image); denoising and inpainting see it without the noise
-    or mask they were trained to see through.
+
+def source_view(source: str) -> View | None:
+    """What `source`'s encoder is shown of a batch of RGB images, when not the images themselves.
+
+    Each encoder sees what it was trained on, as in Taskonomy's representation extraction:
+    colorization lightness only, denoising the image with its noise (one draw per image, seeded
+    by its id), inpainting the image with its centre hidden. Jigsaw sees the whole clean image
+    (Taskonomy's extraction fed it the unshuffled image, not tiles), as do the other sources.
     """
-    if get_task(source).derived == "colorize":
+    derived = get_task(source).derived
+    if derived == "colorize":
         from .derived import lightness
 
-        return lambda x: torch.from_numpy(lightness(x.numpy()))
+        return lambda x, ids: torch.from_numpy(lightness(x.numpy()))
+    if derived == "denoise":
+        from .derived import image_seed, noisy
+
+        return lambda x, ids: torch.stack([noisy(xi, image_seed(str(i), 0))
+                                           for xi, i in zip(x, ids, strict=True)])
+    if derived == "inpaint":
+        from .derived import centre_masked
+
+        return lambda x, ids: centre_masked(x)
     return None
 
 
@@ -117,7 +130,7 @@ def source_view(source: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
 def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
                    batch_size: int = 64, dtype: str = "float32",
                    device: str | torch.device = "cpu", num_workers: int = 0,
-                   view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Features:
+                   view: View | None = None) -> Features:
     """Run a frozen encoder over samples (`image`, `rgb` (3,H,W) or (V,3,H,W)) in batches.
 
     `num_workers` loader processes read the samples (a dataset decoding files) ahead; `view`
@@ -128,7 +141,7 @@ def encode_samples(encoder: Encoder, samples: Sequence[Mapping[str, Any]], *,
     images: list[str] = []
     chunks: list[np.ndarray] = []
     for ids, x in _batches(samples, batch_size, num_workers):
-        x = view(x) if view is not None else x
+        x = view(x, ids) if view is not None else x
         lead = x.shape[:-3]
         z = encoder(x.reshape(-1, *x.shape[-3:]).to(device)).float().cpu()  # (B*V, C, h, w)
         chunks.append(z.reshape(*lead, *z.shape[1:]).numpy().astype(DTYPES[dtype]))

@@ -141,3 +141,33 @@ def test_colorization_encodes_the_lightness_it_was_trained_on_and_the_others_rgb
     np.testing.assert_allclose(cache.load("colorization", "r8", ids), expect, atol=1e-6)
     np.testing.assert_array_equal(cache.load("normal", "r8", ids),
                                   features.encode_samples(enc, samples, batch_size=4).array)
+
+
+@pytest.mark.parametrize("source", ["denoising", "inpainting"])
+def test_denoising_and_inpainting_encode_the_corrupted_images_they_were_trained_on(
+        tmp_path, source):
+    # As in Taskonomy's extraction: the denoiser is shown noisy images (one seeded draw per
+    # image, the same on every run), the inpainter images with their centre hidden.
+    from taskonomy_ray.derived import NOISE_STD, centre_masked, image_seed, noisy
+
+    keys = {source: f"gold-{source}-abc"}
+    enc, samples = CountingEncoder(), _samples(6)
+    ids = [s["image"] for s in samples]
+    got = []
+    for run in ("a", "b"):
+        cache = features.FeatureCache(Storage(str(tmp_path / run)), features.keyed_paths(keys),
+                                      "float32")
+        cache.ensure(source, "r8", enc, samples, batch_size=4)
+        got.append(cache.load(source, "r8", ids))
+    np.testing.assert_array_equal(got[0], got[1])
+    shown = [noisy(s["rgb"], image_seed(s["image"], 0)) if source == "denoising"
+             else centre_masked(s["rgb"]) for s in samples]
+    expect = features.encode_samples(enc, [{"image": s["image"], "rgb": x}
+                                           for s, x in zip(samples, shown)], batch_size=4).array
+    np.testing.assert_allclose(got[0], expect, atol=1e-6)
+    clean = features.encode_samples(enc, samples, batch_size=4).array
+    assert not np.allclose(got[0], clean, atol=1e-3)
+    if source == "denoising":  # each image its own draw of the training noise
+        d = shown[0] - samples[0]["rgb"]
+        assert 0.5 * NOISE_STD < float(d.std()) < 1.5 * NOISE_STD
+        assert not torch.allclose(shown[0] - samples[0]["rgb"], shown[1] - samples[1]["rgb"])
