@@ -90,8 +90,8 @@ POINT_INFO_KEYS = {
     "room_layout": 9,  # room box in the camera frame: centre (3), size (3), rotation (3)
     "vanishing_points_gaussian_sphere": 9,  # the 3 Manhattan directions, camera frame
 }
-# Keys a read record may lack (a release record without a room box, say): the tasks that need
-# them say so by name (`require_info`). The renderer writes every key.
+# Keys a release record may lack (its room box, say): the tasks that need them say so by name.
+# The renderer writes every key, so a rendered record without one is damaged.
 OPTIONAL_INFO_KEYS = ("point_location", "room_layout", "vanishing_points_gaussian_sphere")
 
 
@@ -150,14 +150,16 @@ def decode(domain_name: str, data: bytes, path: str | Path | None = None) -> Any
     d = domain(domain_name)
     if d.storage == "json":
         info = json.loads(data.decode())
-        if point_info.is_release_record(info):
+        release = point_info.is_release_record(info)
+        if release:
             if path is None:
                 raise DataError(f"{domain_name}: a release point_info record needs its file path "
                                 "(building, point, view); read it with layout.read_path")
             point, view, _ = parse_filename(Path(path).name)
             info = point_info.from_release(info, Path(path).parent.parent.name, point, view,
                                            where=domain_name)
-        check_point_info(info, where=domain_name)
+        # A rendered record holds every key; a release record may lack its room box.
+        check_point_info(info, where=domain_name, complete=not release)
         return info
     if d.storage == "float_npy":
         vec = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
@@ -253,9 +255,9 @@ def check_point_info(info: Any, where: str = "point_info", complete: bool = Fals
             if key in OPTIONAL_INFO_KEYS and not complete:
                 continue
             needed = sorted(k for k in POINT_INFO_KEYS if complete or k not in OPTIONAL_INFO_KEYS)
-            raise DataError(f"{where}: point_info lacks {key!r}; it needs {needed} (a real "
-                            "release's record needs camera_rotation_final instead of "
-                            "camera_rotation_matrix)")
+            hint = (" (or, in a release's record, camera_rotation_final)"
+                    if key == "camera_rotation_matrix" else "")
+            raise DataError(f"{where}: point_info lacks {key!r}{hint}; it needs {needed}")
         v = info[key]
         if isinstance(kind, type):
             ok = isinstance(v, kind) or (kind is float and isinstance(v, int))

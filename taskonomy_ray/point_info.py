@@ -1,13 +1,14 @@
 """A real release's point_info records, read into the form this project's loaders use.
 
 The release stores each camera as Blender Euler angles (`camera_rotation_final`, static x, y, z
-axes: transforms3d's 'sxyz', as Taskonomy's own loaders decode it), the room as an axis-aligned
-box (`bounding_box_ranges`) whose x and y are swapped against the cameras' world frame (their
-room-layout loader swaps the camera's rows to match, "for some reason"), and vanishing points
-as `{x, y, z}` unit vectors. This module rewrites those as `camera_rotation_matrix`,
-`room_layout` and a flat `vanishing_points_gaussian_sphere`, keeping every original key, so the
-pose, egomotion, room layout and vanishing point tasks read release roots and rendered ones
-alike. Pure numpy and scipy.
+axes: transforms3d's 'sxyz', as Taskonomy's own loaders decode it) and the room as an
+axis-aligned box (`bounding_box_ranges`) whose x and y are swapped against the cameras' world
+frame (their room-layout loader swaps the camera's rows to match, "for some reason"). This
+module adds `camera_rotation_matrix` and `room_layout` from those, and rewrites
+`vanishing_points_gaussian_sphere` in this project's sign convention (the release's, a quarter
+turn per view with no signs fixed, is kept as `release_vanishing_points`), so the pose,
+egomotion, room layout and vanishing point tasks read release roots and rendered ones alike.
+Pure numpy and scipy.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ AXES = ("x", "y", "z")
 
 
 def is_release_record(info: Any) -> bool:
-    """Whether `info` is a release point_info (Euler angles, no rotation matrix)."""
-    return (isinstance(info, dict) and RELEASE_ROTATION in info
-            and "camera_rotation_matrix" not in info)
+    """Whether `info` comes from a release (it has the release's Euler angles)."""
+    return isinstance(info, dict) and RELEASE_ROTATION in info
 
 
 def euler_sxyz_matrix(angles: Any) -> np.ndarray:
@@ -54,6 +54,20 @@ def box_layout(lo: np.ndarray, hi: np.ndarray, position: np.ndarray,
     return np.concatenate([centre, np.asarray(hi) - np.asarray(lo), angles])
 
 
+def manhattan_axes(rotation: np.ndarray) -> np.ndarray:
+    """The world x, y and up axes in the camera frame, 9 numbers (vanishing points).
+
+    Each horizontal axis is signed to point into the scene (camera-frame z <= 0; on a tie,
+    camera-frame x >= 0); the vertical axis is always world up.
+    """
+    axes = np.asarray(rotation, np.float64).T.copy()  # columns: world axes in the camera frame
+    for k in range(2):
+        a = axes[:, k]
+        flip = a[2] > 1e-9 or (abs(a[2]) <= 1e-9 and a[0] < 0)
+        axes[:, k] = -a if flip else a
+    return axes.T.reshape(-1)
+
+
 def release_room_box(ranges: Any, where: str = "point_info") -> tuple[np.ndarray, np.ndarray]:
     """World-frame (lo, hi) corners of a release's `bounding_box_ranges` (x and y swapped)."""
     if not isinstance(ranges, dict) or any(a not in ranges for a in AXES):
@@ -73,27 +87,29 @@ def from_release(info: dict[str, Any], building: str, point: int, view: int,
     """`info` with the keys this project's loaders read added (see the module docstring).
 
     `building`, `point` and `view` come from the file's path, since release records name their
-    point only by uuid. A record without `bounding_box_ranges` gets no `room_layout`: the pose
-    and egomotion tasks read it, the room layout and vanishing point tasks refuse it by name.
+    point only by uuid. A key already in this project's form is kept. A record without
+    `bounding_box_ranges` gets no `room_layout`: the pose and egomotion tasks read it, the room
+    layout and vanishing point tasks refuse it by name.
     """
     out = dict(info)
     out.setdefault("building", building)
     out.setdefault("point", point)
     out.setdefault("view_id", view)
-    rotation = euler_sxyz_matrix(_numbers(info[RELEASE_ROTATION], 3, RELEASE_ROTATION, where))
-    out["camera_rotation_matrix"] = rotation.tolist()
-    if RELEASE_BOX in info:
+    if "camera_rotation_matrix" in info:
+        rotation = np.asarray(info["camera_rotation_matrix"], np.float64)
+    else:
+        rotation = euler_sxyz_matrix(_numbers(info[RELEASE_ROTATION], 3, RELEASE_ROTATION,
+                                              where))
+        out["camera_rotation_matrix"] = rotation.tolist()
+    if RELEASE_BOX in info and "room_layout" not in info:
         position = _numbers(info.get("camera_location"), 3, "camera_location", where)
         lo, hi = release_room_box(info[RELEASE_BOX], where)
         out["room_layout"] = box_layout(lo, hi, position, rotation).tolist()
     vps = info.get("vanishing_points_gaussian_sphere")
-    if isinstance(vps, dict):
-        if any(a not in vps for a in AXES):
-            raise DataError(f"{where}: vanishing_points_gaussian_sphere must map x, y and z to "
-                            f"unit vectors, got {vps!r}; re-download this file")
-        out["vanishing_points_gaussian_sphere"] = np.concatenate(
-            [_numbers(vps[a], 3, f"vanishing_points_gaussian_sphere[{a!r}]", where)
-             for a in AXES]).tolist()
+    if vps is not None and np.shape(vps) != (9,):
+        out["release_vanishing_points"] = vps
+        if rotation.shape == (3, 3):
+            out["vanishing_points_gaussian_sphere"] = manhattan_axes(rotation).tolist()
     return out
 
 

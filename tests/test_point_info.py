@@ -102,9 +102,40 @@ def test_release_record_keeps_its_keys_and_gains_the_loaders(rendered):
     assert got["camera_rotation_final"] == release["camera_rotation_final"]
     assert got["building"] == native["building"] and got["point"] == native["point"]
     assert np.allclose(got["camera_rotation_matrix"], native["camera_rotation_matrix"])
+    assert np.allclose(got["room_layout"], native["room_layout"])  # extents' order, angles too
+    # Vanishing points in this project's signs; the release's own kept beside them.
     assert np.allclose(got["vanishing_points_gaussian_sphere"],
                        native["vanishing_points_gaussian_sphere"])
-    layout.check_point_info(got)
+    assert got["release_vanishing_points"] == release["vanishing_points_gaussian_sphere"]
+    layout.check_point_info(got, complete=True)
+
+
+def test_release_file_takes_building_point_and_view_from_its_path(rendered, tmp_path):
+    release = _as_release(rendered, tmp_path / "release")
+    path = sorted(release.glob("*/point_info/point_2_view_1_*.json"))[0]
+    assert "building" not in json.loads(path.read_text())
+    info = layout.read_path(path, "point_info")
+    assert (info["building"], info["point"], info["view_id"]) == (path.parent.parent.name, 2, 1)
+
+
+def test_record_with_a_rotation_matrix_keeps_it_over_euler_angles(rendered):
+    # A rendered record that also carries Euler angles: the matrix is the record's own truth.
+    native = json.loads(next(rendered.glob("*/point_info/*.json")).read_text())
+    got = from_release({**native, "camera_rotation_final": [0.0, 0.0, 0.0]}, "b", 0, 0)
+    assert got["camera_rotation_matrix"] == native["camera_rotation_matrix"]
+    assert got["room_layout"] == native["room_layout"]
+
+
+def test_rendered_record_missing_a_key_is_still_refused(rendered, tmp_path):
+    # Only a release record may lack its room box; a rendered one without it is damaged.
+    path = next(rendered.glob("*/point_info/*.json"))
+    record = json.loads(path.read_text())
+    del record["room_layout"]
+    dest = tmp_path / path.parent.parent.name / "point_info" / path.name
+    dest.parent.mkdir(parents=True)
+    dest.write_text(json.dumps(record))
+    with pytest.raises(DataError, match="lacks 'room_layout'"):
+        layout.read_path(dest, "point_info")
 
 
 def test_release_record_without_room_box_serves_poses_and_names_the_box_for_layout(
@@ -122,7 +153,7 @@ def test_release_record_without_room_box_serves_poses_and_names_the_box_for_layo
     ({"camera_rotation_final": [0.1, 0.2]}, "camera_rotation_final.*3 finite numbers"),
     ({"bounding_box_ranges": {"x": [0, 1], "y": [0, 1]}}, "bounding_box_ranges must map"),
     ({"bounding_box_ranges": {"x": [0, 1], "y": [2, 2], "z": [0, 3]}}, "encloses no volume"),
-    ({"vanishing_points_gaussian_sphere": {"x": [1, 0, 0]}}, "vanishing_points"),
+    ({"camera_location": [0, 1]}, "camera_location"),
 ])
 def test_corrupt_release_record_is_refused_by_name(rendered, tmp_path, bad, message):
     path = sorted(rendered.glob("*/point_info/*.json"))[0]

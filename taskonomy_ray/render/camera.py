@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
-from ..point_info import box_layout
+from ..point_info import box_layout, manhattan_axes
 from .raycast import cast
 from .scene import Building, Room
 
@@ -202,12 +202,7 @@ def vanishing_points(cam: Camera) -> np.ndarray:
     Sign convention: each horizontal axis points into the scene (camera-frame z <= 0; on a tie,
     camera-frame x >= 0); the vertical axis is always world up.
     """
-    axes = cam.rotation.T.copy()  # columns: world axes in the camera frame
-    for k in range(2):
-        a = axes[:, k]
-        flip = a[2] > 1e-9 or (abs(a[2]) <= 1e-9 and a[0] < 0)
-        axes[:, k] = -a if flip else a
-    return axes.T.reshape(-1)
+    return manhattan_axes(cam.rotation)
 
 
 def project(cam: Camera, size: int, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
