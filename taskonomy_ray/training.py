@@ -350,6 +350,14 @@ def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
     return images, torch.cat(losses) if losses else torch.zeros(0)
 
 
+def network_dataset(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
+                    on_bad_file: str = "error", **kw: Any) -> TaskonomyDataset:
+    """One dataset of `task` as a network of `cfg` reads it (`kw`: split, subset, ...)."""
+    return TaskonomyDataset(root, [task], **{
+        "split": "train", "size": cfg.model.image_size, "on_bad_file": on_bad_file,
+        "jigsaw_classes": cfg.model.jigsaw_classes, "splits": splits, **kw})
+
+
 def network_datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: SplitConfig,
                      on_bad_file: str = "error", **train_kw: Any
                      ) -> tuple[TaskonomyDataset, TaskonomyDataset]:
@@ -357,10 +365,8 @@ def network_datasets(task: str, root: str | Path, cfg: NetworkConfig, splits: Sp
 
     `train_kw` overrides the training side (scratch networks: the regime's validation subset).
     """
-    kw: dict[str, Any] = {"size": cfg.model.image_size, "on_bad_file": on_bad_file,
-                          "jigsaw_classes": cfg.model.jigsaw_classes, "splits": splits}
-    train = TaskonomyDataset(root, [task], **{"split": "train", **kw, **train_kw})
-    return train, TaskonomyDataset(root, [task], split="test", **kw)
+    return (network_dataset(task, root, cfg, splits, on_bad_file, **train_kw),
+            network_dataset(task, root, cfg, splits, on_bad_file, split="test"))
 
 
 def _channels(task: str, root: str | Path, model: ModelConfig) -> int:

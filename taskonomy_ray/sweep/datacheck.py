@@ -105,7 +105,7 @@ def check_data(cfg: sweep_config.SweepConfig, root: str | Path, *, reads: int = 
     """
     from tqdm import tqdm
 
-    from ..training import network_datasets
+    from ..training import network_dataset, network_datasets
 
     splits = split_config(cfg)
     by_split = split_buildings(layout.buildings(root), splits)
@@ -123,8 +123,8 @@ def check_data(cfg: sweep_config.SweepConfig, root: str | Path, *, reads: int = 
             if regime is None:
                 opened = network_datasets(task, root, gold, splits)
             else:  # the scratch network's and the transfers' training subset
-                opened = network_datasets(task, root, scratch, splits, split="val",
-                                          subset=regime, subset_seed=cfg.seed)[:1]
+                opened = (network_dataset(task, root, scratch, splits, split="val",
+                                          subset=regime, subset_seed=cfg.seed),)
         except DataError as e:
             report.checks.append(Check(" / ".join(names), None, str(e)))
             continue
