@@ -9,7 +9,6 @@ No Ray, no training; reading only.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +60,7 @@ def needed_domains(task: str) -> tuple[str, ...]:
 
 def file_gaps(root: str | Path, building: str, domains: list[str]) -> list[Check]:
     """Each domain folder of `building` checked for one file per rgb view."""
-    views = {layout.filename(p, v, "rgb")[:-len("domain_rgb.png")]
-             for p, v in layout.scan(root, building, "rgb")}
+    views = set(layout.scan(root, building, "rgb"))
     out = []
     for d in domains:
         if d == "rgb":
@@ -73,14 +71,12 @@ def file_gaps(root: str | Path, building: str, domains: list[str]) -> list[Check
             out.append(Check(what, 0, f"{folder} is missing ({len(views)} views need it); "
                                       f"download the {d} domain for {building}"))
             continue
-        have = {e.name.split("domain_")[0] for e in os.scandir(folder)
-                if e.name.endswith(f"domain_{d}.{layout.domain(d).ext}")}
-        lack = sorted(views - have)
+        lack = sorted(views - set(layout.scan(root, building, d)))
         problem = None
         if lack:
             problem = (f"{folder} has files for {len(views) - len(lack)} of {len(views)} views "
-                       f"(missing e.g. {lack[0]}domain_{d}.{layout.domain(d).ext}); download "
-                       "them again: a unit stops at the first missing file it reads")
+                       f"(missing e.g. {layout.filename(*lack[0], d)}); download them again: a "
+                       "unit stops at the first missing file it reads")
         out.append(Check(what, len(views) - len(lack), problem))
     return out
 
