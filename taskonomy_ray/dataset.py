@@ -230,21 +230,27 @@ class TaskonomyDataset(Dataset):
     def _same_room(self, views: list[View]) -> list[Sample]:
         read = {v: self._try_info(v) for v in views}
         infos = {v: i for v, i in read.items() if i is not None}
-        # Room boxes agreeing in the world frame (records without one: a release record that
-        # lacks its box is paired by the points it sees alone).
+        # Room boxes agreeing in the world frame; a release record that lacks its box is paired
+        # by the points it sees alone, and so is any view with a box against one without.
         keys = {v: _room_key(i) for v, i in infos.items() if "room_layout" in i}
         out: list[Sample] = []
         for v, info in infos.items():
             seen = info.get(IN_VIEW)
-            if v in keys:
-                mates = [w for w, k in keys.items() if w.point != v.point
-                         and np.abs(k - keys[v]).max() <= ROOM_TOLERANCE_M]
-            else:
-                mates = [w for w in infos if w.point != v.point] if seen is not None else []
-            if seen is not None:  # only points this camera sees: the two views overlap there
-                names = {str(p) for p in seen}
-                mates = [w for w in mates if str(w.point) in names
-                         or str(infos[w].get("point_uuid", "")) in names]
+            names = None if seen is None else {str(p) for p in seen}
+            mates = []
+            for w in infos:
+                if w.point == v.point:
+                    continue
+                if v in keys and w in keys:
+                    if np.abs(keys[w] - keys[v]).max() > ROOM_TOLERANCE_M:
+                        continue
+                elif names is None:  # no box to compare and no points seen: no evidence
+                    continue
+                # only points this camera sees: the two views overlap there
+                if names is not None and not (str(w.point) in names
+                                              or str(infos[w].get("point_uuid", "")) in names):
+                    continue
+                mates.append(w)
             if mates:
                 pick = image_seed(v.id, self.seed) % len(mates)
                 out.append(((v, mates[pick]), -1))

@@ -149,6 +149,18 @@ def test_release_record_without_room_box_serves_poses_and_names_the_box_for_layo
         ds[0]
 
 
+def test_view_with_its_room_box_pairs_with_mates_that_lack_theirs(rendered, tmp_path):
+    # Release records may carry the box or not; a boxed view is paired by the points it sees
+    # with box-less mates, as they are with it, instead of losing every mate.
+    release = _as_release(rendered, tmp_path / "release", box=False)
+    (v, w), _ = TaskonomyDataset(release, ["nonfixated_pose"], split="all").samples[0]
+    src = rendered / v.building / "point_info" / layout.filename(v.point, v.view, "point_info")
+    dest = release / v.building / "point_info" / src.name
+    dest.write_text(json.dumps(to_release(json.loads(src.read_text()), box=True)))
+    pairs = TaskonomyDataset(release, ["nonfixated_pose"], split="all").samples
+    assert (v, w) in [views for views, _ in pairs]
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"camera_rotation_final": [0.1, 0.2]}, "camera_rotation_final.*3 finite numbers"),
     ({"bounding_box_ranges": {"x": [0, 1], "y": [0, 1]}}, "bounding_box_ranges must map"),
