@@ -13,15 +13,19 @@ from PIL import Image
 
 from taskonomy_ray import layout
 from taskonomy_ray.dataset import (
+    IN_VIEW,
+    ROOM_TOLERANCE_M,
     BadFile,
     SplitConfig,
     TaskonomyDataset,
+    View,
     batches,
+    nonfixated_pairs,
     output_channels,
     regime_dataset,
     split_buildings,
 )
-from taskonomy_ray.derived import colour_bins, jigsaw_permutations, relative_pose
+from taskonomy_ray.derived import colour_bins, image_seed, jigsaw_permutations, relative_pose
 from taskonomy_ray.errors import ConfigError, DataError
 from taskonomy_ray.tasks import TASKS, get_task
 
@@ -196,6 +200,59 @@ def test_nonfixated_views_are_other_points_of_the_same_room(root: Path) -> None:
     for (a, b), _ in ds.samples:
         assert a.building == b.building and a.point != b.point
         assert a.point % 2 == b.point % 2  # the fixture puts point p in room p % 2
+
+
+def _random_building(rng: np.random.Generator) -> dict:
+    """point_info of one building: 2-3 rooms, some views without room box or seen-points list."""
+    infos, n = {}, int(rng.integers(2, 30))
+    for p in range(n):
+        room = p % 3
+        for k in range(int(rng.integers(1, 4))):
+            yaw = rng.uniform(0, 2 * np.pi)
+            rot = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0],
+                            [0, 0, 1]])
+            loc = rng.uniform(-1, 1, 3) + [10.0 * room, 0, 0]
+            info = {"camera_rotation_matrix": rot.tolist(), "camera_location": loc.tolist(),
+                    "point_uuid": f"u{p}"}
+            if rng.random() < 0.7:  # the box in the camera frame, centre then size
+                centre = np.array([10.0 * room, 0, 0]) + (0.4 if rng.random() < 0.1 else 0)
+                info["room_layout"] = [*(rot.T @ (centre - loc)), 4.0, 3.0, 2.5, 0.0]
+            if rng.random() < 0.7:  # seen points by number or by uuid, as releases vary
+                info[IN_VIEW] = [f"u{q}" if rng.random() < 0.5 else str(q)
+                                 for q in rng.choice(n, size=min(n, 6), replace=False)]
+            infos[View("b", p, k)] = info
+    return infos
+
+
+def _is_mate(v: View, w: View, infos: dict) -> bool:
+    """The nonfixated rule for one pair, written out: another point, seen, same room box."""
+    a, b = infos[v], infos[w]
+    if w.point == v.point:
+        return False
+    seen = a.get(IN_VIEW)
+    if seen is not None and not {str(w.point), b["point_uuid"]} & {str(p) for p in seen}:
+        return False
+    both = "room_layout" in a and "room_layout" in b
+    if both:
+        corner = [np.asarray(i["camera_location"]) + np.asarray(i["camera_rotation_matrix"])
+                  @ i["room_layout"][:3] for i in (a, b)]
+        if np.abs(corner[0] - corner[1]).max() > ROOM_TOLERANCE_M:
+            return False
+    return seen is not None or both
+
+
+def test_nonfixated_pairs_follow_the_rule_pair_by_pair() -> None:
+    # The indexed pairing (a release building has thousands of views) picks what the rule,
+    # applied to every pair of views, allows, with the same seeded choice among them.
+    rng = np.random.default_rng(0)
+    for seed in range(25):
+        infos = _random_building(rng)
+        expected = []
+        for v in infos:
+            mates = [w for w in infos if _is_mate(v, w, infos)]
+            if mates:
+                expected.append(((v, mates[image_seed(v.id, seed) % len(mates)]), -1))
+        assert nonfixated_pairs(infos, seed) == expected
 
 
 def test_point_matching_is_balanced_and_labels_say_same_point(root: Path) -> None:
