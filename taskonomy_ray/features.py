@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,7 +164,7 @@ def from_bytes(data: bytes, where: str) -> Features:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return Features([str(i) for i in z["images"]], np.asarray(z["features"]))
-    except (ValueError, KeyError, OSError, EOFError) as e:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise StorageError(f"corrupt feature cache entry {where} ({e}); delete it and re-run the "
                            "cache step") from e
 

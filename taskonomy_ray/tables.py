@@ -10,7 +10,9 @@ import io
 import json
 import posixpath
 import re
+import time
 import uuid
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -216,6 +218,41 @@ class Storage:
                                "check the path's permissions") from e
         return True
 
+    def damage(self, rel: str) -> str | None:
+        """Why the file at `rel` is not a whole file of its kind, or None if it looks whole.
+
+        Cheap, from the part a truncated copy loses: a Parquet file's footer, a zip's (`.npz`,
+        torch's `.pt`) central directory; JSON documents, which are small, are parsed. Other
+        files only need to exist.
+        """
+        kind = rel.rsplit(".", 1)[-1]
+        try:
+            if kind == "json":
+                json.loads(self.read_bytes(rel))
+            elif kind in ("parquet", "npz", "pt"):
+                with self.fs.open_input_file(self.path(rel)) as f:
+                    if kind == "parquet":
+                        pq.read_metadata(f)
+                    elif not zipfile.ZipFile(f).namelist():
+                        return "an empty archive"
+            elif not self.exists(rel):
+                return "missing"
+        except (FileNotFoundError, StorageError) as e:
+            return str(e) if self.exists(rel) else "missing"
+        except (OSError, ValueError, zipfile.BadZipFile) as e:  # ArrowInvalid is a ValueError
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def set_aside(self, rel: str) -> str:
+        """Rename a damaged file out of the way (kept, not deleted); its new path."""
+        dest = f"{rel}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        try:
+            self.fs.move(self.path(rel), self.path(dest))
+        except OSError as e:
+            raise StorageError(f"cannot move the damaged {self.path(rel)} aside in storage "
+                               f"{self.display!r}: {e}; delete it by hand and resume") from e
+        return dest
+
     def write_json(self, rel: str, obj: Any) -> None:
         """Write a JSON document atomically."""
         self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -226,7 +263,8 @@ class Storage:
         try:
             return json.loads(data)
         except ValueError as e:
-            raise StorageError(f"corrupt JSON {self.path(rel)}: {e}") from e
+            raise StorageError(f"corrupt JSON {self.path(rel)}: {e}; delete it and resume the "
+                               "sweep, which writes it again") from e
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet table atomically."""

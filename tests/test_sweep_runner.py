@@ -194,6 +194,43 @@ def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp
     assert set(st.read_affinities().column("target").to_pylist()) == {"normal"}
 
 
+def test_an_analysis_that_fails_to_solve_leaves_no_taxonomy_to_adopt(tmp_path, monkeypatch):
+    # Its outputs are the affinities and the taxonomy: an earlier run's taxonomy left beside
+    # fresh affinities would make a resume adopt the failed analysis as done.
+    from test_affinity import _run
+
+    from taskonomy_ray import taxonomy
+    from taskonomy_ray.errors import SolverError
+
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("taxonomy.json", {"budget": 1, "from": "an earlier analysis"})
+
+    def fail(*a, **k):
+        raise SolverError("infeasible")
+
+    monkeypatch.setattr(taxonomy, "solve_taxonomy", fail)
+    with pytest.raises(SolverError):
+        _analyse(tmp_path, _run("normal"))
+    assert st.exists("affinities.parquet") and not st.exists("taxonomy.json")
+
+
+def test_a_resume_reruns_units_whose_outputs_were_cut_short(ray_session, tmp_path, capsys):
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    units = [plan.Unit.from_json(u) for u in st.read_json("plan.json")["units"]]
+    gold = next(u for u in units if u.stage == "gold")
+    beam = next(u for u in units if u.stage == "beam")
+    for rel in (gold.outputs[1], beam.outputs[0]):  # a copy of the run stopped half-way
+        st.write_bytes(rel, st.read_bytes(rel)[:10])
+    result = sweep(tmp_path)
+    assert result.ok, result.failures
+    assert ledger.history(st, gold.key).completions == 2
+    assert ledger.history(st, beam.key).completions == 2
+    assert st.damage(gold.outputs[1]) is None and st.damage(beam.outputs[0]) is None
+    assert any(".damaged-" in n for n in st.list("losses"))
+    assert f"{gold.key} runs again" in capsys.readouterr().err
+
+
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     sweep(tmp_path)
     st = driver.status(str(tmp_path / "store"))

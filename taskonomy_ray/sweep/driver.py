@@ -7,6 +7,7 @@ adopted from storage, half-trained networks resume from their last checkpoint).
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -155,15 +156,52 @@ def outputs_exist(storage: Storage, unit: planning.Unit) -> bool:
     return all(storage.exists(o) for o in unit.outputs)
 
 
-def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str):
+def set_aside_damaged(storage: Storage, unit: planning.Unit) -> list[str]:
+    """Move a unit's damaged outputs (and partial record) aside; one line per file moved.
+
+    On a local storage a file can be cut short outside the sweep's atomic writes (a copy of the
+    run that stopped half-way, a disk fault): such a unit is not done, and runs again instead of
+    every unit reading it failing on every resume. The file is renamed, not deleted. Object stores
+    make an object visible only whole, so there existence suffices (and costs one request).
+    """
+    if not storage.local:
+        return []
+    files = list(unit.outputs)
+    if unit.stage == "transfer" and storage.exists(planning.partial_path(unit.key)):
+        files.append(planning.partial_path(unit.key))
+    moved = []
+    for rel in files:
+        why = storage.damage(rel)
+        if unit.stage == "beam" and why is None and not _has_chosen(storage.read_json(rel)):
+            why = "no 'chosen' higher orders"
+        if why is not None and why != "missing":
+            dest = storage.set_aside(rel)
+            moved.append(f"{storage.path(rel)} is damaged ({why}): moved to {dest}; "
+                         f"{unit.key} runs again")
+    return moved
+
+
+def _has_chosen(doc: Any) -> bool:
+    """Whether a beam's JSON holds its choice of higher orders (target -> source sets)."""
+    return isinstance(doc, dict) and isinstance(doc.get("chosen"), dict)
+
+
+def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str,
+               warn=None):
     """The scheduler's is_done hook: outputs in storage; a render also needs its data in place.
 
     A render's marker outlives its data root (deleted, or a resume from another machine): the
-    render then runs again (the same files), instead of every later unit failing on them.
+    render then runs again (the same files), instead of every later unit failing on them. A unit
+    with a damaged output is not done (`set_aside_damaged`; `warn` gets each line).
     """
 
     def is_done(unit: planning.Unit) -> bool:
         if not outputs_exist(storage, unit):
+            return False
+        moved = set_aside_damaged(storage, unit)
+        for line in moved:
+            (warn or _stderr)(line)
+        if moved:
             return False
         if unit.stage == "render":
             from ..render.synth import render_state
@@ -173,6 +211,10 @@ def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str):
         return True
 
     return is_done
+
+
+def _stderr(line: str) -> None:
+    print(f"taskonomy-ray: {line}", file=sys.stderr)
 
 
 def went_without(storage: Storage):
@@ -198,8 +240,11 @@ def beam_expander(storage: Storage, cfg: sweep_config.SweepConfig):
     def expand(unit: planning.Unit) -> list[planning.Unit]:
         if unit.stage != "beam":
             return []
-        chosen = storage.read_json(unit.outputs[0])["chosen"]
-        return planning.expand_beam(cfg, unit, chosen)
+        doc = storage.read_json(unit.outputs[0])
+        if not _has_chosen(doc):
+            raise StorageError(f"{storage.path(unit.outputs[0])} has no 'chosen' higher orders; "
+                               "delete it and resume: the beam search runs again")
+        return planning.expand_beam(cfg, unit, doc["chosen"])
 
     return expand
 

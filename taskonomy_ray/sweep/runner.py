@@ -78,9 +78,17 @@ def is_deterministic(err: BaseException) -> bool:
 
 
 def describe(err: BaseException) -> str:
-    """A one-line description of a unit's failure, the original error first."""
+    """A one-line description of a unit's failure, the original error first.
+
+    Our own errors lead with what went wrong (details follow on later lines); anything else may
+    carry a traceback, whose last line is the message. The ledger keeps the whole text.
+    """
     cause = getattr(err, "cause", None) or err
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause) else ''}"
+    lines = str(cause).strip().splitlines() or [""]
+    if isinstance(cause, TaskonomyError):
+        more = f" (+{len(lines) - 1} more lines: taskonomy-ray status)" if len(lines) > 1 else ""
+        return f"{type(cause).__name__}: {lines[0]}{more}"
+    return f"{type(cause).__name__}: {lines[-1]}"
 
 
 class Bars:

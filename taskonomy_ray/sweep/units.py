@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ..splits import SplitConfig
 from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
@@ -105,7 +106,13 @@ class StorageHooks:
         """The last checkpoint saved by an earlier attempt of this unit, if any."""
         if not self.storage.exists(self.rel):
             return None
-        self.last = torch_state(self.storage.read_bytes(self.rel))
+        try:
+            self.last = torch_state(self.storage.read_bytes(self.rel),
+                                    self.storage.path(self.rel))
+        except StorageError as e:  # a damaged resume point: keep it aside, train from the start
+            dest = self.storage.set_aside(self.rel)
+            print(f"taskonomy-ray: {e}; moved to {dest}, training from step 0", file=sys.stderr)
+            return None
         return self.last
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -117,11 +124,22 @@ class StorageHooks:
         """Metrics are not kept beyond the ledger's timing."""
 
 
-def torch_state(data: bytes) -> Any:
-    """`torch.load` from bytes, on the CPU (our own checkpoints: full pickles)."""
+def torch_state(data: bytes, where: str = "checkpoint") -> Any:
+    """`torch.load` from bytes, on the CPU (our own checkpoints: full pickles).
+
+    A damaged file is a StorageError naming `where` and the fix, not torch's reader error (which
+    names no file, and which the runner would retry as if it were a crash).
+    """
+    import pickle
+
     import torch
 
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise StorageError(f"damaged checkpoint {where} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); delete it and resume: "
+                           "the unit that wrote it runs again") from e
 
 
 def torch_bytes(obj: Any) -> bytes:
@@ -199,8 +217,8 @@ def load_source_encoder(cfg: sweep_config.SweepConfig, storage: Storage, source:
 
     if source == "random":
         return random_encoder(cfg.gold_network().model, cfg.seed).eval()
-    data = storage.read_bytes(planning.checkpoint_path(planning.gold_key(cfg, source)))
-    return load_encoder(torch_state(data))
+    rel = planning.checkpoint_path(planning.gold_key(cfg, source))
+    return load_encoder(torch_state(storage.read_bytes(rel), storage.path(rel)))
 
 
 def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -417,6 +435,9 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         losses = losses.filter(pc.invert(pc.is_in(losses.column("target"),
                                                   pa.array(left_out))))
     table = affinity.compute_affinities(losses)
+    # The taxonomy of an earlier analysis goes first: were the solve below to fail, fresh
+    # affinities beside a stale taxonomy would look like a finished analysis on resume.
+    storage.delete("taxonomy.json")
     storage.write_affinities(table)
     spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)

@@ -1,0 +1,90 @@
+"""A file cut short outside the sweep's atomic writes: found cheaply, named, set aside, rerun."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from taskonomy_ray import features
+from taskonomy_ray.errors import DataError, StorageError
+from taskonomy_ray.sweep import driver, plan, runner, units
+from taskonomy_ray.tables import Storage, losses_table
+
+
+def _whole_files(st: Storage) -> dict[str, bytes]:
+    """One whole file of each kind a unit writes."""
+    st.write_losses("u", losses_table("u", "gold", "normal", ["self"], 8, ["a", "b"], [0.1, 0.2]))
+    st.write_bytes("features/f.npz", features.to_bytes(
+        features.Features(["a"], np.ones((1, 8, 2, 2), np.float32))))
+    st.write_bytes("checkpoints/g/final.pt", units.torch_bytes({"w": torch.ones(2)}))
+    st.write_json("beam/b.json", {"chosen": {"2": [["normal", "depth_zbuffer"]]}})
+    return {rel: st.read_bytes(rel) for rel in
+            ("losses/u.parquet", "features/f.npz", "checkpoints/g/final.pt", "beam/b.json")}
+
+
+def test_whole_files_pass_and_cut_ones_are_named(tmp_path):
+    st = Storage(str(tmp_path))
+    for rel, data in _whole_files(st).items():
+        assert st.damage(rel) is None, rel
+        st.write_bytes(rel, data[: len(data) // 2])  # an interrupted copy
+        assert st.damage(rel), rel
+    st.write_bytes("features/f.npz", b"")
+    assert st.damage("features/f.npz")
+    assert st.damage("losses/none.parquet") == "missing"
+
+
+def test_a_unit_with_a_damaged_output_is_not_done_and_its_file_is_kept_aside(tmp_path):
+    st = Storage(str(tmp_path))
+    data = _whole_files(st)["losses/u.parquet"]
+    unit = plan.Unit("scratch-normal", "scratch", {}, (), ("losses/u.parquet",))
+    lines: list[str] = []
+    is_done = driver.done_check(st, None, str(tmp_path / "data"), warn=lines.append)
+    assert is_done(unit)
+    st.write_bytes("losses/u.parquet", data[:-8])  # the footer is gone
+    assert not is_done(unit)
+    assert not st.exists("losses/u.parquet")
+    aside = [n for n in st.list("losses") if n.startswith("u.parquet.damaged-")]
+    assert len(aside) == 1 and st.read_bytes(f"losses/{aside[0]}") == data[:-8]
+    assert "losses/u.parquet is damaged" in lines[0] and "runs again" in lines[0]
+    assert st.list("losses", ".parquet") == []  # the kept copy is not read as a unit's losses
+
+
+def test_a_beam_without_its_choice_is_not_done(tmp_path):
+    st = Storage(str(tmp_path))
+    _whole_files(st)
+    st.write_json("beam/b.json", {"target": "normal"})
+    unit = plan.Unit("beam-normal", "beam", {}, (), ("beam/b.json",))
+    lines: list[str] = []
+    assert not driver.done_check(st, None, "", warn=lines.append)(unit)
+    assert "no 'chosen' higher orders" in lines[0]
+
+
+def test_damaged_checkpoints_and_feature_entries_name_the_file_and_the_fix(tmp_path):
+    st = Storage(str(tmp_path))
+    files = _whole_files(st)
+    with pytest.raises(StorageError, match="damaged checkpoint x.pt.*delete it and resume"):
+        units.torch_state(files["checkpoints/g/final.pt"][:100], "x.pt")
+    with pytest.raises(StorageError, match="corrupt feature cache entry y.npz.*delete it"):
+        features.from_bytes(files["features/f.npz"][:-10], "y.npz")
+
+
+def test_a_damaged_resume_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capsys):
+    st = Storage(str(tmp_path))
+    good = units.torch_bytes({"step": 7})
+    hooks = units.StorageHooks(st, "checkpoints/g/checkpoint.pt")
+    st.write_bytes(hooks.rel, good)
+    assert hooks.load() == {"step": 7}
+    st.write_bytes(hooks.rel, good[:50])
+    assert hooks.load() is None
+    assert not st.exists(hooks.rel)
+    assert any(n.startswith("checkpoint.pt.damaged-") for n in st.list("checkpoints/g"))
+    assert "training from step 0" in capsys.readouterr().err
+
+
+def test_a_failure_is_summed_up_by_its_headline():
+    ours = DataError("no loadable sample in split 'train' of /data:\n3 bad file(s)\n  a.png: cut")
+    assert runner.describe(ours) == ("DataError: no loadable sample in split 'train' of /data: "
+                                     "(+2 more lines: taskonomy-ray status)")
+    crash = RuntimeError("Traceback (most recent call last):\n  File x\nCUDA out of memory")
+    assert runner.describe(crash) == "RuntimeError: CUDA out of memory"
