@@ -69,7 +69,8 @@ def random_policies(problem: Problem, budget: float, n: int, seed: int = 0,
 
     A policy supervises a random set of tasks (random order, added while the budget allows)
     and serves every other target by a uniformly random transfer whose sources are all
-    supervised; sets that leave a target unserved are drawn again.
+    supervised (dominated transfers included: the solver's pruning does not shape the
+    baseline); sets that leave a target unserved are drawn again.
     """
     if n < 1:
         raise ConfigError(f"the number of random policies must be >= 1, got {n}")
@@ -79,7 +80,7 @@ def random_policies(problem: Problem, budget: float, n: int, seed: int = 0,
     cost = np.array([problem.costs[name] for name in names])
     per_target = []
     for t in problem.targets:
-        into = [e for e in problem.edges if e.target == t]
+        into = [e for e in problem.unpruned if e.target == t]
         per_target.append((
             t, np.array([sum(bit[s] for s in e.sources) for e in into], dtype=np.int64),
             np.array([[e.weight, e.quality, e.gain] for e in into]).reshape(-1, 3),
@@ -169,7 +170,7 @@ def exhaustive_optimum(problem: Problem, budget: float, max_subsets: int = 500_0
     masks = np.array([sum(bit[n] for n in s) for s in subsets], dtype=np.int64)
     score = np.zeros(len(masks))
     for t in problem.targets:
-        into = [e for e in problem.edges if e.target == t]
+        into = [e for e in problem.unpruned if e.target == t]
         emask = np.array([sum(bit[s] for s in e.sources) for e in into], dtype=np.int64)
         w = np.array([e.weight for e in into])
         usable = (masks[:, None] & emask[None, :]) == emask[None, :]

@@ -86,6 +86,9 @@ class Problem:
     importance: Mapping[str, float]
     supervision: Mapping[str, Edge]  # target -> its `self` edge, for supervisable targets
     edges: tuple[Edge, ...]  # transfers into targets whose sources are all supervisable
+    # The same before dominated transfers were pruned (a solver's shortcut): what random
+    # policies, the significance baseline, draw from.
+    unpruned: tuple[Edge, ...]
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
             raise SolverError(f"target {t!r} cannot be supervised and no transfer of order <= "
                               f"{spec.max_order} reaches it from the allowed sources; allow more "
                               "sources (--sources) or raise --max-order")
+    unpruned = tuple(edges)
     if prune:
         edges = undominated(edges)
     order = {n: i for i, n in enumerate(tasks.task_names())}
@@ -195,7 +199,7 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
     return Problem(regime, spec.max_order, spec.weight, ordered, supervisable,
                    {n: float(spec.costs.get(n, 1.0)) for n in supervisable},
                    {t: float(spec.importance.get(t, 1.0)) for t in ordered},
-                   supervision, tuple(edges))
+                   supervision, tuple(edges), unpruned)
 
 
 def undominated(edges: Sequence[Edge]) -> list[Edge]:
@@ -241,16 +245,16 @@ def _names(names: Sequence[str] | None, known: list[str], kind: str) -> list[str
 def _edges(rows: list[dict], spec: ProblemSpec, targets: set[str], supervisable: set[str]
            ) -> tuple[list[Edge], dict[str, Edge]]:
     """Candidate transfers and each target's supervision edge, with their weights."""
-    column = {"sqrt_affinity": "affinity"}.get(spec.weight, spec.weight)
     edges, supervision = [], {}
     for r in rows:
         t, src = r["target"], tuple(r["sources"])
         aff, qual, gain = (math.nan if r[k] is None else float(r[k])
                            for k in ("affinity", "quality", "gain"))
-        value = {"affinity": aff, "quality": qual, "gain": gain}[column]
-        # Rows above the order limit, and rows without the weight's column (the published
-        # table's four unranked transfers), are not candidates.
-        if t not in targets or r["order"] > spec.max_order or not math.isfinite(value):
+        # Rows above the order limit, and rows lacking a score (the published table's four
+        # unranked transfers have a gain only), are not candidates: a chosen transfer's
+        # affinity, quality and gain are all reported and tested for significance.
+        if t not in targets or r["order"] > spec.max_order or not all(
+                map(math.isfinite, (aff, qual, gain))):
             continue
         edge = Edge(t, src, edge_weight(spec.weight, aff, qual, gain), aff, qual, gain)
         if src == ("self",):

@@ -44,6 +44,18 @@ def test_random_policies_are_reproducible_from_the_seed():
     np.testing.assert_array_equal(a, b)
 
 
+def test_random_policies_do_not_depend_on_the_solvers_pruning(published_csv):
+    # Pruning drops transfers a solution never needs (dominated ones); a random policy may
+    # still draw them, so the baseline is the same with pruning on or off.
+    table = published.read_published_csv(published_csv)
+    spec = taxonomy.ProblemSpec(max_order=3, regime=16000)
+    pruned = taxonomy.build_problem(table, spec)
+    full = taxonomy.build_problem(table, spec, prune=False)
+    assert len(pruned.edges) < len(full.edges)
+    np.testing.assert_array_equal(evaluate.random_policies(pruned, 4, n=50, seed=3),
+                                  evaluate.random_policies(full, 4, n=50, seed=3))
+
+
 def test_taxonomy_beats_random_policies_on_published_data(pub_problem):
     # The paper's significance test: the taxonomy against random feasible policies of the same
     # budget. The optimum of the objective can never fall below any of them.

@@ -164,10 +164,15 @@ def test_default_uses_the_largest_regime_and_the_22_published_targets(pub):
 
 
 def test_unranked_published_transfers_are_left_out(pub):
-    problem = taxonomy.build_problem(pub, taxonomy.ProblemSpec(regime=16000))
-    assert all(math.isfinite(e.weight) for e in problem.edges)
-    assert ("nonfixated_pose", ("egomotion", "room_layout")) not in {
-        (e.target, e.sources) for e in problem.edges}
+    # Four published transfers have a gain but no affinity nor quality: whatever the weight,
+    # they are not candidates, since a chosen transfer's three scores are all reported.
+    for weight in ("sqrt_affinity", "gain"):
+        problem = taxonomy.build_problem(pub, taxonomy.ProblemSpec(regime=16000, weight=weight),
+                                         prune=False)
+        assert all(math.isfinite(x) for e in problem.edges
+                   for x in (e.weight, e.affinity, e.quality, e.gain))
+        assert ("nonfixated_pose", ("egomotion", "room_layout")) not in {
+            (e.target, e.sources) for e in problem.edges}
 
 
 def test_importance_can_make_a_target_worth_supervising():
