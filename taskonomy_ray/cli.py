@@ -203,6 +203,10 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
                    help="transfer weight in the objective (default: sqrt_affinity, as published)")
     p.add_argument("--novel", nargs="+", default=[], metavar="TASK",
                    help="targets that may not be supervised nor serve as sources")
+    p.add_argument("--all-for-one", action="store_true",
+                   help="instead of a budget: each target in turn novel, every other task "
+                   "supervised; its best transfer at orders 1..--max-order, with Gain and "
+                   "Quality (generalisation to novel tasks)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="PNG", help="with --budgets: draw the budget curve")
     p.add_argument("--dot", metavar="FILE", help="with --budget: write the taxonomy as DOT")
@@ -212,8 +216,11 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
 def _run_solve(args: argparse.Namespace) -> int:
     from . import published, solve_text, taxonomy
 
+    if args.all_for_one:
+        return _run_all_for_one(args)
     if (args.budget is None) == (args.budgets is None):
-        raise ConfigError("give --budget B (one taxonomy) or --budgets SPEC (a curve)")
+        raise ConfigError("give --budget B (one taxonomy), --budgets SPEC (a curve) or "
+                          "--all-for-one (novel tasks)")
     if args.budget is None and (args.dot or args.draw):
         raise ConfigError("--dot and --draw draw one taxonomy: use them with --budget")
     if args.budgets is None and args.plot:
@@ -257,6 +264,30 @@ def _run_solve(args: argparse.Namespace) -> int:
         title = (f"budget curve, regime {problem.regime}, order <= {problem.max_order}, "
                  f"weight {problem.weight}")
         print(f"wrote {plots.plot_budget_curve(curve, args.plot, title)}", file=sys.stderr)
+    return 0
+
+
+def _run_all_for_one(args: argparse.Namespace) -> int:
+    from . import evaluate, published, solve_text, taxonomy
+
+    clash = [f for f, v in (("--budget", args.budget), ("--budgets", args.budgets),
+                            ("--sources", args.sources), ("--importance", args.importance),
+                            ("--novel", args.novel), ("--plot", args.plot), ("--dot", args.dot),
+                            ("--draw", args.draw)) if v]
+    if clash:
+        raise ConfigError(f"--all-for-one makes each target novel with every other task "
+                          f"supervised, so {', '.join(clash)} "
+                          f"{'does' if len(clash) == 1 else 'do'} not apply; leave "
+                          f"{'it' if len(clash) == 1 else 'them'} out")
+    if args.max_order < 1:
+        raise ConfigError(f"--max-order must be >= 1, got {args.max_order}")
+    table = published.load_affinities(args.storage, args.published)
+    regime = taxonomy.build_problem(table, taxonomy.ProblemSpec(
+        max_order=1, regime=args.regime)).regime
+    found = evaluate.novel_tasks(table, range(1, args.max_order + 1), regime,
+                                 args.targets, args.weight)
+    print(json.dumps(solve_text.novel_json(found, regime), indent=1) if args.json
+          else solve_text.format_novel(found, regime))
     return 0
 
 

@@ -1,21 +1,23 @@
 """Step 5 of the method: score a taxonomy by win rates and test it against random policies.
 
 Gain (vs scratch) and Quality (vs the gold standard) per target come from the affinities table;
-significance compares the taxonomy with random feasible policies of the same budget.
+significance compares the taxonomy with random feasible policies of the same budget; novel tasks
+measure how well the dictionary serves a task that has only the small data.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .errors import ConfigError, SolverError
-from .taxonomy import Edge, Problem, Taxonomy, assemble
+from .taxonomy import Edge, Problem, ProblemSpec, Taxonomy, assemble, build_problem
 
 METRICS = ("objective", "quality", "gain")
 
@@ -192,3 +194,48 @@ def _affordable(names: list[str], costs: Mapping[str, float], budget: float,
                           f"too large (> {limit} subsets); use the BIP solver")
     return [s for k in range(most + 1) for s in itertools.combinations(names, k)
             if sum(costs[n] for n in s) <= budget + 1e-9]
+
+
+@dataclass(frozen=True)
+class NovelTask:
+    """How a novel task is served when every other task is supervised ("all-for-one")."""
+
+    target: str
+    max_order: int
+    sources: tuple[str, ...]
+    weight: float
+    affinity: float
+    quality: float
+    gain: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"target": self.target, "max_order": self.max_order,
+                "sources": list(self.sources), "weight": self.weight,
+                "affinity": self.affinity, "quality": self.quality, "gain": self.gain}
+
+
+def novel_tasks(table: pa.Table, orders: Sequence[int] = (1, 2, 3, 4),
+                regime: int | None = None, targets: Sequence[str] | None = None,
+                weight: str = "sqrt_affinity") -> list[NovelTask]:
+    """Generalisation to novel tasks, all-for-one (the paper's section 4.4, figure 9).
+
+    Each target in turn is novel: it has only the small data and is nobody's source, and every
+    other task is supervised. The taxonomy then serves it by its best-weighted transfer of
+    order <= k from the other tasks (what the BIP with it `novel` and the whole budget picks:
+    its choice no longer competes with the others'), and that transfer's Gain and Quality say
+    how well the dictionary generalises to it. A target with no transfer of an order is left
+    out of that order.
+    """
+    out = []
+    for k in sorted(set(orders)):
+        spec = ProblemSpec(max_order=k, regime=regime, weight=weight,
+                           targets=tuple(targets) if targets else None)
+        problem = build_problem(table, spec, prune=False)
+        for t in problem.targets:
+            into = [e for e in problem.unpruned if e.target == t]
+            if into:  # ties: the lower order, then the sources' names (max keeps the first)
+                e = max(sorted(into, key=lambda e: (len(e.sources), e.sources)),
+                        key=lambda e: e.weight)
+                out.append(NovelTask(t, k, e.sources, e.weight, e.affinity, e.quality, e.gain))
+    return out

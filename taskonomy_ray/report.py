@@ -31,8 +31,9 @@ DEFAULT_DRAWN = (3, 8)  # budgets drawn as graphs, for every order
 DEFAULT_POLICIES = 100  # random feasible policies per significance test
 PUBLISHED_OUT = "report-published"
 TEMPLATE = "report.html.j2"
+# Every file name the report writes besides index.html.
 FIGURES = ("affinity.png", "task_tree.png", "budget_curve.png", "taxonomy_o*_b*.png",
-           "samples_*.png")  # every file name the report writes besides index.html
+           "novel_tasks.png", "samples_*.png")
 PSEUDO_COLUMNS = ("self", "pixels")  # not transfer sources: kept out of the matrices
 
 
@@ -145,6 +146,7 @@ def _render_into(out: Path, table: pa.Table, cfg: ReportConfig, title: str, sour
     if storage is not None and storage.exists("taxonomy.json"):
         pinned = storage.read_json("taxonomy.json")
     context.update(taxonomy_sections(table, regime, cfg, out, pinned))
+    context["novel"] = novel_section(table, regime, cfg, out)
     if storage is not None:
         from .report_sweep import sweep_sections
 
@@ -281,6 +283,32 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
                                 f"budget curves, regime {regime}")
     return {"curve": {"image": "budget_curve.png" if curve else None, "rows": points,
                       "policies": cfg.random_policies}, "taxonomies": drawn, "notes": notes}
+
+
+def novel_section(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
+                  ) -> dict[str, Any]:
+    """Generalisation to novel tasks (all-for-one): each target's transfer per order, drawn."""
+    top = int(max(o for o, r in zip(table.column("order").to_pylist(),
+                                    table.column("regime").to_pylist()) if r == regime))
+    orders = [o for o in cfg.orders if o <= top] or [top]
+    found = evaluate.novel_tasks(table, orders, regime)
+    targets = list(dict.fromkeys(n.target for n in found))
+    gain, quality = (np.full((len(targets), len(orders)), np.nan) for _ in range(2))
+    for n in found:
+        i, j = targets.index(n.target), orders.index(n.max_order)
+        gain[i, j], quality[i, j] = n.gain, n.quality
+    if targets:
+        report_plots.plot_novel_tasks(targets, orders, gain, quality, out / "novel_tasks.png",
+                                      f"novel tasks, all-for-one, regime {regime}")
+    last = {n.target: n for n in found if n.max_order == orders[-1]}
+    rows = [{"target": t, "sources": " + ".join(last[t].sources) if t in last else "-",
+             "gain": [_fmt(g) for g in gain[i]], "quality": [_fmt(q) for q in quality[i]]}
+            for i, t in enumerate(targets)]
+    means = [{"order": k, "gain": _fmt(float(np.nanmean(gain[:, j]))),
+              "quality": _fmt(float(np.nanmean(quality[:, j])))}
+             for j, k in enumerate(orders)] if targets else []
+    return {"image": "novel_tasks.png" if targets else None, "orders": orders,
+            "rows": rows, "means": means}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""Figures of the HTML report (steps 3-5): affinity heat maps, the task similarity tree, samples.
+"""Figures of the HTML report (steps 3-5): affinity heat maps, the task tree, novel tasks, samples.
 
 Arrays in, PNG out, with matplotlib's Agg canvas (no pyplot state). The numbers are computed in
 `report` / `report_sweep`; these functions only draw them.
@@ -94,6 +94,34 @@ def plot_task_tree(names: Sequence[str], icoord: Sequence[Sequence[float]],
         ax.spines[side].set_visible(False)
     ax.legend(handles=_legend_handles(), fontsize=7, frameon=False, loc="upper right")
     ax.set_title(title or "task similarity tree", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_novel_tasks(targets: Sequence[str], orders: Sequence[int], gain: np.ndarray,
+                     quality: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Gain and Quality of each novel task's all-for-one transfer, rows targets, columns orders.
+
+    Cells carry their value (0.5 = break-even against scratch / as good as the gold network);
+    a target with no transfer of an order is grey.
+    """
+    fig = Figure(figsize=(2.4 + 1.1 * len(orders), 1.4 + 0.3 * len(targets)), dpi=100)
+    FigureCanvasAgg(fig)
+    for ax, values, name in zip(fig.subplots(1, 2), (gain, quality),
+                                ("Gain: win rate vs scratch", "Quality: win rate vs gold")):
+        ax.set_facecolor("#dddddd")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0.0, vmax=1.0,
+                          aspect="auto")
+        for (r, c), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(orders)), [f"order {k}" for k in orders], fontsize=7)
+        ax.set_yticks(range(len(targets)), targets, fontsize=7)
+        _colour_ticks(ax.get_yticklabels())
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

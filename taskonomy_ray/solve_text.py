@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError
+from .evaluate import NovelTask
 from .taxonomy import Taxonomy
 
 
@@ -73,6 +74,31 @@ def curve_json(curve: Sequence[Taxonomy]) -> dict[str, Any]:
             "curve": [{"budget": t.to_json()["budget"], "objective": t.objective,
                        "quality": t.quality, "gain": t.gain, "supervised": list(t.supervised)}
                       for t in curve]}
+
+
+def format_novel(found: Sequence[NovelTask], regime: int) -> str:
+    """A readable table of `solve --all-for-one`: each novel task's transfer per order."""
+    rows = [("target", "order", "quality", "gain", "served by")]
+    rows += [(n.target, str(n.max_order), f"{n.quality:.3f}", f"{n.gain:.3f}",
+              " + ".join(n.sources)) for n in found]
+    orders = sorted({n.max_order for n in found})
+    means = "; ".join(f"order <= {k}: quality {_mean(found, k, 'quality'):.3f}, "
+                      f"gain {_mean(found, k, 'gain'):.3f}" for k in orders)
+    return (f"novel tasks, all-for-one (every other task supervised), regime {regime}\n"
+            f"means: {means}\n\n" + _columns(rows))
+
+
+def novel_json(found: Sequence[NovelTask], regime: int) -> dict[str, Any]:
+    """The `solve --all-for-one --json` object: one entry per (target, order), and the means."""
+    orders = sorted({n.max_order for n in found})
+    return {"regime": regime, "novel": [n.to_json() for n in found],
+            "means": [{"max_order": k, "quality": _mean(found, k, "quality"),
+                       "gain": _mean(found, k, "gain")} for k in orders]}
+
+
+def _mean(found: Sequence[NovelTask], order: int, metric: str) -> float:
+    values = [getattr(n, metric) for n in found if n.max_order == order]
+    return sum(values) / len(values)
 
 
 def _columns(rows: Sequence[Sequence[str]]) -> str:

@@ -102,6 +102,7 @@ def test_published_results_folder_and_target_options(published_csv, tmp_path, ca
     (["STORE", "--budgets", "0", "--novel", "reshading"],
      "no budget in --budgets 0 can serve all 3 targets: the smallest that can is 1"),
     (["EMPTY", "--budget", "1"], "has not reached its analysis stage"),
+    (["STORE", "--all-for-one", "--budget", "2"], "so --budget does not apply"),
 ])
 def test_bad_invocations_exit_2_with_the_fix(tmp_path, capsys, argv, message):
     tables.Storage(str(tmp_path)).write_affinities(SMALL)
@@ -174,3 +175,18 @@ def test_rows_become_the_same_table_through_either_converter():
     odd = [{**rows[0], "affinity": float("nan")}]  # JSON cannot spell NaN: the converters can
     assert tables.rows_table(odd, tables.AFFINITIES_SCHEMA).column("affinity")[0].is_valid
     assert tables.rows_table([], tables.AFFINITIES_SCHEMA).num_rows == 0
+
+
+def test_all_for_one_prints_each_novel_tasks_transfer_per_order(published_csv, capsys):
+    code, out, _ = _solve(capsys, "--published", published_csv, "--all-for-one",
+                          "--max-order", "2", "--json")
+    doc = json.loads(out)
+    table = published.read_published_csv(published_csv)
+    expected = evaluate.novel_tasks(table, (1, 2), 16000)
+    assert code == 0 and doc["regime"] == 16000
+    assert doc["novel"] == [n.to_json() for n in expected]
+    assert [m["max_order"] for m in doc["means"]] == [1, 2]
+    code, text, _ = _solve(capsys, "--published", published_csv, "--all-for-one",
+                           "--targets", "normal", "--max-order", "1")
+    assert code == 0 and "all-for-one" in text
+    assert " + ".join(expected[[n.target for n in expected].index("normal")].sources) in text

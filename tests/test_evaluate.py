@@ -95,3 +95,32 @@ def test_exhaustive_search_tries_every_set_that_fractional_costs_afford():
     problem = taxonomy.build_problem(SMALL, spec)
     best, _ = evaluate.exhaustive_optimum(problem, 0.3)
     assert best == pytest.approx(taxonomy.solve(problem, 0.3).objective, abs=1e-12)
+
+
+def test_a_novel_task_gets_the_transfer_the_bip_gives_it_with_every_other_task_supervised(
+        published_csv):
+    # All-for-one: the novel task may not be supervised nor be a source; with the budget to
+    # supervise everything else, the BIP serves it by its best transfer from the others.
+    table = published.read_published_csv(published_csv)
+    found = {(n.target, n.max_order): n for n in evaluate.novel_tasks(table, (1, 3), 16000)}
+    for target in ("normal", "egomotion", "segment_semantic", "vanishing_point"):
+        for k in (1, 3):
+            problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(
+                max_order=k, regime=16000, novel=(target,)))
+            solved = taxonomy.solve(problem, len(problem.supervisable))
+            served = next(a for a in solved.transfers if a.target == target)
+            mine = found[(target, k)]
+            assert not served.supervised and target not in mine.sources
+            assert len(mine.sources) <= k
+            assert mine.weight == pytest.approx(served.weight, abs=1e-12)
+            assert (mine.quality, mine.gain) == (served.quality, served.gain)
+
+
+def test_novel_tasks_are_served_no_worse_as_the_order_grows(published_csv):
+    table = published.read_published_csv(published_csv)
+    found = evaluate.novel_tasks(table, (1, 2, 4), 16000)
+    by = {(n.target, n.max_order): n.weight for n in found}
+    targets = {n.target for n in found}
+    assert len(targets) == 22 and len(found) == 66
+    for t in targets:
+        assert by[(t, 1)] <= by[(t, 2)] <= by[(t, 4)]

@@ -123,6 +123,12 @@ def test_published_report_shows_what_the_solver_and_significance_test_compute(
     for a in solved.transfers:
         assert f"<td>{a.target}</td>" in page
     assert "taxonomy_o2_b3.png" in page and "taxonomy_o1_b3.png" in page
+    assert 'src="novel_tasks.png"' in page  # generalisation to novel tasks, all-for-one
+    novel = evaluate.novel_tasks(load_published(published_csv), FAST.get("orders", (1, 2, 4)),
+                                 16000)
+    for k in sorted({n.max_order for n in novel}):
+        mean = np.mean([n.gain for n in novel if n.max_order == k])
+        assert f'<td class="num">{mean:.3f}</td>' in page
     assert "Run facts" not in page  # sweep-only sections are absent
     assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained: nothing fetched
 
