@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, StorageError
+from .errors import ConfigError, StorageError, TrainingError
 from .tables import Storage
 from .tasks import get_task
 
@@ -210,6 +210,15 @@ class FeatureCache:
         if images is not None and feats.images != [str(i) for i in images]:
             raise ConfigError(f"the samples' ids differ from the `images` given for {source!r}; "
                               "pass the dataset's ids in sample order")
+        finite = np.isfinite(feats.array.reshape(len(feats.images), -1)).all(1)
+        if not finite.all():  # cached, they would fail every transfer from this source
+            bad = [feats.images[i] for i in np.flatnonzero(~finite)]
+            raise TrainingError(
+                f"{source!r}'s representations of image set {imageset!r} are not finite on "
+                f"{len(bad)} of {len(finite)} images (first: {bad[0]}); nothing was cached. "
+                "Its gold network may have diverged (retrain it with a lower network.train.lr)"
+                + (", or float16 overflowed: set transfer.feature_dtype: float32"
+                   if self.dtype == "float16" else ""))
         self.storage.write_bytes(rel, to_bytes(feats))
         self._memo[rel] = feats
         return rel

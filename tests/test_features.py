@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from taskonomy_ray import features
-from taskonomy_ray.errors import StorageError
+from taskonomy_ray.errors import StorageError, TrainingError
 from taskonomy_ray.tables import Storage
 
 
@@ -171,3 +171,16 @@ def test_denoising_and_inpainting_encode_the_corrupted_images_they_were_trained_
         d = shown[0] - samples[0]["rgb"]
         assert 0.5 * NOISE_STD < float(d.std()) < 1.5 * NOISE_STD
         assert not torch.allclose(shown[0] - samples[0]["rgb"], shown[1] - samples[1]["rgb"])
+
+
+def test_non_finite_representations_are_refused_and_nothing_is_cached(tmp_path):
+    class Diverged(CountingEncoder):
+        def forward(self, x):
+            z = super().forward(x)
+            z[1] = float("nan")  # one image's representation
+            return z
+
+    cache, samples = _cache(tmp_path), _samples()
+    with pytest.raises(TrainingError, match=r"not finite on 1 of \d+ images .*nothing was cached"):
+        cache.ensure("normal", "r8", Diverged(), samples)
+    assert cache.storage.list("features") == []
