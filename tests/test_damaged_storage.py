@@ -8,7 +8,7 @@ import torch
 
 from taskonomy_ray import features
 from taskonomy_ray.errors import DataError, StorageError
-from taskonomy_ray.sweep import driver, plan, runner, units
+from taskonomy_ray.sweep import driver, ledger, plan, runner, units
 from taskonomy_ray.tables import Storage, losses_table
 
 
@@ -88,3 +88,13 @@ def test_a_failure_is_summed_up_by_its_headline():
                                      "(+2 more lines: taskonomy-ray status)")
     crash = RuntimeError("Traceback (most recent call last):\n  File x\nCUDA out of memory")
     assert runner.describe(crash) == "RuntimeError: CUDA out of memory"
+
+
+def test_a_damaged_ledger_event_costs_its_line_of_history_only(tmp_path):
+    st = Storage(str(tmp_path))
+    ledger.record(st, "gold-normal", "started")
+    ledger.record(st, "gold-normal", "failed", error="boom")
+    st.write_bytes("ledger/gold-normal/0000000000.000000-cut.json", b'{"event": "do')
+    h = ledger.history(st, "gold-normal")
+    assert h.state == "failed" and h.last_error == "boom" and h.attempts == 1
+    assert len(h.damaged) == 1 and h.damaged[0].endswith("-cut.json")

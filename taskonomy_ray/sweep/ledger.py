@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import StorageError
 from ..tables import Storage
 
 LEDGER_DIR = "ledger"
@@ -24,6 +25,7 @@ class UnitHistory:
 
     key: str
     events: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # event files that could not be read
 
     @property
     def state(self) -> str:
@@ -61,7 +63,21 @@ def record(storage: Storage, key: str, event: str, **info: Any) -> None:
 
 
 def history(storage: Storage, key: str) -> UnitHistory:
-    """All events of one unit."""
-    names = storage.list(f"{LEDGER_DIR}/{key}", ".json")
-    return UnitHistory(key, [storage.read_json(f"{LEDGER_DIR}/{key}/{n}") for n in names])
+    """All events of one unit; a damaged event file is listed in `damaged` and skipped.
+
+    Events only describe the unit (its outputs decide whether it is done), so one cut short by a
+    copy of the run costs its line of history, not `status` or the sweep.
+    """
+    out = UnitHistory(key)
+    for name in storage.list(f"{LEDGER_DIR}/{key}", ".json"):
+        rel = f"{LEDGER_DIR}/{key}/{name}"
+        try:
+            event = storage.read_json(rel)
+        except StorageError:
+            event = None
+        if isinstance(event, dict) and event.get("event") in EVENTS:
+            out.events.append(event)
+        else:
+            out.damaged.append(storage.path(rel))
+    return out
 
