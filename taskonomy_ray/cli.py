@@ -83,6 +83,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--force-config", action="store_true",
                    help="resume even though the config differs from the stored run.json")
+    p.add_argument("--takeover", action="store_true",
+                   help="drive the storage even though another sweep's claim on it has not "
+                   "lapsed (that sweep is gone; a live one stops scheduling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -92,7 +95,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     result = run_sweep(args.config, storage_uri=args.storage, data_root=args.data,
                        address=args.address, force_config=args.force_config,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, takeover=args.takeover)
     done = sum(c["done"] for c in result.counts.values())
     print(f"sweep finished in {result.wall_s:.0f} s: {done} units done, "
           f"{len(result.failures)} failed; storage {redact(result.storage)}")
@@ -161,6 +164,9 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=1))
         return 0
     cols = STATUS_STATES
+    d = st["driver"]
+    print(f"driven now by host {d['host']}, pid {d['pid']} (renewed {d['renewed_s_ago']:.0f} s "
+          "ago)" if d else "no sweep is driving this storage now")
     print(f"{'stage':<10}" + "".join(f"{c:>9}" for c in cols))
     for stage, c in st["stages"].items():
         if c["planned"]:

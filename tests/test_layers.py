@@ -9,7 +9,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "taskonomy_ray"
 # Pure layers: no torch, no Ray. `data` layer modules may use torch but never Ray.
 PURE = ["tasks", "errors", "layout", "point_info", "splits", "tables", "affinity", "taxonomy",
-        "solve_text", "evaluate", "published", "beam", "plots", "report", "config", "sweep.config"]
+        "solve_text", "evaluate", "published", "beam", "plots", "report", "config", "sweep.config",
+        "sweep.lease"]
 NO_RAY = ["dataset", "derived", "config", "models", "training", "features", "transfer", "labels",
           "fused", "memory", "render"]
 

@@ -18,6 +18,7 @@ from .. import __version__
 from ..errors import ConfigError, StorageError
 from ..tables import REPORT_ERROR, RUN_FILE, Storage
 from . import config as sweep_config
+from . import lease
 from . import plan as planning
 from .plan import PLAN_FILE
 from .scheduler import Scheduler
@@ -285,13 +286,28 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
               data_root: str | None = None, address: str | None = None,
               force_config: bool = False, progress: bool | None = None,
-              execute=None, report: bool = True) -> SweepResult:
-    """Run (or resume) a whole sweep; returns its summary. Failures are reported, not raised."""
-    from . import runner, units
+              execute=None, report: bool = True, takeover: bool = False) -> SweepResult:
+    """Run (or resume) a whole sweep; returns its summary. Failures are reported, not raised.
 
+    One driver per storage (`lease.py`): `takeover` claims a storage whose driver is thought
+    gone before its claim lapses.
+    """
     cfg = sweep_config.load(config_path, data_root=data_root)
     storage = Storage(storage_uri or f"runs/{cfg.name}")
     storage.ensure_writable()
+    claim = lease.claim(storage, takeover)
+    try:
+        return _drive(cfg, storage, claim, address=address, force_config=force_config,
+                      progress=progress, execute=execute, report=report)
+    finally:
+        claim.release()
+
+
+def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, *,
+           address: str | None, force_config: bool, progress: bool | None, execute,
+           report: bool) -> SweepResult:
+    from . import runner, units
+
     guard_run(storage, cfg, force_config)
     connect(address)
     t0 = time.time()
@@ -310,7 +326,7 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     stats = runner.run(sched, ctx, execute or units.execute, units.options(cfg),
                        cost=units.cost(cfg), capacity=units.capacity,
                        queue_slack=cfg.resources.queue_slack, progress=progress,
-                       on_done=on_done)
+                       on_done=on_done, on_tick=claim.renew)
     write_plan(storage, sched)
     result = SweepResult(storage.uri, sched.counts(), sched.failures(), time.time() - t0,
                          {"wall_s": stats.wall_s, "driver_s": stats.driver_s,
@@ -400,4 +416,5 @@ def status(storage_uri: str) -> dict[str, Any]:
             o["transfers_planned"] += n
             o["transfers_done"] += (n - left_out.get(u.key, 0)) if state[u.key] == "done" else 0
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
-            "failures": failures, "blocked": blocked, "partial": partial}
+            "failures": failures, "blocked": blocked, "partial": partial,
+            "driver": lease.holder(storage)}

@@ -118,13 +118,15 @@ class Bars:
 def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
         options: Callable[[Unit], dict[str, Any]], *, cost: Callable[[Unit], float],
         capacity: Callable[[], float], queue_slack: int = 0, progress: bool | None = None,
-        on_done: Callable[[Unit, dict[str, Any]], None] | None = None) -> RunStats:
+        on_done: Callable[[Unit, dict[str, Any]], None] | None = None,
+        on_tick: Callable[[], None] | None = None) -> RunStats:
     """Drive `sched` to the end on the connected Ray cluster; returns what was measured.
 
     Units are admitted while their CPU `cost` fits the cluster's `capacity` (plus `queue_slack`
     units waiting inside Ray, which an autoscaler sees as demand). Ray's own queue thus stays
     short and the scheduler's stage order decides what runs next: gold networks, on the critical
-    path, are not starved by a queue of scratch trainings.
+    path, are not starved by a queue of scratch trainings. `on_tick` runs every loop (at least
+    every 5 s): the driver renews its claim on the storage there.
     """
     remote = ray.remote(run_unit)
     storage = Storage(ctx["storage"])
@@ -135,6 +137,8 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
     try:
         while True:
             t0 = time.time()
+            if on_tick is not None:
+                on_tick()
             cap = capacity()
             used = sum(cost(u) for u in in_flight.values())
             waiting = max(0, len(in_flight) - int(cap))
