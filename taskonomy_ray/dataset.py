@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import layout
 from .derived import (
+    TARGET_FNS,
     centre_masked,
     colorize,
     colour_bins,
@@ -394,6 +395,8 @@ class TaskonomyDataset(Dataset):
             t = torch.from_numpy(np.ascontiguousarray(arr.reshape(*shape, -1).transpose(2, 0, 1)))
             if name in layout.DEPTH_DOMAINS:  # invalid depth is masked; keep it from the label
                 t = torch.where(t < layout.DEPTH_INVALID_RAW / layout.DEPTH_UNITS_PER_METRE, t, 0)
+            if spec.target in TARGET_FNS:  # what Taskonomy trained on, before resizing as it did
+                t = TARGET_FNS[spec.target](t)
             out[name] = _resize(t, self.size, "value") if self.size else t
         else:  # class ids (segment_semantic) or segment ids (segment_unsup*): long (H, W)
             t = torch.from_numpy(arr.astype(np.int64))[None]

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .layout import CENTRE_8BIT, CURVATURE_SCALE, DEPTH_UNITS_PER_METRE
+
 NOISE_STD = 0.1  # denoising: Gaussian noise on [0, 1] RGB, seeded per image
+# Taskonomy's depth targets: log(1 + raw) / log(2^16) of the release's 16-bit units, in [0, 1].
+DEPTH_LOG_NORMALISER = float(np.log(2.0**16))
+# Taskonomy's curvature targets: the release's two 8-bit channels standardised with these.
+CURVATURE_MEAN = (123.572, 120.1)
+CURVATURE_STD = (31.922, 21.658)
 AB_GRID = 10.0  # colorization: ab bins on a 10-unit grid, kept where sRGB reaches (Zhang et al.)
 
 
@@ -182,3 +189,28 @@ def vanishing_point_label(stored_layout: Any) -> np.ndarray:
     rotation = Rotation.from_euler("xyz", np.asarray(stored_layout, np.float64)[6:9]).as_matrix()
     frame, _ = canonical_room_frame(rotation)
     return frame.T.reshape(-1).astype(np.float32)
+
+
+def log_depth(metres: torch.Tensor) -> torch.Tensor:
+    """Depth as Taskonomy trains on it: log(1 + raw) / log(2^16), raw the release's 1/512 m units.
+
+    An L1 loss on it weighs near and far pixels by relative, not absolute, error; masked
+    (invalid, zeroed) pixels map to 0.
+    """
+    return torch.log1p(metres * DEPTH_UNITS_PER_METRE) / DEPTH_LOG_NORMALISER
+
+
+def standardised_curvature(k: torch.Tensor) -> torch.Tensor:
+    """Curvature (2, H, W) as Taskonomy trains on it: the release's 8-bit channels standardised.
+
+    The file's bytes (127 + CURVATURE_SCALE x k, layout.py) minus Taskonomy's per-channel mean,
+    over its per-channel deviation, so both curvatures weigh as they did in its L2 loss.
+    """
+    raw = CENTRE_8BIT + CURVATURE_SCALE * k
+    mean = torch.tensor(CURVATURE_MEAN, dtype=k.dtype).view(-1, 1, 1)
+    std = torch.tensor(CURVATURE_STD, dtype=k.dtype).view(-1, 1, 1)
+    return (raw - mean) / std
+
+
+# Each TaskSpec.target (tasks.TARGETS) but the decoded value itself.
+TARGET_FNS = {"log_depth": log_depth, "standardised_curvature": standardised_curvature}

@@ -28,6 +28,17 @@ DERIVATIONS = ("identity", "denoise", "colorize", "inpaint", "jigsaw", "random")
 # What the task network's encoder sees (the transfer readouts always see plain rgb features).
 INPUTS = ("rgb", "noisy_rgb", "grey", "masked_rgb", "tiles")
 GROUPS = ("2d", "3d", "low_dim_geometric", "semantic", "random")
+# The training target a dense regression label becomes, as Taskonomy's target preprocessing
+# made it (derived.py): the value as decoded, depth's log scale, curvature standardised.
+TARGETS = ("as_decoded", "log_depth", "standardised_curvature")
+
+# The version of what units compute from a config: labels and training targets, losses, what
+# source encoders are shown. It is part of every unit key and recorded in run.json, so a change
+# that makes stored results incomparable bumps it, and a run started under another version is
+# not silently resumed with mixed results. 1: runs whose run.json has no `method`; 2: source views
+# (denoising, inpainting, colorization encoders see their own inputs), depth on Taskonomy's log
+# scale, curvature standardised with an L2 loss.
+METHOD_VERSION = 2
 
 # The release marks invalid depth as the largest 16-bit values (see layout.py).
 DEPTH_MASK_DOMAIN = "depth_zbuffer"
@@ -50,6 +61,7 @@ class TaskSpec:
     masked: bool = False  # loss only on pixels with valid depth
     group: str = "2d"
     legacy_name: str = ""  # name in the paper's code and published results
+    target: str = "as_decoded"  # what a dense regression label becomes to train on (TARGETS)
 
     def __post_init__(self) -> None:
         def check(ok: bool, what: str) -> None:
@@ -66,6 +78,9 @@ class TaskSpec:
         check((self.views > 1) == (self.output == "multi_view"), "multi_view iff views > 1")
         check(bool(self.domains) != (self.derived is not None), "exactly one of domains/derived")
         check(self.channels >= 0 and (self.channels > 0) == (self.output != "none"), "channels")
+        check(self.target in TARGETS and (self.target == "as_decoded"
+                                          or self.output == "pixel_regression"),
+              f"target must be one of {TARGETS}, and only a pixel regression transforms its own")
 
     @property
     def dense(self) -> bool:
@@ -116,13 +131,13 @@ TASKS: tuple[TaskSpec, ...] = (
        legacy_name="rgb2sfnorm"),
     _t("depth_zbuffer", "Depth along the optical axis (z-buffer).",
        "pixel_regression", 1, "l1", domains=("depth_zbuffer",), masked=True, group="3d",
-       legacy_name="rgb2depth"),
+       legacy_name="rgb2depth", target="log_depth"),
     _t("depth_euclidean", "Euclidean distance from the camera centre.",
        "pixel_regression", 1, "l1", domains=("depth_euclidean",), masked=True, group="3d",
-       legacy_name="rgb2mist"),
+       legacy_name="rgb2mist", target="log_depth"),
     _t("principal_curvature", "The two principal curvatures of the surface.",
-       "pixel_regression", 2, "l1", domains=("principal_curvature",), masked=True, group="3d",
-       legacy_name="curvature"),
+       "pixel_regression", 2, "l2", domains=("principal_curvature",), masked=True, group="3d",
+       legacy_name="curvature", target="standardised_curvature"),
     _t("room_layout", "Room box: centre, size and orientation, relative to the camera.",
        "vector_regression", 9, "l2", domains=("point_info",), group="low_dim_geometric",
        legacy_name="room_layout"),

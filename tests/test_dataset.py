@@ -155,6 +155,39 @@ def test_depth_mask_marks_the_release_invalid_pixels(root: Path) -> None:
     assert s["depth_zbuffer"][0, 0, 0] == 0  # invalid depth kept out of the label
 
 
+def test_depth_and_curvature_train_on_taskonomys_targets(root: Path) -> None:
+    # As Taskonomy's target preprocessing: depth as log(1 + raw) / log(2^16) of the file's
+    # 16-bit units, curvature's two 8-bit channels standardised per channel; read here from
+    # the PNG bytes themselves, so the whole decoding chain is checked.
+    names = ["depth_zbuffer", "depth_euclidean", "principal_curvature"]
+    ds = TaskonomyDataset(root, names, split="all")
+    s, ((v,), _) = ds[0], ds.samples[0]
+    for name in names[:2]:
+        raw = np.asarray(Image.open(layout.path_for(root, v.building, v.point, v.view, name)),
+                         np.float64)
+        expected = np.where(raw < layout.DEPTH_INVALID_RAW, np.log1p(raw) / np.log(2.0**16), 0)
+        np.testing.assert_allclose(s[name][0].numpy(), expected, atol=1e-6)
+        assert 0 <= float(s[name].min()) and float(s[name].max()) < 1
+    raw = np.asarray(Image.open(layout.path_for(root, v.building, v.point, v.view, names[2])),
+                     np.float64)[..., :2]
+    expected = (raw - [123.572, 120.1]) / [31.922, 21.658]
+    np.testing.assert_allclose(s[names[2]].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_curvature_is_scored_by_a_masked_l2_loss() -> None:
+    from taskonomy_ray.models.losses import per_image_loss
+
+    spec = get_task("principal_curvature")
+    label = torch.zeros(2, 2, 4, 4)
+    pred = torch.zeros(2, 2, 4, 4)
+    pred[0, :, 0, 0] = 3.0  # an error of 3 on one pixel of image 0, which is masked out
+    pred[1, :, 1, 1] = 2.0  # and of 2 on a valid pixel of image 1
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, :, 0, 0] = False
+    loss = per_image_loss(spec, pred, {spec.name: label, f"{spec.name}_mask": mask})
+    assert loss.tolist() == pytest.approx([0.0, 4.0 / 16])
+
+
 @pytest.mark.parametrize("size", [16, 64])  # the fixture's 32 px, resized down and up
 def test_a_resized_depth_is_valid_only_where_it_reads_no_invalid_pixel(root: Path,
                                                                        size: int) -> None:

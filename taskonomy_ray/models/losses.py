@@ -64,7 +64,9 @@ def per_image_loss(spec: TaskSpec, pred: torch.Tensor, batch: dict[str, Any],
     pred = pred.float()
     if spec.loss == "l1":  # dense regression on valid pixels
         return _masked_mean((pred - label).abs(), mask)
-    if spec.loss == "l2":  # vectors: room layout, vanishing points, poses
+    if spec.loss == "l2":  # vectors (room layout, vanishing points, poses); curvature maps
+        if pred.dim() == 4:
+            return _masked_mean((pred - label) ** 2, mask)
         return ((pred - label) ** 2).mean(1)
     if spec.loss == "kl":  # class distributions: KL(label || softmax(pred))
         return (torch.xlogy(label, label) - label * F.log_softmax(pred, 1)).sum(1)
