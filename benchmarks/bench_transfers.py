@@ -71,6 +71,11 @@ SCALES = {
     # 64 px, 4x4x8 representations: 10 epochs of 64 images, 72 test images (or 3-view samples).
     "mini": Scale("mini", 64, 40, 16, 64, {"points": 24, "views": 3, "size": 64, "buildings": 4},
                   True),
+    # The embedded default's own mix (workflows/mini.yaml): 8 buildings of 100 points x 3 views
+    # at 64 px, regime 128, 40 steps of 16, so every transfer also scores 600 test images (or
+    # 3-view samples), 8 at a time: test forward passes are half of a transfer's images here.
+    "sweep": Scale("mini", 128, 40, 16, 8,
+                   {"points": 100, "views": 3, "size": 64, "buildings": 8}, False),
     # The paper's networks at 256 px (ResNet-50 trunk, 16x16x8): 5 epochs of 12 images, 12 test
     # images, so that the naive way fits in half an hour of one core; fewer epochs than the
     # paper's 50 leave the cache less time to pay off, which favours the naive way.
@@ -418,8 +423,9 @@ def sweep_share_of_cache(ways: dict, rows: dict, targets: dict) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scale", choices=sorted(SCALES), default="mini",
-                   help="mini (64 px, 4x4x8; 12-17 min), paper (the paper's networks at 256 px; "
-                   "~35 min, fused and original-style naive ways only) or gpu (the paper's "
+                   help="mini (64 px, 4x4x8; 12-17 min), sweep (mini.yaml's sizes: 600 test "
+                   "images per transfer; fused and original-style naive ways only), paper (the "
+                   "paper's networks at 256 px; ~35 min, those two ways) or gpu (the paper's "
                    "networks, batch 16, every way; with --device cuda)")
     p.add_argument("--data", type=Path, default=None,
                    help="data root rendered at the scale's size (rendered if absent)")

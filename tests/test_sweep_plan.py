@@ -30,6 +30,32 @@ def test_keys_are_deterministic_and_change_with_the_config():
     assert {k for k in a if k.startswith("gold-")} <= b  # gold does not read transfer settings
 
 
+def test_every_key_changes_with_the_method_version(monkeypatch):
+    # Labels, losses or encoder inputs changed: no stored result may count as done.
+    from taskonomy_ray import tasks
+
+    before = {u.key for u in plan.build(small())}
+    monkeypatch.setattr(tasks, "METHOD_VERSION", tasks.METHOD_VERSION + 1)
+    assert before.isdisjoint(u.key for u in plan.build(small()) if u.key != "analysis")
+
+
+def test_a_run_of_another_method_version_is_not_resumed_unless_forced(tmp_path):
+    from taskonomy_ray import tasks
+    from taskonomy_ray.sweep import driver
+    from taskonomy_ray.tables import Storage
+
+    st, cfg = Storage(str(tmp_path / "store")), small(data={"root": str(tmp_path / "none")})
+    driver.guard_run(st, cfg)
+    assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
+    old = {k: v for k, v in st.read_json("run.json").items() if k != "method"}
+    st.write_json("run.json", old)  # written before the version was recorded: version 1
+    with pytest.raises(ConfigError, match="computed under method version 1; this taskonomy-ray "
+                                          f"computes version {tasks.METHOD_VERSION}"):
+        driver.guard_run(st, cfg)
+    driver.guard_run(st, cfg, force=True)
+    assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
+
+
 def test_unknown_workflow_key_suggests_the_right_one():
     with pytest.raises(UnknownNameError, match="did you mean 'regimes'"):
         config.from_dict({"name": "t", "regime": [1]})

@@ -220,7 +220,8 @@ class SweepConfig:
         Execution-only settings are left out: changing them recomputes nothing.
         """
         js = self.to_json()
-        sub = {p: _without(js[p], p) for p in parts}
+        sub: dict[str, Any] = {p: _without(js[p], p) for p in parts}
+        sub["method"] = registry.METHOD_VERSION  # another method version's results: never done
         return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ConfigError, StorageError
 from ..tables import REPORT_ERROR, RUN_FILE, Storage
+from ..tasks import METHOD_VERSION
 from . import config as sweep_config
 from . import lease
 from . import plan as planning
@@ -62,12 +63,23 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
     buildings added to or removed from the root would move images between the splits under
     the same unit keys.
     """
-    new = {"config": cfg.to_json(), "version": __version__, "data_root": data_root(cfg)}
+    new = {"config": cfg.to_json(), "version": __version__, "data_root": data_root(cfg),
+           "method": METHOD_VERSION}
     split = resolved_split(cfg)
     if split is not None:
         new["splits"] = split
     if storage.exists(RUN_FILE):
         old = storage.read_json(RUN_FILE)
+        was_method = old.get("method", 1)
+        if was_method != METHOD_VERSION and not force:
+            raise ConfigError(
+                f"storage {storage.display} holds a run computed under method version "
+                f"{was_method}; this taskonomy-ray computes version {METHOD_VERSION} (other "
+                "labels, losses or encoder inputs; taskonomy_ray/tasks.py METHOD_VERSION), so "
+                "its results cannot be mixed. Finish it with the release that started it "
+                f"({old.get('version', 'unknown')}), start a new run with another --storage, or "
+                "pass --force-config to recompute every unit here under the new version "
+                "(nothing stored is deleted)")
         was = old.get("data_root", new["data_root"])
         if was != new["data_root"] and not force:
             # Unit keys hold data.root as written: a relative root read from another directory
