@@ -28,6 +28,11 @@ def _labels(target, n, g, dtype):
     if target == "normal":  # dense, masked l1
         return {"normal": torch.rand(n, 3, 64, 64, generator=g, dtype=dtype),
                 "normal_mask": torch.rand(n, 1, 64, 64, generator=g) > 0.2}
+    if target == "segment_semantic":  # dense classes, id 0 (uncertain) left out
+        return {"segment_semantic": torch.randint(0, 18, (n, 64, 64), generator=g)}
+    if target == "principal_curvature":  # dense, masked l2
+        return {"principal_curvature": torch.randn(n, 2, 64, 64, generator=g, dtype=dtype),
+                "principal_curvature_mask": torch.rand(n, 1, 64, 64, generator=g) > 0.2}
     if target == "room_layout":  # vector head with dropout
         return {"room_layout": torch.randn(n, 9, generator=g, dtype=dtype)}
     return {"egomotion": torch.randn(n, 18, generator=g, dtype=dtype)}  # multi-view
@@ -51,6 +56,7 @@ def _group(target, channels, dtype=torch.float32):
 
 @pytest.mark.parametrize("target,channels,backend", [
     ("normal", 3, "grouped"), ("room_layout", 9, "grouped"), ("egomotion", 18, "grouped"),
+    ("segment_semantic", 18, "grouped"), ("principal_curvature", 2, "grouped"),
     ("normal", 3, "vmap"),
 ])
 def test_each_fused_head_equals_the_same_transfer_trained_alone(target, channels, backend):
