@@ -156,18 +156,18 @@ def test_depth_mask_marks_the_release_invalid_pixels(root: Path) -> None:
 
 
 def test_depth_and_curvature_train_on_taskonomys_targets(root: Path) -> None:
-    # As Taskonomy's target preprocessing: depth as log(1 + raw) / log(2^16) of the file's
-    # 16-bit units, curvature's two 8-bit channels standardised per channel; read here from
-    # the PNG bytes themselves, so the whole decoding chain is checked.
+    # As Taskonomy's target preprocessing: depth as log(1 + raw) of the file's 16-bit units
+    # (without its constant divisor, see derived.log_depth), curvature's two 8-bit channels
+    # standardised per channel; read here from the PNG bytes, so the whole chain is checked.
     names = ["depth_zbuffer", "depth_euclidean", "principal_curvature"]
     ds = TaskonomyDataset(root, names, split="all")
     s, ((v,), _) = ds[0], ds.samples[0]
     for name in names[:2]:
         raw = np.asarray(Image.open(layout.path_for(root, v.building, v.point, v.view, name)),
                          np.float64)
-        expected = np.where(raw < layout.DEPTH_INVALID_RAW, np.log1p(raw) / np.log(2.0**16), 0)
-        np.testing.assert_allclose(s[name][0].numpy(), expected, atol=1e-6)
-        assert 0 <= float(s[name].min()) and float(s[name].max()) < 1
+        expected = np.where(raw < layout.DEPTH_INVALID_RAW, np.log1p(raw), 0)
+        np.testing.assert_allclose(s[name][0].numpy(), expected, rtol=1e-6)
+        assert 0 <= float(s[name].min()) and float(s[name].max()) < np.log(2.0**16)
     raw = np.asarray(Image.open(layout.path_for(root, v.building, v.point, v.view, names[2])),
                      np.float64)[..., :2]
     expected = (raw - [123.572, 120.1]) / [31.922, 21.658]
