@@ -90,7 +90,8 @@ def split_buildings(buildings: Sequence[str], cfg: SplitConfig) -> dict[str, lis
     if len(names) < len(wanted):
         raise DataError(f"{len(names)} building(s) cannot fill the {len(wanted)} splits "
                         f"{wanted}; render more buildings (`taskonomy-ray synth ... --buildings "
-                        f"{len(wanted)}`); in Python, a SplitConfig fraction of 0 leaves its split out")
+                        f"{len(wanted)}`); in Python, a SplitConfig fraction of 0 leaves its "
+                        "split out")
     order = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]
     n = len(names)
     n_val = max(1, round(n * cfg.val)) if cfg.val > 0 else 0
