@@ -196,7 +196,7 @@ def log_depth(metres: torch.Tensor) -> torch.Tensor:
     (invalid, zeroed) pixels map to 0. Taskonomy also divides by log(2^16): a constant factor
     scales every image's loss alike, so it changes no win rate, but it shrinks the target's spread
     to ~0.05 and the mini gold network then no longer beat a constant prediction in its few steps
-    (it does undivided: 0.925 of the constant's mean loss, as on metres; docs/sanity.md).
+    (it does undivided: 0.925 of the constant's mean loss on the demo's render, as on metres).
     """
     return torch.log1p(metres * DEPTH_UNITS_PER_METRE)
 
