@@ -50,7 +50,7 @@ def test_takeover_claims_a_held_storage_and_the_old_driver_stops_at_its_next_ren
     first = lease.claim(st)
     lease.claim(st, takeover=True)
     monkeypatch.setattr(lease, "RENEW_S", 0.0)
-    with pytest.raises(ConfigError, match="taken over by another sweep"):
+    with pytest.raises(ConfigError, match="claimed by another sweep"):
         first.renew()
 
 
@@ -64,3 +64,34 @@ def test_a_sweep_that_fails_to_start_gives_its_claim_back(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="the config differs"):
         driver.run_sweep(wf, storage_uri=str(tmp_path / "store"), report=False)
     assert not Storage(str(tmp_path / "store")).exists(lease.DRIVER_FILE)
+
+
+def test_a_claim_without_a_readable_time_is_stale(tmp_path):
+    st = Storage(str(tmp_path))
+    lease.claim(st)
+    st.write_json(lease.DRIVER_FILE, {**st.read_json(lease.DRIVER_FILE), "renewed": None})
+    assert lease.holder(st) is None
+    lease.claim(st)
+
+
+def test_the_first_claim_is_created_exclusively(tmp_path):
+    # Two drivers that both found no claim: only one file creation succeeds, the other looks
+    # again, finds the live claim and is refused.
+    st = Storage(str(tmp_path))
+    a, b = lease.Lease(st), lease.Lease(st)
+    assert a._create() and not b._create()
+    assert st.read_json(lease.DRIVER_FILE)["token"] == a.token
+
+
+def test_a_storage_error_while_renewing_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    from taskonomy_ray.errors import StorageError
+
+    st = Storage(str(tmp_path))
+    held = lease.claim(st)
+
+    def refuse(*a, **k):
+        raise StorageError("503 slow down")
+
+    monkeypatch.setattr(st, "write_bytes", refuse)
+    held.renew(now=True)
+    assert "could not renew" in capsys.readouterr().err

@@ -9,8 +9,11 @@ been renewed for LEASE_S seconds, or at once when it names a process of this hos
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +40,18 @@ def _alive_here(claim: dict[str, Any]) -> bool:
     return True
 
 
+def _age(claim: dict[str, Any]) -> float:
+    """Seconds since `claim` was renewed (infinite for a claim without a readable time)."""
+    try:
+        return time.time() - float(claim["renewed"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
+def _live(claim: dict[str, Any]) -> bool:
+    return _age(claim) < LEASE_S and _alive_here(claim)
+
+
 @dataclass
 class Lease:
     """A driver's claim on a storage (its token tells its own claim from another's)."""
@@ -44,69 +59,94 @@ class Lease:
     storage: Storage
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     renewed: float = 0.0
+    started: float = field(default_factory=time.time)
 
-    def _write(self, started: float) -> None:
+    def _record(self) -> bytes:
         self.renewed = time.time()
-        self.storage.write_json(DRIVER_FILE, {
-            "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": started, "renewed": self.renewed})
+        return (json.dumps({"token": self.token, "host": socket.gethostname(),
+                            "pid": os.getpid(), "started": self.started,
+                            "renewed": self.renewed}) + "\n").encode()
 
-    def renew(self) -> None:
-        """Renew the claim if RENEW_S have passed (called from the scheduling loop).
+    def _write(self) -> None:
+        self.storage.write_bytes(DRIVER_FILE, self._record())
 
-        A claim another driver took over (`--takeover`, this one thought gone) stops this one.
+    def _create(self) -> bool:
+        """Write the first claim only if there is none (atomically on a local storage)."""
+        if not self.storage.local:  # object stores: best effort, checked again by `renew`
+            self._write()
+            return True
+        path = self.storage.path(DRIVER_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._record())
+        return True
+
+    def renew(self, now: bool = False) -> None:
+        """Renew the claim if RENEW_S have passed, or `now` (the scheduling loop calls it).
+
+        A claim another driver holds (`--takeover`, or one that claimed the storage at the same
+        moment) stops this one; a storage error while renewing is reported and retried next time.
         """
-        if time.time() - self.renewed < RENEW_S:
+        if not now and time.time() - self.renewed < RENEW_S:
             return
         held = self._read()
         if held is not None and held.get("token") != self.token:
-            raise ConfigError(f"storage {self.storage.display} was taken over by another sweep "
+            raise ConfigError(f"storage {self.storage.display} is claimed by another sweep "
                               f"(host {held.get('host')}, pid {held.get('pid')}); this one stops "
                               "scheduling")
-        self._write(held.get("started", self.renewed) if held else self.renewed)
+        try:
+            self._write()
+        except StorageError as e:
+            print(f"taskonomy-ray: could not renew the claim on {self.storage.display} ({e}); "
+                  "retrying", file=sys.stderr)
 
     def release(self) -> None:
         """Give the storage up, if the claim is still ours."""
-        claim = self._read()
-        if claim is not None and claim.get("token") == self.token:
+        held = self._read()
+        if held is not None and held.get("token") == self.token:
             self.storage.delete(DRIVER_FILE)
 
     def _read(self) -> dict[str, Any] | None:
         if not self.storage.exists(DRIVER_FILE):
             return None
         try:
-            claim = self.storage.read_json(DRIVER_FILE)
+            held = self.storage.read_json(DRIVER_FILE)
         except StorageError:
             return None  # a damaged claim claims nothing
-        return claim if isinstance(claim, dict) else None
+        return held if isinstance(held, dict) else None
 
 
 def claim(storage: Storage, takeover: bool = False) -> Lease:
     """Claim `storage` for this driver, or refuse while another live driver holds it."""
     lease = Lease(storage)
-    held = lease._read()
-    if held is not None and not takeover:
-        age = time.time() - float(held.get("renewed", 0.0))
-        if age < LEASE_S and _alive_here(held):
+    for _ in range(3):
+        held = lease._read()
+        if held is not None and not takeover and _live(held):
+            age = _age(held)
             raise ConfigError(
                 f"another sweep drives storage {storage.display} (host {held.get('host')}, pid "
                 f"{held.get('pid')}, last renewed {age:.0f} s ago): two would train the same "
                 f"units twice. Wait for it to end, stop it, or, if it is gone, wait "
                 f"{LEASE_S - age:.0f} s for its claim to lapse or pass --takeover")
-    lease._write(time.time())
-    mine = lease._read()  # two drivers starting at once: the later write wins, the other stops
-    if mine is None or mine.get("token") != lease.token:
-        raise ConfigError(f"another sweep claimed storage {storage.display} at the same moment; "
-                          "run one sweep per storage")
-    return lease
+        if held is not None or storage.exists(DRIVER_FILE):  # lapsed, dead, damaged or taken
+            lease._write()
+        elif not lease._create():  # another driver created it a moment ago: look again
+            continue
+        mine = lease._read()
+        if mine is not None and mine.get("token") == lease.token:
+            return lease
+    raise ConfigError(f"another sweep claimed storage {storage.display} at the same moment; "
+                      "run one sweep per storage")
 
 
 def holder(storage: Storage) -> dict[str, Any] | None:
     """The live claim on `storage` (host, pid, seconds since renewed), or None: for `status`."""
     held = Lease(storage)._read()
-    if held is None:
+    if held is None or not _live(held):
         return None
-    age = time.time() - float(held.get("renewed", 0.0))
-    if age >= LEASE_S or not _alive_here(held):
-        return None
-    return {"host": held.get("host"), "pid": held.get("pid"), "renewed_s_ago": round(age, 1)}
+    return {"host": held.get("host"), "pid": held.get("pid"),
+            "renewed_s_ago": round(_age(held), 1)}

@@ -162,6 +162,10 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
                 unit = in_flight.pop(ref)
                 _collect(sched, unit, ref, stats, on_done, storage)
             stats.driver_s += time.time() - t0
+    except BaseException:  # the driver stops (taken over, interrupted): so does its work
+        for ref in in_flight:
+            ray.cancel(ref)
+        raise
     finally:
         bars.close()
     stats.wall_s = time.time() - t_start
