@@ -277,9 +277,9 @@ def _run_all_for_one(args: argparse.Namespace) -> int:
     from . import evaluate, published, solve_text, taxonomy
 
     clash = [f for f, v in (("--budget", args.budget), ("--budgets", args.budgets),
-                            ("--sources", args.sources), ("--importance", args.importance),
-                            ("--novel", args.novel), ("--plot", args.plot), ("--dot", args.dot),
-                            ("--draw", args.draw)) if v]
+                            ("--sources", args.sources), ("--importance", args.importance or None),
+                            ("--novel", args.novel or None), ("--plot", args.plot),
+                            ("--dot", args.dot), ("--draw", args.draw)) if v is not None]
     if clash:
         raise ConfigError(f"--all-for-one makes each target novel with every other task "
                           f"supervised, so {', '.join(clash)} "
@@ -290,7 +290,12 @@ def _run_all_for_one(args: argparse.Namespace) -> int:
     table = published.load_affinities(args.storage, args.published)
     regime = taxonomy.build_problem(table, taxonomy.ProblemSpec(
         max_order=1, regime=args.regime)).regime
-    found = evaluate.novel_tasks(table, range(1, args.max_order + 1), regime,
+    top = max(o for o, r in zip(table.column("order").to_pylist(),
+                                table.column("regime").to_pylist()) if r == regime)
+    if args.max_order > top:  # higher orders would repeat the table's largest
+        print(f"orders above {top}, the table's largest at regime {regime}, left out",
+              file=sys.stderr)
+    found = evaluate.novel_tasks(table, range(1, min(args.max_order, top) + 1), regime,
                                  args.targets, args.weight)
     print(json.dumps(solve_text.novel_json(found, regime), indent=1) if args.json
           else solve_text.format_novel(found, regime))

@@ -103,6 +103,8 @@ def test_published_results_folder_and_target_options(published_csv, tmp_path, ca
      "no budget in --budgets 0 can serve all 3 targets: the smallest that can is 1"),
     (["EMPTY", "--budget", "1"], "has not reached its analysis stage"),
     (["STORE", "--all-for-one", "--budget", "2"], "so --budget does not apply"),
+    (["STORE", "--all-for-one", "--budget", "0", "--novel", "normal"],
+     "so --budget, --novel do not apply"),
 ])
 def test_bad_invocations_exit_2_with_the_fix(tmp_path, capsys, argv, message):
     tables.Storage(str(tmp_path)).write_affinities(SMALL)
@@ -177,7 +179,7 @@ def test_rows_become_the_same_table_through_either_converter():
     assert tables.rows_table([], tables.AFFINITIES_SCHEMA).num_rows == 0
 
 
-def test_all_for_one_prints_each_novel_tasks_transfer_per_order(published_csv, capsys):
+def test_all_for_one_prints_each_novel_tasks_transfer_per_order(published_csv, capsys, tmp_path):
     code, out, _ = _solve(capsys, "--published", published_csv, "--all-for-one",
                           "--max-order", "2", "--json")
     doc = json.loads(out)
@@ -186,6 +188,10 @@ def test_all_for_one_prints_each_novel_tasks_transfer_per_order(published_csv, c
     assert code == 0 and doc["regime"] == 16000
     assert doc["novel"] == [n.to_json() for n in expected]
     assert [m["max_order"] for m in doc["means"]] == [1, 2]
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)  # orders 1 and 2 only
+    code, out, err = _solve(capsys, tmp_path, "--all-for-one", "--json")
+    assert code == 0 and "orders above 2, the table's largest at regime 1000, left out" in err
+    assert {n["max_order"] for n in json.loads(out)["novel"]} == {1, 2}
     code, text, _ = _solve(capsys, "--published", published_csv, "--all-for-one",
                            "--targets", "normal", "--max-order", "1")
     assert code == 0 and "all-for-one" in text
