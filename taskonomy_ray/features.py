@@ -216,7 +216,8 @@ class FeatureCache:
             raise TrainingError(
                 f"{source!r}'s representations of image set {imageset!r} are not finite on "
                 f"{len(bad)} of {len(finite)} images (first: {bad[0]}); nothing was cached. "
-                "Its gold network may have diverged (retrain it with a lower network.train.lr)"
+                "Its gold network may have diverged: check its training loss, and retrain with "
+                "other network.train settings (a new run: they are in every unit's key)"
                 + (", or float16 overflowed: set transfer.feature_dtype: float32"
                    if self.dtype == "float16" else ""))
         self.storage.write_bytes(rel, to_bytes(feats))

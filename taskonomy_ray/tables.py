@@ -223,22 +223,25 @@ class Storage:
 
         Cheap, from the part a truncated copy loses: a Parquet file's footer, a zip's (`.npz`,
         torch's `.pt`) central directory; JSON documents, which are small, are parsed. Other
-        files only need to exist.
+        files only need to exist. A file that cannot be read at all (permissions) is an error,
+        not damage: it is not moved aside.
         """
         kind = rel.rsplit(".", 1)[-1]
+        if kind not in ("json", "parquet", "npz", "pt"):
+            return None if self.exists(rel) else "missing"
         try:
-            if kind == "json":
-                json.loads(self.read_bytes(rel))
-            elif kind in ("parquet", "npz", "pt"):
-                with self.fs.open_input_file(self.path(rel)) as f:
-                    if kind == "parquet":
-                        pq.read_metadata(f)
-                    elif not zipfile.ZipFile(f).namelist():
-                        return "an empty archive"
-            elif not self.exists(rel):
-                return "missing"
-        except (FileNotFoundError, StorageError) as e:
-            return str(e) if self.exists(rel) else "missing"
+            with self.fs.open_input_file(self.path(rel)) as f:
+                if kind == "json":
+                    json.loads(f.read())
+                elif kind == "parquet":
+                    pq.read_metadata(f)
+                elif not zipfile.ZipFile(f).namelist():
+                    return "an empty archive"
+        except FileNotFoundError:
+            return "missing"
+        except PermissionError as e:
+            raise StorageError(f"cannot read {self.path(rel)} in storage {self.display!r}: {e}; "
+                               "fix its permissions") from e
         except (OSError, ValueError, zipfile.BadZipFile) as e:  # ArrowInvalid is a ValueError
             return f"{type(e).__name__}: {e}"
         return None

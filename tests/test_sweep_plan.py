@@ -40,6 +40,7 @@ def test_every_key_changes_with_the_method_version(monkeypatch):
 
 
 def test_a_run_of_another_method_version_is_not_resumed_unless_forced(tmp_path):
+    import taskonomy_ray
     from taskonomy_ray import tasks
     from taskonomy_ray.sweep import driver
     from taskonomy_ray.tables import Storage
@@ -48,12 +49,13 @@ def test_a_run_of_another_method_version_is_not_resumed_unless_forced(tmp_path):
     driver.guard_run(st, cfg)
     assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
     old = {k: v for k, v in st.read_json("run.json").items() if k != "method"}
-    st.write_json("run.json", old)  # written before the version was recorded: version 1
+    st.write_json("run.json", {**old, "version": "0.0.9"})  # before versions were recorded: 1
     with pytest.raises(ConfigError, match="computed under method version 1; this taskonomy-ray "
-                                          f"computes version {tasks.METHOD_VERSION}"):
+                                          f"computes version {tasks.METHOD_VERSION}.*0.0.9"):
         driver.guard_run(st, cfg)
-    driver.guard_run(st, cfg, force=True)
+    driver.guard_run(st, cfg, force=True)  # recomputed under this release, which it now names
     assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
+    assert st.read_json("run.json")["version"] == taskonomy_ray.__version__
 
 
 def test_unknown_workflow_key_suggests_the_right_one():

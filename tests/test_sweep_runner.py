@@ -194,12 +194,13 @@ def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp
     assert set(st.read_affinities().column("target").to_pylist()) == {"normal"}
 
 
-def test_an_analysis_that_fails_to_solve_leaves_no_taxonomy_to_adopt(tmp_path, monkeypatch):
-    # Its outputs are the affinities and the taxonomy: an earlier run's taxonomy left beside
-    # fresh affinities would make a resume adopt the failed analysis as done.
+@pytest.mark.parametrize("step", ["compute_affinities", "solve_taxonomy"])
+def test_an_analysis_that_fails_leaves_no_taxonomy_to_adopt(tmp_path, monkeypatch, step):
+    # Its outputs are the affinities and the taxonomy: an earlier run's pair left in place
+    # would make a resume adopt the failed analysis as done.
     from test_affinity import _run
 
-    from taskonomy_ray import taxonomy
+    from taskonomy_ray import affinity, taxonomy
     from taskonomy_ray.errors import SolverError
 
     st = Storage(str(tmp_path / "store"))
@@ -208,10 +209,10 @@ def test_an_analysis_that_fails_to_solve_leaves_no_taxonomy_to_adopt(tmp_path, m
     def fail(*a, **k):
         raise SolverError("infeasible")
 
-    monkeypatch.setattr(taxonomy, "solve_taxonomy", fail)
+    monkeypatch.setattr(affinity if step == "compute_affinities" else taxonomy, step, fail)
     with pytest.raises(SolverError):
         _analyse(tmp_path, _run("normal"))
-    assert st.exists("affinities.parquet") and not st.exists("taxonomy.json")
+    assert not st.exists("taxonomy.json")
 
 
 def test_a_resume_reruns_units_whose_outputs_were_cut_short(ray_session, tmp_path, capsys):

@@ -89,7 +89,8 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
                 f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
                 f"the run started in, or pass --data {was}; if the data there is the same "
                 "dataset, moved, pass --force-config to continue with it")
-        new["version"] = old.get("version", new["version"])  # the version that started it
+        if was_method == METHOD_VERSION:  # the release that started it, unless recomputed
+            new["version"] = old.get("version", new["version"])
         if split is None and "splits" in old:
             new["splits"] = old["splits"]  # the data is not there yet (a render to redo)
         if new == old:
@@ -335,6 +336,7 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
             record_split(storage, cfg)
 
     write_plan(storage, sched)
+    claim.renew(now=True)  # still ours after the set-up (an object store's claim is best effort)
     stats = runner.run(sched, ctx, execute or units.execute, units.options(cfg),
                        cost=units.cost(cfg), capacity=units.capacity,
                        queue_slack=cfg.resources.queue_slack, progress=progress,
@@ -350,6 +352,7 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
                                       "partial": result.partial, "wall_s": result.wall_s,
                                       "stats": result.stats})
     if report and sched.state.get("analysis") == "done":  # shows the run facts just written
+        claim.renew(now=True)
         write_sweep_report(storage, ctx, result)
     return result
 

@@ -106,9 +106,9 @@ class StorageHooks:
         """The last checkpoint saved by an earlier attempt of this unit, if any."""
         if not self.storage.exists(self.rel):
             return None
+        data = self.storage.read_bytes(self.rel)  # a read error is raised, not taken as damage
         try:
-            self.last = torch_state(self.storage.read_bytes(self.rel),
-                                    self.storage.path(self.rel))
+            self.last = torch_state(data, self.storage.path(self.rel))
         except StorageError as e:  # a damaged resume point: keep it aside, train from the start
             dest = self.storage.set_aside(self.rel)
             print(f"taskonomy-ray: {e}; moved to {dest}, training from step 0", file=sys.stderr)
@@ -419,6 +419,9 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     from .. import affinity, taxonomy
 
     cfg, storage = _context(ctx)
+    # The taxonomy of an earlier analysis goes first: were any step below to fail, the earlier
+    # affinities and taxonomy left side by side would look like a finished analysis on resume.
+    storage.delete("taxonomy.json")
     # plan.json is complete here (the analysis waits for every beam): read only its units'
     # losses, not those of units that a changed config replaced.
     plan = storage.read_json(planning.PLAN_FILE)["units"]
@@ -435,9 +438,6 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         losses = losses.filter(pc.invert(pc.is_in(losses.column("target"),
                                                   pa.array(left_out))))
     table = affinity.compute_affinities(losses)
-    # The taxonomy of an earlier analysis goes first: were the solve below to fail, fresh
-    # affinities beside a stale taxonomy would look like a finished analysis on resume.
-    storage.delete("taxonomy.json")
     storage.write_affinities(table)
     spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
