@@ -36,6 +36,9 @@ def fake_execute(unit, ctx):
     t0 = time.thread_time()
     while time.thread_time() - t0 < busy:
         pass
+    if knobs.get("steal_claim") and unit.stage == "gold":  # another driver takes the storage
+        storage.write_json("driver.json", {"token": "another", "host": "elsewhere", "pid": 1,
+                                           "started": time.time(), "renewed": time.time()})
     if any(part in unit.key for part in knobs.get("die", [])):
         os._exit(1)  # the worker process dies, as one killed for memory would
     if any(part in unit.key for part in knobs.get("fail", [])):

@@ -232,6 +232,19 @@ def test_a_resume_reruns_units_whose_outputs_were_cut_short(ray_session, tmp_pat
     assert f"{gold.key} runs again" in capsys.readouterr().err
 
 
+def test_a_driver_whose_storage_is_claimed_by_another_stops_scheduling(ray_session, tmp_path,
+                                                                        monkeypatch):
+    from taskonomy_ray.sweep import lease
+
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("fake.json", {"steal_claim": True})
+    monkeypatch.setattr(lease, "RENEW_S", 0.0)  # renew on every scheduling round
+    with pytest.raises(ConfigError, match="claimed by another sweep"):
+        sweep(tmp_path)
+    assert st.read_json("driver.json")["token"] == "another"  # left to its holder
+    assert not st.exists("affinities.parquet")  # the rest of the sweep was not scheduled
+
+
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     sweep(tmp_path)
     st = driver.status(str(tmp_path / "store"))
