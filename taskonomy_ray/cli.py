@@ -154,15 +154,20 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="progress of a sweep, from its storage alone")
     p.add_argument("storage", help="the sweep's storage path or URI")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verify", action="store_true",
+                   help="also check that every done unit's outputs are whole files (a copied "
+                   "run); exit 1 if one is not")
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from .sweep.driver import STATUS_STATES, status
+    from .tables import Storage
 
-    st = status(args.storage)
+    st = status(args.storage, verify=args.verify)
+    damaged = st["damaged"] or {}
     if args.json:
         print(json.dumps(st, indent=1))
-        return 0
+        return 1 if damaged else 0
     cols = STATUS_STATES
     d = st["driver"]
     print(f"driven now by host {d['host']}, pid {d['pid']} (renewed {d['renewed_s_ago']:.0f} s "
@@ -181,7 +186,14 @@ def _run_status(args: argparse.Namespace) -> int:
     for key, sources in sorted(st["partial"].items()):
         print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
               "representations failed)")
-    return 0
+    local = Storage(args.storage).local
+    for key, files in sorted(damaged.items()):
+        print(f"DAMAGED {key}: {'; '.join(files)}; "
+              + ("the next sweep moves it aside and runs the unit again" if local else
+                 "delete it and resume: the unit runs again"))
+    if args.verify and not damaged:
+        print("verified: every done unit's outputs are whole")
+    return 1 if damaged else 0
 
 
 # --- solve ---------------------------------------------------------------------------------

@@ -98,3 +98,20 @@ def test_a_damaged_ledger_event_costs_its_line_of_history_only(tmp_path):
     h = ledger.history(st, "gold-normal")
     assert h.state == "failed" and h.last_error == "boom" and h.attempts == 1
     assert len(h.damaged) == 1 and h.damaged[0].endswith("-cut.json")
+
+
+def test_status_verify_lists_a_copied_runs_cut_files_and_moves_nothing(tmp_path, capsys):
+    from taskonomy_ray import cli
+
+    st = Storage(str(tmp_path))
+    data = _whole_files(st)["losses/u.parquet"]
+    st.write_json(plan.PLAN_FILE, {"units": [plan.Unit("scratch-normal", "scratch", {}, (),
+                                                       ("losses/u.parquet",)).to_json()]})
+    assert driver.status(str(tmp_path), verify=True)["damaged"] == {}
+    assert driver.status(str(tmp_path))["damaged"] is None  # not checked unless asked
+    st.write_bytes("losses/u.parquet", data[:100])
+    found = driver.status(str(tmp_path), verify=True)["damaged"]
+    assert list(found) == ["scratch-normal"] and "losses/u.parquet" in found["scratch-normal"][0]
+    assert st.read_bytes("losses/u.parquet") == data[:100]  # status only reads
+    assert cli.main(["status", str(tmp_path), "--verify"]) == 1
+    assert "DAMAGED scratch-normal" in capsys.readouterr().out

@@ -379,8 +379,12 @@ def write_plan(storage: Storage, sched: Scheduler) -> None:
     storage.write_json(PLAN_FILE, {"units": [u.to_json() for u in sched.units.values()]})
 
 
-def status(storage_uri: str) -> dict[str, Any]:
-    """Per stage planned/running/done/failed, from storage alone (live or after a crash)."""
+def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
+    """Per stage planned/running/done/failed, from storage alone (live or after a crash).
+
+    `verify` also checks every done unit's outputs as a resume does (`Storage.damage`: Parquet
+    footers, zip directories, JSON), moving nothing, and lists the damaged ones.
+    """
     from . import ledger
     from .units import read_partial
 
@@ -393,9 +397,14 @@ def status(storage_uri: str) -> dict[str, Any]:
     failures = {}
     partial = {}
     left_out: dict[str, int] = {}  # transfers a partial group's table lacks
+    damaged: dict[str, list[str]] = {}
     for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
             state[u.key] = "done"
+            bad = [f"{storage.path(o)} ({why})" for o in u.outputs
+                   if verify and (why := storage.damage(o)) is not None]
+            if bad:
+                damaged[u.key] = bad
             record = read_partial(storage, u.key) if u.optional else None
             if record is not None:
                 partial[u.key] = record["sources"]
@@ -432,4 +441,4 @@ def status(storage_uri: str) -> dict[str, Any]:
             o["transfers_done"] += (n - left_out.get(u.key, 0)) if state[u.key] == "done" else 0
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures, "blocked": blocked, "partial": partial,
-            "driver": lease.holder(storage)}
+            "driver": lease.holder(storage), "damaged": damaged if verify else None}
