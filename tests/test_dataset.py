@@ -249,7 +249,8 @@ def _random_building(rng: np.random.Generator) -> dict:
                     "point_uuid": f"u{p}"}
             if rng.random() < 0.7:  # the box in the camera frame, centre then size
                 centre = np.array([10.0 * room, 0, 0]) + (0.4 if rng.random() < 0.1 else 0)
-                info["room_layout"] = [*(rot.T @ (centre - loc)), 4.0, 3.0, 2.5, 0.0]
+                size = np.array([4.0 + room, 3.0, 2.5]) + (0.4 if rng.random() < 0.1 else 0)
+                info["room_layout"] = [*(rot.T @ (centre - loc)), *size, 0.0]
             if rng.random() < 0.7:  # seen points by number or by uuid, as releases vary
                 info[IN_VIEW] = [f"u{q}" if rng.random() < 0.5 else str(q)
                                  for q in rng.choice(n, size=min(n, 6), replace=False)]
@@ -266,10 +267,12 @@ def _is_mate(v: View, w: View, infos: dict) -> bool:
     if seen is not None and not {str(w.point), b["point_uuid"]} & {str(p) for p in seen}:
         return False
     both = "room_layout" in a and "room_layout" in b
-    if both:
-        corner = [np.asarray(i["camera_location"]) + np.asarray(i["camera_rotation_matrix"])
+    if both:  # the same box: centre (in the world) and size agree
+        centre = [np.asarray(i["camera_location"]) + np.asarray(i["camera_rotation_matrix"])
                   @ i["room_layout"][:3] for i in (a, b)]
-        if np.abs(corner[0] - corner[1]).max() > ROOM_TOLERANCE_M:
+        size = [np.asarray(i["room_layout"][3:6]) for i in (a, b)]
+        if max(np.abs(centre[0] - centre[1]).max(),
+               np.abs(size[0] - size[1]).max()) > ROOM_TOLERANCE_M:
             return False
     return seen is not None or both
 
