@@ -300,10 +300,8 @@ def _run_all_for_one(args: argparse.Namespace) -> int:
     if args.max_order < 1:
         raise ConfigError(f"--max-order must be >= 1, got {args.max_order}")
     table = published.load_affinities(args.storage, args.published)
-    regime = taxonomy.build_problem(table, taxonomy.ProblemSpec(
-        max_order=1, regime=args.regime)).regime
-    top = max(o for o, r in zip(table.column("order").to_pylist(),
-                                table.column("regime").to_pylist()) if r == regime)
+    regime = taxonomy.pick_regime(table, args.regime)
+    top = taxonomy.largest_order(table, regime)
     if args.max_order > top:  # higher orders would repeat the table's largest
         print(f"orders above {top}, the table's largest at regime {regime}, left out",
               file=sys.stderr)

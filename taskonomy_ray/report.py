@@ -24,6 +24,7 @@ import pyarrow as pa
 from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
 from .errors import ConfigError, SolverError
 from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, Storage
+from .taxonomy import pick_regime
 
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
 DEFAULT_ORDERS = (1, 2, 4)
@@ -165,18 +166,6 @@ def render_html(context: dict[str, Any]) -> str:
     return env.get_template(TEMPLATE).render(**context)
 
 
-def pick_regime(table: pa.Table, wanted: int | None) -> int:
-    """The regime to report: `wanted`, or the table's largest."""
-    regimes = sorted(set(table.column("regime").to_pylist()))
-    if not regimes:
-        raise ConfigError("the affinities table is empty; nothing to report")
-    if wanted is None:
-        return int(regimes[-1])
-    if wanted not in regimes:
-        raise ConfigError(f"regime {wanted} is not in the table; available: {regimes}")
-    return int(wanted)
-
-
 # --- step 3: first-order affinities and the task similarity tree ---------------------------
 
 
@@ -243,8 +232,7 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     The notes say what was left out: orders above the table's, budgets that cannot serve every
     target or that exceed the number of tasks.
     """
-    top = int(max(r for r, reg in zip(table.column("order").to_pylist(),
-                                      table.column("regime").to_pylist()) if reg == regime))
+    top = taxonomy.largest_order(table, regime)
     orders = [o for o in cfg.orders if o <= top] or [top]
     above = ", ".join(str(o) for o in cfg.orders if o > top)
     notes = [f"orders {above} exceed the table's largest order ({top}) and would repeat "
@@ -288,8 +276,7 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
 def novel_section(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
                   ) -> dict[str, Any]:
     """Generalisation to novel tasks (all-for-one): each target's transfer per order, drawn."""
-    top = int(max(o for o, r in zip(table.column("order").to_pylist(),
-                                    table.column("regime").to_pylist()) if r == regime))
+    top = taxonomy.largest_order(table, regime)
     orders = [o for o in cfg.orders if o <= top] or [top]
     found = evaluate.novel_tasks(table, orders, regime)
     targets = list(dict.fromkeys(n.target for n in found))

@@ -223,6 +223,20 @@ def undominated(edges: Sequence[Edge]) -> list[Edge]:
     return [e for j, e in enumerate(edges) if j in keep]
 
 
+def pick_regime(table: pa.Table, wanted: int | None) -> int:
+    """The regime to solve or report: `wanted`, or the table's largest."""
+    regimes = sorted(set(table.column("regime").to_pylist()))
+    if not regimes:
+        raise ConfigError("the affinities table is empty; nothing to solve or report")
+    return int(_pick_regime(regimes, wanted))
+
+
+def largest_order(table: pa.Table, regime: int) -> int:
+    """The highest transfer order the table holds at `regime` (larger ones would repeat it)."""
+    return int(max(o for o, r in zip(table.column("order").to_pylist(),
+                                     table.column("regime").to_pylist()) if r == regime))
+
+
 def _pick_regime(regimes: list[int], wanted: int | None) -> int:
     if wanted is None:
         return regimes[-1]
