@@ -13,8 +13,10 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ CURVATURE_SCALE = 16.0
 UINT16_MAX = 65535.0
 PNG_COMPRESS_LEVEL = 6  # fixed, so the same array always gives the same bytes
 
+# A folder modified this recently is listed afresh: a later change could share its mtime.
+RACY_S = 2.0
 _NAME_RE = re.compile(r"^point_(\d+)_view_(\d+)_domain_([a-z0-9_]+)\.(png|npy|json)$")
 
 
@@ -334,14 +338,33 @@ def buildings(root: str | Path) -> list[str]:
 
 
 def scan(root: str | Path, building: str, domain_name: str = "rgb") -> Iterator[tuple[int, int]]:
-    """(point, view) pairs present in one building's domain folder, sorted."""
+    """(point, view) pairs present in one building's domain folder, sorted.
+
+    A release building holds tens of thousands of files and a sweep opens a dataset per task, so
+    a folder's listing is kept while the folder is unchanged (same inode and modification time,
+    last modified over RACY_S ago: a change within the clock's resolution could not be seen).
+    """
     folder = Path(root) / building / domain_name
+    st = os.stat(folder)
+    if time.time() - st.st_mtime <= RACY_S:
+        return iter(_list_views(str(folder), domain_name))
+    return iter(_listing(str(folder.resolve()), domain_name, st.st_ino, st.st_mtime_ns))
+
+
+@lru_cache(maxsize=1024)
+def _listing(folder: str, domain_name: str, inode: int,
+             mtime_ns: int) -> tuple[tuple[int, int], ...]:
+    """`_list_views` kept per folder state (inode and mtime are the cache key, not read here)."""
+    return _list_views(folder, domain_name)
+
+
+def _list_views(folder: str, domain_name: str) -> tuple[tuple[int, int], ...]:
     found = []
     for entry in os.scandir(folder):
         m = _NAME_RE.match(entry.name)
         if m and m.group(3) == domain_name:
             found.append((int(m.group(1)), int(m.group(2))))
-    return iter(sorted(found))
+    return tuple(sorted(found))
 
 
 def read_info(root: str | Path) -> dict[str, Any]:

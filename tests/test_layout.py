@@ -1,4 +1,5 @@
 import io
+import os
 
 import numpy as np
 import pytest
@@ -133,6 +134,41 @@ def test_scan_lists_points_and_views(tmp_path):
         layout.write(tmp_path, "bA", p, v, "rgb", sample("rgb"))
     assert layout.buildings(tmp_path) == ["bA"]
     assert list(layout.scan(tmp_path, "bA")) == [(0, 0), (0, 1), (2, 0)]
+
+
+def _age(folder, seconds):
+    """Move a folder's modification time `seconds` into the past, as if written long ago."""
+    st = folder.stat()
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_scan_lists_an_unchanged_folder_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    for p, v in [(0, 0), (1, 0)]:
+        layout.write(tmp_path, "bA", p, v, "rgb", sample("rgb"))
+    folder = tmp_path / "bA" / "rgb"
+    _age(folder, 60)
+    listed = []
+    real = os.scandir
+    monkeypatch.setattr(layout.os, "scandir", lambda f: listed.append(f) or real(f))
+    assert list(layout.scan(tmp_path, "bA")) == [(0, 0), (1, 0)]
+    assert list(layout.scan(tmp_path, "bA")) == [(0, 0), (1, 0)]
+    assert len(listed) == 1  # the second dataset of a sweep reuses the listing
+    layout.write(tmp_path, "bA", 2, 0, "rgb", sample("rgb"))  # the folder changes
+    assert list(layout.scan(tmp_path, "bA")) == [(0, 0), (1, 0), (2, 0)]
+    _age(folder, 60)
+    assert list(layout.scan(tmp_path, "bA")) == [(0, 0), (1, 0), (2, 0)]
+    assert len(listed) == 3
+
+
+def test_scan_lists_a_folder_modified_just_now_every_time(tmp_path, monkeypatch):
+    # A file added within the clock's resolution could leave the mtime as it was: not cached.
+    layout.write(tmp_path, "bA", 0, 0, "rgb", sample("rgb"))
+    listed = []
+    real = os.scandir
+    monkeypatch.setattr(layout.os, "scandir", lambda f: listed.append(f) or real(f))
+    for _ in range(3):
+        assert list(layout.scan(tmp_path, "bA")) == [(0, 0)]
+    assert len(listed) == 3
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
