@@ -53,6 +53,13 @@ def test_consistent_tournament_returns_the_strengths_exactly():
     np.testing.assert_allclose(affinity.ahp_weights(wins), strength / strength.sum(), rtol=1e-9)
 
 
+def test_a_transfer_that_always_wins_is_clipped_to_the_papers_bounds():
+    # W is clipped to [0.001, 0.999] before W / W^T, so the ratio is at most 999: weights 999:1.
+    wins = np.array([[0.5, 1.0], [0.0, 0.5]])
+    np.testing.assert_allclose(affinity.ahp_weights(wins), [0.999, 0.001], rtol=1e-9)
+    np.testing.assert_allclose(affinity.ahp_weights(wins, clip=(0.25, 0.75)), [0.75, 0.25])
+
+
 def test_permuting_competitors_permutes_the_affinities():
     rng = np.random.default_rng(3)
     losses = rng.random((6, 50))
@@ -70,6 +77,12 @@ def test_win_matrix_counts_ties_half_and_is_complementary():
     assert w[0, 2] == 1.0 and w[2, 0] == 0.0
     np.testing.assert_allclose(w + w.T, 1.0)
     np.testing.assert_allclose(np.diag(w), 0.5)
+
+
+def test_win_rate_against_a_baseline_counts_ties_half():
+    # against the baseline: tie, win, tie, lose -> (1 + 0.5 * 2) / 4
+    rate = affinity.win_rate(np.array([[1.0, 2.0, 3.0, 4.0]]), np.array([1.0, 3.0, 3.0, 0.0]))
+    assert rate[0] == 0.5
 
 
 def test_win_matrix_is_chunk_size_independent(monkeypatch):
@@ -172,6 +185,17 @@ def test_missing_gold_or_scratch_is_a_clear_error():
     no_scratch = table.filter(pa.compute.not_equal(pa.compute.field("kind"), "scratch"))
     with pytest.raises(DataError, match="scratch"):
         affinity.compute_affinities(no_scratch)
+
+
+def test_nothing_to_rank_is_a_clear_error_naming_the_next_step():
+    with pytest.raises(DataError, match="losses table is empty; run `taskonomy-ray sweep` first"):
+        affinity.compute_affinities(_run().slice(0, 0))
+    baselines = _run().filter(pa.compute.is_in(pa.compute.field("kind"),
+                                               pa.array(["gold", "scratch"])))
+    with pytest.raises(DataError, match="no transfers to rank: the losses table holds only"):
+        affinity.compute_affinities(baselines)
+    with pytest.raises(DataError, match="a tournament needs at least one test image"):
+        affinity.win_matrix(np.zeros((3, 0)))
 
 
 def test_write_affinities_stores_the_table_in_the_run_storage(tmp_path):

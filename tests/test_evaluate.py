@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_taxonomy import SMALL
+from test_taxonomy import SMALL, _table
 
 from taskonomy_ray import evaluate, published, taxonomy
 from taskonomy_ray.errors import ConfigError, SolverError
@@ -26,6 +26,52 @@ def test_target_scores_and_means_come_from_the_table():
     assert m == {"gain": pytest.approx(0.6), "quality": pytest.approx(0.3), "targets": 3}
     only = evaluate.means(result, transfers_only=True)
     assert only["targets"] == 2  # normal is supervised
+
+
+# SMALL's transfers with a Quality and a Gain of their own: every Quality lies in [0.11, 0.30]
+# and every Gain in [0.71, 0.90], so a mean taken of the wrong column cannot pass for the other.
+DISTINCT = _table([
+    ("normal", ["self"], 0.5, 0.30, 0.90), ("normal", ["reshading"], 0.2, 0.12, 0.72),
+    ("normal", ["depth_zbuffer"], 0.1, 0.11, 0.71),
+    ("reshading", ["self"], 0.4, 0.29, 0.89), ("reshading", ["normal"], 0.3, 0.15, 0.75),
+    ("reshading", ["normal", "depth_zbuffer"], 0.36, 0.16, 0.76),
+    ("reshading", ["depth_zbuffer"], 0.05, 0.13, 0.73),
+    ("depth_zbuffer", ["self"], 0.6, 0.28, 0.88), ("depth_zbuffer", ["normal"], 0.2, 0.14, 0.74),
+    ("depth_zbuffer", ["reshading"], 0.1, 0.17, 0.77),
+])
+
+
+def test_a_taxonomys_quality_and_gain_are_the_means_over_its_targets():
+    result = taxonomy.solve(taxonomy.build_problem(DISTINCT, taxonomy.ProblemSpec()), 1)
+    # normal supervised (0.30, 0.90); reshading and depth_zbuffer from normal
+    assert result.supervised == ("normal",)
+    assert result.quality == pytest.approx((0.30 + 0.15 + 0.14) / 3)
+    assert result.gain == pytest.approx((0.90 + 0.75 + 0.74) / 3)
+    assert evaluate.means(result, transfers_only=True) == {
+        "quality": pytest.approx((0.15 + 0.14) / 2), "gain": pytest.approx((0.75 + 0.74) / 2),
+        "targets": 2}
+
+
+def test_random_policies_score_quality_and_gain_each_from_its_own_column():
+    problem = taxonomy.build_problem(DISTINCT, taxonomy.ProblemSpec(max_order=2))
+    scores = evaluate.random_policies(problem, 2, n=100, seed=0)
+    assert np.all((scores[:, 1] >= 0.11) & (scores[:, 1] <= 0.30))
+    assert np.all((scores[:, 2] >= 0.71) & (scores[:, 2] <= 0.90))
+    result = taxonomy.solve(problem, 2)
+    sig = evaluate.significance(problem, result, n=100, seed=0)
+    for k, metric in enumerate(evaluate.METRICS):
+        np.testing.assert_array_equal(sig[metric].random, scores[:, k])
+    assert (sig["quality"].taxonomy, sig["gain"].taxonomy) == (result.quality, result.gain)
+
+
+def test_random_policies_that_equal_the_taxonomy_count_half():
+    # A budget that affords every task: each random policy supervises all three, as does the
+    # taxonomy, so every draw ties it: percentile 50, and all draw at least as well: p = 1.
+    problem = taxonomy.build_problem(DISTINCT, taxonomy.ProblemSpec())
+    result = taxonomy.solve(problem, 3)
+    assert set(result.supervised) == set(problem.targets)
+    for sig in evaluate.significance(problem, result, n=20, seed=0).values():
+        assert sig.percentile == 50.0 and sig.p_value == 1.0
 
 
 def test_random_policies_are_feasible_and_within_budget():
@@ -72,7 +118,9 @@ def test_impossible_random_sampling_and_bad_counts_are_clear_errors():
     problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(novel=("reshading",)))
     with pytest.raises(SolverError, match="raise the budget"):
         evaluate.random_policies(problem, 0, n=5)
-    with pytest.raises(ConfigError):
+    with pytest.raises(SolverError, match="only 0 of 5 random policies were feasible"):
+        evaluate.random_policies(problem, 0, n=5)
+    with pytest.raises(ConfigError, match="number of random policies must be >= 1, got 0"):
         evaluate.random_policies(problem, 1, n=0)
 
 
