@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from taskonomy_ray import features
-from taskonomy_ray.errors import StorageError, TrainingError
+from taskonomy_ray.errors import ConfigError, StorageError, TrainingError
 from taskonomy_ray.tables import Storage
 
 
@@ -90,9 +90,14 @@ def test_keys_change_with_encoder_weights_image_set_and_dtype(tmp_path):
 
 def test_multi_view_samples_encode_each_view(tmp_path):
     cache, samples = _cache(tmp_path), _samples(6, views=3)
-    cache.ensure("random", "r6-egomotion", CountingEncoder(), samples)
-    assert cache.load("random", "r6-egomotion", [s["image"] for s in samples]).shape == (
-        6, 3, 8, 1, 1)
+    enc = CountingEncoder()
+    cache.ensure("random", "r6-egomotion", enc, samples, batch_size=4)
+    got = cache.load("random", "r6-egomotion", [s["image"] for s in samples])
+    assert got.shape == (6, 3, 8, 1, 1) and enc.seen == 18
+    with torch.no_grad():  # sample i's view v is the encoding of that view's image alone
+        for i, v in [(0, 0), (0, 2), (4, 1), (5, 2)]:
+            want = enc.proj(samples[i]["rgb"][v:v + 1])[0].numpy()
+            np.testing.assert_allclose(got[i, v].astype(np.float32), want, atol=2e-3, rtol=2e-3)
 
 
 def test_corrupt_entries_and_foreign_images_are_reported(tmp_path):
@@ -113,6 +118,22 @@ def test_image_set_names_round_trip():
     assert features.parse_imageset("r512") == (512, None)
     assert features.imagesets(["normal", "egomotion"], [128]) == [
         "test", "test-egomotion", "r128", "r128-egomotion"]
+
+
+def test_bad_cache_settings_and_names_are_refused_naming_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"feature dtype 'float8': choose one of \['float16'"):
+        features.keyed_paths({"normal": "w1"}, "float8")
+    with pytest.raises(ConfigError, match=r"feature dtype 'int8': choose one of"):
+        features.FeatureCache(Storage(str(tmp_path)), features.keyed_paths({}), "int8")
+    with pytest.raises(ConfigError, match=r"no encoder key for source 'reshading'; known: \['n"):
+        features.keyed_paths({"normal": "w1"})("reshading", "r8")
+    for bad in ("r0", "train", "r12x"):
+        with pytest.raises(ConfigError, match=f"image set '{bad}': expected `test` or `r<images>"):
+            features.parse_imageset(bad)
+    with pytest.raises(ConfigError, match="'r8-egomotion' holds samples of egomotion only"):
+        features.open_imageset(str(tmp_path), "r8-egomotion", image_size=32, tasks=["normal"])
+    with pytest.raises(ConfigError, match="source 'normal' needs its gold checkpoint; train it"):
+        features.encoder_loader("normal", None, model=None)()
 
 
 def test_loader_processes_read_ahead_and_encode_the_same_representations():

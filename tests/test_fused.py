@@ -7,6 +7,7 @@ import torch
 from torch.nn import Conv2d
 
 from taskonomy_ray.config import preset
+from taskonomy_ray.errors import ConfigError, TrainingError
 from taskonomy_ray.fused import (
     GroupedTransfers,
     VmapTransfers,
@@ -14,6 +15,7 @@ from taskonomy_ray.fused import (
     fuse,
     stacked_inputs,
     train_fused,
+    train_group,
 )
 from taskonomy_ray.tasks import get_task
 from taskonomy_ray.transfer import TransferConfig, build_transfer_net, evaluate, train_transfer
@@ -95,8 +97,21 @@ def test_heads_of_one_group_learn_different_functions():
 def test_a_group_mixing_orders_is_refused():
     a = build_transfer_net("normal", ("autoencoding",), 16, MODEL, CFG, 3, N_TRAIN)
     b = build_transfer_net("normal", ("autoencoding", "random"), 16, MODEL, CFG, 3, N_TRAIN)
-    with pytest.raises(Exception, match="split the group by order"):
+    with pytest.raises(ConfigError, match="split the group by order"):
         fuse([a, b])
+
+
+def test_a_head_whose_loss_turns_non_finite_stops_the_group_naming_it():
+    nets, train, _, labels, _ = _group("room_layout", 9)
+    good = stacked_inputs(train, SOURCES)
+
+    def inputs(idx):  # the second head's representations are broken
+        x = good(idx).clone()
+        x[1] = float("nan")
+        return x
+
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 0 \(heads \[1\]\); lower"):
+        train_fused(nets, "room_layout", inputs, labels, N_TRAIN, CFG)
 
 
 def test_amp_on_runs_the_heads_in_bf16_and_keeps_float32_losses_close():
@@ -120,3 +135,12 @@ def test_amp_on_runs_the_heads_in_bf16_and_keeps_float32_losses_close():
     assert not (results["on"] == results["off"]).all()
     torch.testing.assert_close(torch.from_numpy(results["on"]),
                                torch.from_numpy(results["off"]), rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize("sets", [[("autoencoding",), ("autoencoding", "random")],
+                                  [("autoencoding",), ("autoencoding",)]])
+def test_a_group_of_mixed_orders_or_repeated_sets_is_refused_before_training(sets):
+    _, train, test, labels, test_labels = _group("room_layout", 9)
+    with pytest.raises(ConfigError, match="a fused group takes distinct source sets of one order"):
+        train_group("room_layout", sets, 16, train, labels, test, test_labels,
+                    [f"im{i}" for i in range(N_TEST)], MODEL, CFG, 9)

@@ -8,8 +8,8 @@ import pytest
 import sweep_fakes
 from ray import cloudpickle
 
-from taskonomy_ray.errors import ConfigError
-from taskonomy_ray.sweep import driver, ledger, plan
+from taskonomy_ray.errors import ConfigError, TaskonomyError
+from taskonomy_ray.sweep import driver, ledger, plan, runner
 from taskonomy_ray.tables import Storage
 
 cloudpickle.register_pickle_by_value(sweep_fakes)
@@ -112,6 +112,18 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     assert second.ok and second.partial == {}, (second.failures, second.partial)
     assert all(ledger.history(st, k).completions == 2 for k in firsts)
     assert driver.status(str(tmp_path / "store"))["partial"] == {}
+
+
+def test_a_unit_that_returns_without_writing_its_outputs_is_failed_not_done(tmp_path):
+    # Done means "outputs exist": a unit that returns without them must not be recorded done,
+    # or the next resume would skip it and the analysis would miss its losses.
+    st = Storage(str(tmp_path / "store"))
+    unit = plan.Unit("gold-normal-x", "gold", {}, outputs=("losses/gold-normal-x.parquet",))
+    with pytest.raises(TaskonomyError, match=r"finished without writing \['losses/gold-normal"):
+        runner.run_unit(unit, {"storage": st.uri}, lambda u, ctx: {"steps": 3})
+    h = ledger.history(st, unit.key)
+    assert h.state == "failed" and h.completions == 0
+    assert h.events[-1]["deterministic"] is True  # a retry would write nothing either
 
 
 def test_a_project_error_pickle_cannot_rebuild_still_fails_once_and_names_itself(ray_session,
