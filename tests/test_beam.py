@@ -60,6 +60,8 @@ def test_combinations_are_spelt_in_registry_order():
     combos = beam.higher_order_sources(ranked, beam.BeamConfig(widths=(3,), max_order=2))
     assert ("autoencoding", "reshading") in combos
     assert beam.canonical(["reshading", "autoencoding"]) == ("autoencoding", "reshading")
+    with pytest.raises(ConfigError, match=r"a transfer lists a source twice: \['normal', 'normal'"):
+        beam.canonical(["normal", "normal"])
 
 
 def test_beam_widths_and_max_order_are_configurable():

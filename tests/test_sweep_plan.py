@@ -85,12 +85,24 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
     ({"solve": {"budget": "4"}}, "solve.budget must be an integer"),
     ({"data": {"root": "s3://bucket/data", "render": {"points": 2}}},
      "is a URI, but the renderer writes a local folder"),
+    ({"data": {"root": "/data", "render": {"views": 2}}},
+     "data.render.views must be >= 3: egomotion needs triples of views"),
+    ({"resources": [1, 2]}, "resources must be a mapping, got list"),
 ])
 def test_a_setting_of_the_wrong_type_is_refused_at_load_naming_it(setting, message):
     # Before, these loaded and failed on a worker (a TypeError, retried as if transient).
     raw = {"name": "t", "tasks": ["normal"], "regimes": [8], "data": {"root": "/data"}}
     with pytest.raises(ConfigError, match=message):
         config.from_dict({**raw, **setting})
+
+
+def test_a_workflow_without_a_name_or_not_a_mapping_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="the workflow needs a `name`"):
+        config.from_dict({"tasks": ["normal"]})
+    listed = tmp_path / "wf.yaml"
+    listed.write_text("- normal\n- reshading\n")
+    with pytest.raises(ConfigError, match=r"workflow file .*wf\.yaml must hold a mapping"):
+        config.load(listed)
 
 
 def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
@@ -294,6 +306,13 @@ def test_beam_result_schedules_higher_orders_of_that_target_only():
     assert [u.params["order"] for u in added] == [2]
     assert added[0].params["target"] == beam.params["target"]
     assert added[0] in s.ready()  # no global barrier: ready while other targets are pending
+
+
+def test_a_plan_whose_unit_depends_on_an_unplanned_one_is_refused_naming_both():
+    units = [plan.Unit("transfer-x", "transfer", {}, deps=("gold-normal-y",))]
+    with pytest.raises(ConfigError, match=r"unit transfer-x depends on unplanned units "
+                                          r"\['gold-normal-y'\]"):
+        Scheduler(units, is_done=lambda u: False)
 
 
 def test_done_units_are_skipped_on_resume():

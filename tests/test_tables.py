@@ -99,3 +99,25 @@ def test_credentials_in_a_storage_uri_never_reach_messages():
     shown = tables.redact(uri)
     assert shown == "s3://bucket/run"
     assert tables.redact("/plain/local/path") == "/plain/local/path"
+
+
+def test_a_loss_table_with_a_bad_kind_or_length_is_refused_naming_the_unit():
+    with pytest.raises(StorageError, match=r"unit u1: kind must be one of .*got 'gld'"):
+        tables.losses_table("u1", "gld", "normal", ["self"], 1000, ["a", "b"], [1.0, 2.0])
+    with pytest.raises(StorageError, match="unit u1: 3 losses for 2 images"):
+        tables.losses_table("u1", "gold", "normal", ["self"], 1000, ["a", "b"], [1.0, 2.0, 3.0])
+
+
+def test_a_table_with_columns_of_the_wrong_type_is_refused_naming_what_was_expected():
+    table = tables.losses_table("u1", "gold", "normal", ["self"], 1000, ["a"], [1.0])
+    odd = table.set_column(table.schema.get_field_index("regime"), "regime",
+                           pa.array(["a thousand"]))
+    with pytest.raises(StorageError, match="losses: columns have the wrong types"):
+        tables.check_schema(odd, tables.LOSSES_SCHEMA, "losses")
+
+
+def test_corrupt_json_in_storage_names_the_file_and_the_fix(tmp_path):
+    st = tables.Storage(str(tmp_path))
+    st.write_bytes("plan.json", b'{"units": [')
+    with pytest.raises(StorageError, match=r"corrupt JSON .*plan\.json.*delete it and resume"):
+        st.read_json("plan.json")

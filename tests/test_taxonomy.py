@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 
 from taskonomy_ray import evaluate, published, solve_text, tables, taxonomy
@@ -229,6 +230,28 @@ def test_unknown_and_source_only_names_are_refused_with_suggestions():
             targets=("normal", "reshading"), importance={"depth_zbuffer": 100.0}))
     with pytest.raises(ConfigError, match="regime 5 is not in the table"):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(regime=5))
+
+
+def test_problems_with_nothing_to_solve_and_bad_budgets_are_clear_errors():
+    empty = SMALL.slice(0, 0)
+    with pytest.raises(SolverError, match="affinities table is empty; compute affinities first"):
+        taxonomy.build_problem(empty, taxonomy.ProblemSpec())
+    with pytest.raises(ConfigError, match="affinities table is empty; nothing to solve"):
+        taxonomy.pick_regime(empty, None)
+    with pytest.raises(SolverError, match=r"no task may be supervised \(all are novel\)"):
+        taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(
+            novel=("normal", "reshading", "depth_zbuffer")))
+    no_self = SMALL.filter(pa.compute.invert(pa.compute.and_(
+        pa.compute.equal(SMALL.column("target"), "reshading"),
+        pa.compute.equal(pa.compute.list_element(SMALL.column("sources"), 0), "self"))))
+    with pytest.raises(SolverError, match=r"'reshading' has no `self` row in regime 1000.*--novel"):
+        taxonomy.build_problem(no_self, taxonomy.ProblemSpec())
+    problem = taxonomy.build_problem(SMALL, taxonomy.ProblemSpec())
+    for budget in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ConfigError, match=f"budget must be a finite number >= 0, got {budget}"):
+            taxonomy.solve(problem, budget)
+    with pytest.raises(ConfigError, match="backend must be one of .*got 'gurobi'"):
+        taxonomy.solve(problem, 1, backend="gurobi")
 
 
 def test_invalid_specs_are_refused_at_construction():
