@@ -3,27 +3,26 @@
 Gold-standard and scratch task networks, their per-image test losses, and the encoders the
 transfer stage reads.
 
-Checkpoints go through a small `Hooks` object, so the same loop runs with a local directory
-(`LocalHooks`) or under Ray Train (hooks backed by `ray.train.report` / `ray.train.get_checkpoint`).
+Checkpoints go through a small `Hooks` object (checkpoints.py), so the same loop runs with a
+local directory, on run storage, or under Ray Train.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import torch
 from torch import nn
 
 from . import tables
+from .checkpoints import Hooks, LocalHooks, load_checkpoint
 from .config import ModelConfig, NetworkConfig, TrainConfig
 from .dataset import SplitConfig, TaskonomyDataset, batches, output_channels
 from .errors import ConfigError, DataError, TrainingError
@@ -41,60 +40,6 @@ from .models import (
 from .models.encoder import random_encoder
 from .tasks import get_task
 
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
-
-
-class Hooks(Protocol):
-    """Where a training loop keeps its checkpoints and sends its metrics.
-
-    `load()` returns the last saved state (or None: start fresh); `save(state, metrics)` keeps a
-    checkpoint (a dict of tensors and plain values, see `_state`) together with the metrics of
-    that step; `report(metrics)` sends metrics without a checkpoint. A Ray Train runner
-    implements `save` as `ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))`
-    after `torch.save(state, d / "checkpoint.pt")`, and `load` from `ray.train.get_checkpoint()`.
-    """
-
-    def load(self) -> dict[str, Any] | None: ...
-
-    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None: ...
-
-    def report(self, metrics: dict[str, Any]) -> None: ...
-
-
-class LocalHooks:
-    """Checkpoints in a local directory, metrics appended to `metrics.jsonl`.
-
-    `checkpoint.pt` is replaced atomically; with no directory nothing is kept.
-    """
-
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.dir = Path(directory) if directory is not None else None
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none yet."""
-        if self.dir is None or not (self.dir / CHECKPOINT_FILE).exists():
-            return None
-        return load_checkpoint(self.dir / CHECKPOINT_FILE)
-
-    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """Replace the checkpoint atomically and log the metrics."""
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".ckpt.", suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, self.dir / CHECKPOINT_FILE)
-        self.report(metrics)
-
-    def report(self, metrics: dict[str, Any]) -> None:
-        """Append one JSON line of metrics."""
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with open(self.dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-
 
 @dataclass
 class TrainResult:
@@ -106,15 +51,6 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     train_images: int = 0
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by `Hooks.save`, on the CPU."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise TrainingError(f"cannot read checkpoint {path}: {e}; delete it to restart the "
-                            "unit from scratch") from e
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from fixtures import make_root
 
-from taskonomy_ray import config, training
+from taskonomy_ray import checkpoints, config, training
 from taskonomy_ray.dataset import TaskonomyDataset, batches
 from taskonomy_ray.errors import ConfigError
 
@@ -76,5 +76,5 @@ def test_two_replicas_train_one_identical_network(root: Path, tmp_path: Path, ta
     # Rank 0 keeps the checkpoint and scores the test split; the other replica only trains.
     test = TaskonomyDataset(root, [task], split="test")
     assert runs[0]["losses"] == len(test) and runs[1]["losses"] is None
-    assert (tmp_path / "rank0" / training.CHECKPOINT_FILE).exists()
-    assert not (tmp_path / "rank1" / training.CHECKPOINT_FILE).exists()
+    assert (tmp_path / "rank0" / checkpoints.CHECKPOINT_FILE).exists()
+    assert not (tmp_path / "rank1" / checkpoints.CHECKPOINT_FILE).exists()

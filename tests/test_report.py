@@ -16,7 +16,17 @@ import pytest
 import torch
 from fixtures import make_root
 
-from taskonomy_ray import __version__, affinity, cli, evaluate, report, tables, taxonomy, training
+from taskonomy_ray import (
+    __version__,
+    affinity,
+    checkpoints,
+    cli,
+    evaluate,
+    report,
+    tables,
+    taxonomy,
+    training,
+)
 from taskonomy_ray.errors import ConfigError, SolverError
 from taskonomy_ray.published import load_published
 from taskonomy_ray.sweep import config as sweep_config
@@ -61,7 +71,7 @@ def build_sweep_storage(tmp: Path) -> tuple[tables.Storage, sweep_config.SweepCo
         result = training.train_gold(task, cfg.data.root, cfg.gold_network(), unit=key,
                                      ckpt_dir=tmp / "ckpt" / task, splits=sweep_units.splits(cfg))
         storage.write_bytes(plan.checkpoint_path(key),
-                            (tmp / "ckpt" / task / training.CHECKPOINT_FILE).read_bytes())
+                            (tmp / "ckpt" / task / checkpoints.CHECKPOINT_FILE).read_bytes())
         storage.write_losses(key, result.losses)
         golds[task] = dict(zip(result.losses["image"].to_pylist(),
                                result.losses["loss"].to_pylist()))

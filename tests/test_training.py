@@ -9,7 +9,7 @@ import pytest
 import torch
 from fixtures import make_root
 
-from taskonomy_ray import config, training
+from taskonomy_ray import checkpoints, config, training
 from taskonomy_ray.dataset import TaskonomyDataset
 from taskonomy_ray.errors import ConfigError, DataError, TrainingError
 from taskonomy_ray.tables import LOSSES_SCHEMA
@@ -50,12 +50,12 @@ def test_gold_network_learns_and_scores_every_test_image(root: Path, task: str) 
 def test_resume_continues_the_step_count_from_the_checkpoint(root: Path, tmp_path: Path) -> None:
     short = config.from_dict({"train": {"steps": 6, "checkpoint_every": 3}}, base=CFG)
     first = training.train_gold("reshading", root, short, ckpt_dir=tmp_path)
-    assert first.steps == 6 and (tmp_path / training.CHECKPOINT_FILE).exists()
+    assert first.steps == 6 and (tmp_path / checkpoints.CHECKPOINT_FILE).exists()
     longer = config.from_dict({"train": {"steps": 10}}, base=short)
     second = training.train_gold("reshading", root, longer, ckpt_dir=tmp_path)
     assert second.steps == 4 and len(second.history) == 10
     assert second.history[:6] == first.history
-    lines = (tmp_path / training.METRICS_FILE).read_text().splitlines()
+    lines = (tmp_path / checkpoints.METRICS_FILE).read_text().splitlines()
     assert '"step": 10' in lines[-1]
 
 
@@ -63,7 +63,7 @@ class _Crash(Exception):
     pass
 
 
-class _CrashAfterFirstCheckpoint(training.LocalHooks):
+class _CrashAfterFirstCheckpoint(checkpoints.LocalHooks):
     def save(self, state, metrics):  # noqa: ANN001
         super().save(state, metrics)
         raise _Crash  # the process dies right after its checkpoint reached storage
@@ -79,7 +79,7 @@ def test_a_resumed_training_ends_where_an_uninterrupted_one_does(root: Path, tmp
     whole = training.train_gold(task, root, cfg)
     with pytest.raises(_Crash):
         training.train_gold(task, root, cfg, hooks=_CrashAfterFirstCheckpoint(tmp_path))
-    cursor = training.load_checkpoint(tmp_path / training.CHECKPOINT_FILE)["data"]
+    cursor = checkpoints.load_checkpoint(tmp_path / checkpoints.CHECKPOINT_FILE)["data"]
     assert cursor["batch"] not in (0, None)  # mid-epoch
     again = training.train_gold(task, root, cfg, ckpt_dir=tmp_path)
     assert again.steps == 5 and again.history == whole.history
@@ -94,10 +94,10 @@ def test_a_checkpoint_of_another_network_layout_is_refused_with_the_fix(root: Pa
     short = config.from_dict({"train": {"steps": 3, "checkpoint_every": 3}}, base=CFG)
     training.train_gold("reshading", root, short, ckpt_dir=tmp_path)
     wider = config.from_dict({"model": {"decoder_width": 32}, "train": {"steps": 6}}, base=short)
-    before = (tmp_path / training.CHECKPOINT_FILE).read_bytes()
+    before = (tmp_path / checkpoints.CHECKPOINT_FILE).read_bytes()
     with pytest.raises(DataError, match="another network layout.*Delete it to retrain"):
         training.train_gold("reshading", root, wider, ckpt_dir=tmp_path)
-    assert (tmp_path / training.CHECKPOINT_FILE).read_bytes() == before  # nothing lost
+    assert (tmp_path / checkpoints.CHECKPOINT_FILE).read_bytes() == before  # nothing lost
 
 
 def test_scratch_trains_on_the_regime_subset_of_validation(root: Path) -> None:
@@ -113,14 +113,14 @@ def test_scratch_trains_on_the_regime_subset_of_validation(root: Path) -> None:
 def test_encoders_load_from_checkpoints_and_encode_in_batches(root: Path, tmp_path: Path) -> None:
     short = config.from_dict({"train": {"steps": 2}}, base=CFG)
     net = training.train_gold("edge_texture", root, short, ckpt_dir=tmp_path).network.eval()
-    enc = training.load_encoder(tmp_path / training.CHECKPOINT_FILE)
+    enc = training.load_encoder(tmp_path / checkpoints.CHECKPOINT_FILE)
     images = torch.rand(5, 3, 32, 32)
     reps = training.encode(enc, images, batch_size=2)
     with torch.no_grad():
         assert reps.shape == (5, 8, 2, 2) and torch.allclose(reps, net.encoder(images), atol=1e-5)
     rand = training.train_gold("random", root, CFG, ckpt_dir=tmp_path / "random")
     assert rand.losses is None and rand.steps == 0
-    again = training.load_encoder(tmp_path / "random" / training.CHECKPOINT_FILE)
+    again = training.load_encoder(tmp_path / "random" / checkpoints.CHECKPOINT_FILE)
     assert torch.equal(training.encode(again, images), training.encode(rand.network.encoder,
                                                                         images))
 

@@ -15,30 +15,26 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..checkpoints import CHECKPOINT_FILE, load_checkpoint
 from ..errors import TrainingError
 from ..tables import Storage
 from . import config as sweep_config
 from . import plan as planning
 
-CHECKPOINT_FILE = "checkpoint.pt"
-
 
 class RayTrainHooks:
-    """Training hooks backed by `ray.train.report` checkpoints (see `training.Hooks`)."""
+    """Training hooks backed by `ray.train.report` checkpoints (see `checkpoints.Hooks`)."""
 
     def __init__(self) -> None:
         self.last: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any] | None:
         """The run's latest checkpoint when Ray Train resumed it, else None."""
-        import torch
-
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            self.last = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu",
-                                   weights_only=False)
+            self.last = load_checkpoint(Path(d) / CHECKPOINT_FILE)
         return self.last
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
