@@ -30,11 +30,15 @@ def published_csv() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session (start-up costs seconds)."""
+    """One local Ray instance for the whole test session (start-up costs seconds).
+
+    It declares one GPU, so units that ask for a share of one are scheduled as on a GPU node;
+    the stand-in units that ask never touch CUDA.
+    """
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=1, object_store_memory=256 * 1024**2,
+                 include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -49,6 +49,20 @@ def test_sweep_runs_every_unit_once_and_expands_the_beam(ray_session, tmp_path):
         assert ledger.history(st, u.key).completions == 1, u.key
 
 
+def test_units_on_a_share_of_a_gpu_run_in_workers_recycled_after_max_calls(ray_session,
+                                                                           tmp_path):
+    # Ray takes max_calls only where a function is made remote: in .options() the driver
+    # crashed at its first GPU unit (every feature unit of workflows/paper.yaml).
+    wf = workflow(tmp_path, **{"retries: 1}": "retries: 1, gpus_per_unit: 0.5, max_calls: 1}"})
+    result = sweep(tmp_path, wf)
+    assert result.ok, result.failures
+    st = Storage(str(tmp_path / "store"))
+    pids = [e["pid"] for u in st.read_json("plan.json")["units"]
+            if u["stage"] in ("features", "transfer")
+            for e in ledger.history(st, u["key"]).events if e["event"] == "done"]
+    assert len(pids) > 4 and len(set(pids)) == len(pids)  # a fresh worker for every GPU unit
+
+
 def test_rerun_recomputes_nothing(ray_session, tmp_path):
     sweep(tmp_path)
     st = Storage(str(tmp_path / "store"))

@@ -143,3 +143,21 @@ def test_a_feature_unit_encodes_on_a_listed_building_split(root, tmp_path):
     assert units.run_features(unit, ctx)["images"] == len(TaskonomyDataset(
         root, split="test", splits=units.splits(cfg), size=64).images) > 0
     assert units.splits(cfg).lists["test"] == ("building2",)
+
+
+def test_every_unit_of_the_paper_workflow_is_a_ray_task_ray_accepts():
+    # Ray refuses max_calls in .options(); GPU units carry it, so the paper's workflow (0.5 GPU
+    # per feature and transfer unit) crashed the driver at its first feature unit.
+    from taskonomy_ray.sweep import runner
+
+    cfg = config.load(Path(__file__).parent.parent / "workflows" / "paper.yaml")
+    opts, remotes = units.options(cfg), {}
+    by_stage = {}
+    for unit in plan.build(cfg):
+        runner.remote_for(remotes, {"name": unit.key, **opts(unit)})  # Ray validates here
+        by_stage.setdefault(unit.stage, opts(unit))
+    assert by_stage["transfer"]["num_gpus"] == by_stage["features"]["num_gpus"] == 0.5
+    assert "max_calls" not in by_stage["gold"]
+    # GPU units share one remote function made with the workflow's worker reuse
+    assert remotes[cfg.resources.max_calls]._default_options == {
+        "max_calls": cfg.resources.max_calls}

@@ -128,7 +128,7 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
     path, are not starved by a queue of scratch trainings. `on_tick` runs every loop (at least
     every 5 s): the driver renews its claim on the storage there.
     """
-    remote = ray.remote(run_unit)
+    remotes: dict[int | None, Any] = {}
     storage = Storage(ctx["storage"])
     stats = RunStats()
     bars = Bars(sched, progress)
@@ -150,7 +150,8 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
                 waiting += 0 if fits else 1
                 used += c
                 sched.started(unit)
-                ref = remote.options(name=unit.key, **options(unit)).remote(unit, ctx, execute)
+                task = remote_for(remotes, {"name": unit.key, **options(unit)})
+                ref = task.remote(unit, ctx, execute)
                 in_flight[ref] = unit
             bars.update(sched)
             stats.driver_s += time.time() - t0
@@ -170,6 +171,20 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
         bars.close()
     stats.wall_s = time.time() - t_start
     return stats
+
+
+def remote_for(remotes: dict[int | None, Any], options: dict[str, Any]) -> Any:
+    """`run_unit` as a Ray task with `options`, made once per `max_calls` in `remotes`.
+
+    Ray takes `max_calls` (how many units one worker process runs before a fresh one) only
+    where the function is made remote, not in `.options()`, which refuses it.
+    """
+    opts = dict(options)
+    calls = opts.pop("max_calls", None)
+    if calls not in remotes:
+        remotes[calls] = (ray.remote(run_unit) if calls is None
+                          else ray.remote(max_calls=calls)(run_unit))
+    return remotes[calls].options(**opts)
 
 
 def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
