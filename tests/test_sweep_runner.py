@@ -6,9 +6,10 @@ import textwrap
 import pyarrow as pa
 import pytest
 import sweep_fakes
+import torch
 from ray import cloudpickle
 
-from taskonomy_ray.errors import ConfigError, TaskonomyError
+from taskonomy_ray.errors import ConfigError, TaskonomyError, TrainingError
 from taskonomy_ray.sweep import driver, ledger, plan, runner
 from taskonomy_ray.tables import Storage
 
@@ -313,3 +314,25 @@ def test_a_beam_ranked_on_a_partial_group_records_what_that_group_lacked(tmp_pat
                                              "sources": ["x"]})
     units.run_beam(beam, ctx)
     assert driver.went_without(st)(beam) == ["features-x"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a GPU Ray reserves but torch lacks")
+def test_a_unit_given_a_gpu_torch_cannot_see_fails_instead_of_training_on_the_cpu(ray_session):
+    # This machine's torch is a CPU build and the session declares one GPU: as a worker whose
+    # torch wheel does not match its driver, which would train on the CPU while holding the GPU.
+    unit = plan.Unit("features-normal-test", "features", {})
+
+    def probe(gpus):
+        @ray_session.remote(num_gpus=gpus)
+        def check():
+            from taskonomy_ray.sweep import units
+
+            units.check_gpu_visible(unit)
+            return "ok"
+
+        return ray_session.get(check.remote())
+
+    assert probe(0) == "ok"  # a CPU unit: nothing to see
+    with pytest.raises(TrainingError, match=r"Ray gave it GPU \[0\] on .* sees no CUDA device; "
+                                            r"install a CUDA build of torch"):
+        probe(0.5)

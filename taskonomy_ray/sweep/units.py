@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import DataError, StorageError
+from ..errors import DataError, StorageError, TrainingError
 from ..splits import SplitConfig
 from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
@@ -459,4 +459,28 @@ EXECUTORS = {
 
 def execute(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     """Run one unit of any stage."""
+    check_gpu_visible(unit)
     return EXECUTORS[unit.stage](unit, ctx)
+
+
+def check_gpu_visible(unit: planning.Unit) -> None:
+    """A unit Ray gave a GPU must see one: else `auto` devices train on the CPU, unannounced.
+
+    A worker whose torch is a CPU build, or whose CUDA driver is older than the build needs,
+    would otherwise run every unit many times slower while holding the cluster's GPUs.
+    """
+    import ray
+
+    ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    if not ids:
+        return
+    import socket
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TrainingError(
+            f"unit {unit.key}: Ray gave it GPU {ids} on {socket.gethostname()}, but torch "
+            f"{torch.__version__} (CUDA build: {torch.version.cuda}) sees no CUDA device; "
+            "install a CUDA build of torch that the node's driver supports (nvidia-smi shows "
+            "the driver's CUDA version), or set resources.gpus_per_unit: 0 to run on CPUs")
