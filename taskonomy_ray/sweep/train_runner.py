@@ -56,9 +56,10 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loop(config: dict[str, Any]) -> None:
-    from .units import finish_gold
+    from .units import check_gpu_visible, finish_gold
 
     unit = planning.Unit.from_json(config["unit"])
+    check_gpu_visible(unit)  # a trainer worker given a GPU it cannot see would train on CPU
     info = finish_gold(unit, config["ctx"], RayTrainHooks())
     # Result.metrics holds the last checkpoint's metrics, so the unit's own summary goes to
     # storage for fit_gold to return (from rank 0, which wrote the unit's outputs).
