@@ -99,6 +99,11 @@ def test_job_submitted_to_a_local_token_auth_head_completes(local_head, tmp_path
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sweep finished" in r.stdout, r.stdout[-2000:]
     assert (storage / "affinities.parquet").exists() and (storage / "taxonomy.json").exists()
+    # Without --storage the run would land in the job's throwaway copy of the working dir.
+    cmd = [a for a in cmd if a not in ("--storage", str(storage))]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "inside this Ray job's copy of its working directory" in r.stdout + r.stderr
     # The client without the token is refused: auth is really on.
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
     no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either

@@ -336,3 +336,19 @@ def test_a_unit_given_a_gpu_torch_cannot_see_fails_instead_of_training_on_the_cp
     with pytest.raises(TrainingError, match=r"Ray gave it GPU \[0\] on .* sees no CUDA device; "
                                             r"install a CUDA build of torch"):
         probe(0.5)
+
+
+def test_paths_inside_a_ray_jobs_working_dir_copy_are_refused(tmp_path, monkeypatch):
+    # ray job submit --working-dir runs the driver in an unpacked copy keyed by the files' hash:
+    # a relative --storage there is lost to the next submission, which starts over.
+    copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a1b2c"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(ConfigError, match=r"storage .*_ray_pkg_0a1b2c/runs/smoke is inside this "
+                                          r"Ray job's copy.*pass --storage an absolute path"):
+        driver.check_lasting(Storage("runs/smoke"), str(tmp_path / "data"))
+    with pytest.raises(ConfigError, match=r"dataset root .*/data/smoke is inside .*pass --data"):
+        driver.check_lasting(Storage(str(tmp_path / "store")), "data/smoke")
+    driver.check_lasting(Storage(str(tmp_path / "store")), str(tmp_path / "data"))  # lasting
+    monkeypatch.chdir(tmp_path)  # not a job: a relative path is the user's own folder
+    driver.check_lasting(Storage("runs/smoke"), "data/smoke")

@@ -307,6 +307,7 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     """
     cfg = sweep_config.load(config_path, data_root=data_root)
     storage = Storage(storage_uri or f"runs/{cfg.name}")
+    check_lasting(storage, cfg.data.root)
     storage.ensure_writable()
     claim = lease.claim(storage, takeover)
     try:
@@ -314,6 +315,31 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
                       progress=progress, execute=execute, report=report)
     finally:
         claim.release()
+
+
+JOB_COPY = "_ray_pkg_"  # how Ray names a job's unpacked --working-dir upload
+
+
+def check_lasting(storage: Storage, data_root: str, cwd: str | Path | None = None) -> None:
+    """Refuse local storage or data inside a Ray job's copy of its working directory.
+
+    `ray job submit --working-dir .` runs the driver in an unpacked copy named by a hash of the
+    uploaded files: a relative `--storage` (or the default `runs/<name>`) lands there, so the
+    next submission, with any file changed, starts over, and Ray deletes old copies.
+    """
+    here = Path(cwd or Path.cwd()).resolve()
+    if not any(part.startswith(JOB_COPY) for part in here.parts):
+        return
+    paths = [("storage", storage.root, "--storage") if storage.local else None,
+             None if "://" in data_root else ("dataset root", data_root, "--data")]
+    for what, path, option in filter(None, paths):
+        full = Path(path).resolve()
+        if full == here or here in full.parents:
+            raise ConfigError(
+                f"the {what} {full} is inside this Ray job's copy of its working directory, "
+                "which the next submission does not reuse and Ray deletes: pass "
+                f"{option} an absolute path on a disk every node shares"
+                + (", or an s3:// or gs:// URI" if what == "storage" else ""))
 
 
 def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, *,
