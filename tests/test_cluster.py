@@ -42,6 +42,26 @@ def test_cluster_turns_token_auth_on_and_keeps_the_dashboard_private():
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
 
 
+def test_every_node_boots_a_current_image_and_installs_the_tested_versions():
+    # Without an ImageId Ray boots a 2021 Ubuntu 18.04 image (CUDA 11.2 driver); an unpinned
+    # install lets autoscaled workers take a newer Ray than the head, which they cannot join.
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    for name, node in raw["available_node_types"].items():
+        assert "ubuntu-24.04" in node["node_config"]["ImageId"], name
+    setup = " ".join(raw["setup_commands"])
+    assert "-c /home/ubuntu/taskonomy-ray/constraints.txt" in setup and "[cluster]" in setup
+    assert raw["file_mounts"]["/home/ubuntu/taskonomy-ray"] == "."  # constraints.txt travels
+
+
+def test_the_client_extra_brings_what_ray_up_needs_and_ray_has_token_auth():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("boto3") for d in project["optional-dependencies"]["cluster"])
+    ray_dep = next(d for d in project["dependencies"] if d.startswith("ray["))
+    assert ray_dep.endswith(">=2.52")  # token auth and Ray Train V2 by default
+
+
 def test_cluster_yaml_holds_no_credentials():
     text = (REPO / "cluster.yaml").read_text().lower()
     for word in ("aws_secret_access_key", "aws_access_key_id", "private_key", "password"):
