@@ -25,7 +25,7 @@ class Hooks(Protocol):
     """Where a training loop keeps its checkpoints and sends its metrics.
 
     `load()` returns the last saved state (or None: start fresh); `save(state, metrics)` keeps a
-    checkpoint (a dict of tensors and plain values, see `_state`) together with the metrics of
+    checkpoint (a dict of tensors and plain values, see `training._state`) with the metrics of
     that step; `report(metrics)` sends metrics without a checkpoint. A Ray Train runner
     implements `save` as `ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))`
     after `torch.save(state, d / "checkpoint.pt")`, and `load` from `ray.train.get_checkpoint()`.
