@@ -8,6 +8,8 @@
 #   training.json   the paper encoder's images/s in float32 and bf16, fraction of bf16 peak
 #   transfers.json  transfers per minute, fused + cached against the naive ways, on the GPU
 #   memory.json     paper-scale chunks' allocator peaks against taskonomy_ray.memory's estimate
+#   sweep.json      the smoke sweep with half a GPU per feature and transfer unit, end to end
+#                   (needs ray; the last part, so it cannot starve the figures above)
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
@@ -32,3 +34,15 @@ part training 120 benchmarks/bench_training.py --gpu-only
 part transfers 330 benchmarks/bench_transfers.py --scale gpu --device cuda \
   --data "${TMPDIR:-/tmp}/taskonomy-gpu-check-256"
 part memory 60 benchmarks/bench_memory.py --device cuda
+if "$py" -c 'import ray' 2>/dev/null; then
+  work="${TMPDIR:-/tmp}/taskonomy-gpu-sweep"
+  rm -rf "$work" && mkdir -p "$work"
+  sed 's/^  gold_trainer: task$/  gold_trainer: task\n  gpus_per_unit: 0.5/' workflows/smoke.yaml \
+    > "$work/smoke-gpu.yaml"
+  grep -q 'gpus_per_unit: 0.5' "$work/smoke-gpu.yaml" || echo "smoke.yaml changed: no GPU share set"
+  export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+  part sweep 90 -m taskonomy_ray sweep "$work/smoke-gpu.yaml" --storage "$work/store" \
+    --data "$work/data" --no-progress
+else
+  echo "== sweep: skipped (no ray in $py)"
+fi
