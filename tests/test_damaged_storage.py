@@ -115,3 +115,23 @@ def test_status_verify_lists_a_copied_runs_cut_files_and_moves_nothing(tmp_path,
     assert st.read_bytes("losses/u.parquet") == data[:100]  # status only reads
     assert cli.main(["status", str(tmp_path), "--verify"]) == 1
     assert "DAMAGED scratch-normal" in capsys.readouterr().out
+
+
+def test_status_verify_applies_the_resumes_whole_checks_to_partial_records_and_beams(tmp_path):
+    # The same files a resume would set aside: a transfer group's cut partial record (read by
+    # status itself, so it must not stop the listing) and a beam's JSON without its choice.
+    st = Storage(str(tmp_path))
+    data = _whole_files(st)["losses/u.parquet"]
+    transfer = plan.Unit("transfer-normal", "transfer", {"order": 1, "source_sets": [["a"]]},
+                         ("features-a",), ("losses/u.parquet",),
+                         optional=("features-a",))
+    beam = plan.Unit("beam-normal", "beam", {}, (), ("beam/b.json",))
+    st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in (transfer, beam)]})
+    st.write_bytes(plan.partial_path("transfer-normal"), b'{"sources": ["normal"], "left')
+    st.write_json("beam/b.json", {"ranked": ["normal"]})
+    found = driver.status(str(tmp_path), verify=True)["damaged"]
+    assert set(found) == {"transfer-normal", "beam-normal"}
+    assert "partial/transfer-normal.json" in found["transfer-normal"][0]
+    assert "no 'chosen' higher orders" in found["beam-normal"][0]
+    assert st.read_bytes("losses/u.parquet") == data  # nothing moved
+    assert [rel for rel, _ in driver.damaged_files(st, beam)] == ["beam/b.json"]

@@ -180,19 +180,31 @@ def set_aside_damaged(storage: Storage, unit: planning.Unit) -> list[str]:
     """
     if not storage.local:
         return []
+    moved = []
+    for rel, why in damaged_files(storage, unit):
+        dest = storage.set_aside(rel)
+        moved.append(f"{storage.path(rel)} is damaged ({why}): moved to {dest}; "
+                     f"{unit.key} runs again")
+    return moved
+
+
+def damaged_files(storage: Storage, unit: planning.Unit) -> list[tuple[str, str]]:
+    """(file, why) for each of a unit's files a resume would not accept, moving nothing.
+
+    Its outputs and a transfer group's partial record, checked whole (`Storage.damage`); a
+    beam's JSON must also hold its choice of higher orders. Files not there are left out.
+    """
     files = list(unit.outputs)
     if unit.stage == "transfer" and storage.exists(planning.partial_path(unit.key)):
         files.append(planning.partial_path(unit.key))
-    moved = []
+    found = []
     for rel in files:
         why = storage.damage(rel)
         if unit.stage == "beam" and why is None and not _has_chosen(storage.read_json(rel)):
             why = "no 'chosen' higher orders"
         if why is not None and why != "missing":
-            dest = storage.set_aside(rel)
-            moved.append(f"{storage.path(rel)} is damaged ({why}): moved to {dest}; "
-                         f"{unit.key} runs again")
-    return moved
+            found.append((rel, why))
+    return found
 
 
 def _has_chosen(doc: Any) -> bool:
@@ -408,8 +420,9 @@ def write_plan(storage: Storage, sched: Scheduler) -> None:
 def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     """Per stage planned/running/done/failed, from storage alone (live or after a crash).
 
-    `verify` also checks every done unit's outputs as a resume does (`Storage.damage`: Parquet
-    footers, zip directories, JSON), moving nothing, and lists the damaged ones.
+    `verify` also checks every done unit's files as a resume does (`damaged_files`: Parquet
+    footers, zip directories, JSON, partial records, a beam's choice), moving nothing, and
+    lists the damaged ones.
     """
     from . import ledger
     from .units import read_partial
@@ -427,11 +440,11 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     for u in units:  # one look at storage per unit: on an object store each is a request
         if outputs_exist(storage, u):
             state[u.key] = "done"
-            bad = [f"{storage.path(o)} ({why})" for o in u.outputs
-                   if verify and (why := storage.damage(o)) is not None]
+            bad = damaged_files(storage, u) if verify else []
             if bad:
-                damaged[u.key] = bad
-            record = read_partial(storage, u.key) if u.optional else None
+                damaged[u.key] = [f"{storage.path(rel)} ({why})" for rel, why in bad]
+            cut = planning.partial_path(u.key) in {rel for rel, _ in bad}
+            record = read_partial(storage, u.key) if u.optional and not cut else None
             if record is not None:
                 partial[u.key] = record["sources"]
                 left_out[u.key] = len(record["left_out"])
