@@ -186,7 +186,7 @@ def _run_status(args: argparse.Namespace) -> int:
     for key, sources in sorted(st["partial"].items()):
         print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
               "representations failed)")
-    local = Storage(args.storage).local
+    local = Storage(args.storage).local if damaged else True
     for key, files in sorted(damaged.items()):
         print(f"DAMAGED {key}: {'; '.join(files)}; "
               + ("the next sweep moves it aside and runs the unit again" if local else
