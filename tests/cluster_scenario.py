@@ -70,8 +70,11 @@ def main(workflow: str, storage_uri: str) -> None:
     units = [plan.Unit.from_json(u) for u in storage.read_json("plan.json")["units"]]
     missing = [u.key for u in units if not driver.outputs_exist(storage, u)]
     retried = [u.key for u in units if ledger.history(storage, u.key).attempts > 1]
+    lost = [u.key for u in units if any(e.get("node_lost") for e in
+                                        ledger.history(storage, u.key).events)]
     print(json.dumps({"ok": result.ok, "failures": result.failures, "killed": killed.get("unit"),
-                      "missing": missing, "retried": retried, "units": len(units)}))
+                      "missing": missing, "retried": retried, "lost": lost,
+                      "units": len(units)}))
     ray.shutdown()
     cluster.shutdown()
 

@@ -25,7 +25,10 @@ def run_script(args, timeout=600):
 
 def test_units_of_a_removed_worker_node_are_retried_elsewhere(tmp_path):
     wf = tmp_path / "wf.yaml"
-    wf.write_text(WORKFLOW.replace("DATA", str(tmp_path / "data")))
+    # No retries: a unit whose node is lost runs again all the same (resources.node_losses).
+    assert "retries: 1}" in WORKFLOW
+    wf.write_text(WORKFLOW.replace("DATA", str(tmp_path / "data")).replace("retries: 1}",
+                                                                            "retries: 0}"))
     r = run_script([str(HERE / "cluster_scenario.py"), str(wf), str(tmp_path / "store")])
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -33,6 +36,23 @@ def test_units_of_a_removed_worker_node_are_retried_elsewhere(tmp_path):
     assert out["ok"], out["failures"]
     assert out["missing"] == []
     assert out["killed"] in out["retried"]  # the killed unit ran again, on another node
+    assert out["lost"] == [out["killed"]]  # its failure was recorded as the node's, not its own
+
+
+def test_a_gold_run_whose_worker_node_is_removed_fails_as_a_lost_node(tmp_path):
+    from taskonomy_ray.render import SynthConfig, synthesize
+
+    data = tmp_path / "data"
+    synthesize(SynthConfig(str(data), points=3, views=3, size=32, buildings=4, workers=1),
+               progress=False)
+    r = run_script([str(HERE / "train_node_scenario.py"), str(data), str(tmp_path / "store")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["killed"], "the node was never removed: the scenario did not test anything"
+    # Ray Train saw a failed health check; fit_gold names the node Ray then declared dead, so
+    # the scheduler retries the unit (from its checkpoint) without spending resources.retries.
+    assert out["raised"] == "NodeLostError" and out["node_lost"], out
+    assert out["node"] in out["message"]
 
 
 def sweep_cmd(storage, data):

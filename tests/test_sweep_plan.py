@@ -272,7 +272,8 @@ def run_all(s, fail=None):
             order.append(u.key)
             err = fail(u) if fail else None
             if err:
-                s.failed(u, err, transient=err.startswith("transient"))
+                s.failed(u, err, transient=err.startswith("transient"),
+                         node_lost="lost node" in err)
             else:
                 s.succeeded(u)
     return order
@@ -469,6 +470,22 @@ def test_transient_failures_are_retried_a_bounded_number_of_times():
     s = Scheduler(plan.build(cfg), is_done=lambda u: False, retries=2)
     run_all(s, fail=lambda u: "transient: node died" if u.key == flaky else None)
     assert s.tries[flaky] == 3 and s.state[flaky] == "failed"
+
+
+def test_attempts_cut_short_by_a_lost_node_do_not_spend_the_retries():
+    cfg = small()
+    gold = plan.gold_key(cfg, "normal")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False, retries=1, node_losses=3)
+    lost = "transient: lost node"
+    events = iter([lost, lost, "transient: crash", lost])
+    run_all(s, fail=lambda u: next(events, None) if u.key == gold else None)
+    # three preemptions and one crash, within node_losses 3 and retries 1: trained in the end
+    assert s.state[gold] == "done" and s.tries[gold] == 2 and s.lost[gold] == 3
+
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False, retries=1, node_losses=2)
+    run_all(s, fail=lambda u: lost if u.key == gold else None)
+    # a unit that loses its node every time is not retried forever: node_losses, then retries
+    assert s.state[gold] == "failed" and s.lost[gold] == 2 and s.tries[gold] == 2
 
 
 def test_ledger_history_reads_running_done_and_failed(tmp_path):

@@ -167,6 +167,23 @@ def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_
     assert key in status["failures"] and status["stages"]["transfer"]["running"] == 0
 
 
+def test_only_a_lost_node_counts_as_a_node_loss_however_ray_wraps_it():
+    import ray.exceptions as rx
+
+    died = rx.NodeDiedError("Task failed because the node it was running on is dead")
+    in_task = rx.RayTaskError("run_unit", "tb", runner.NodeLostError("gold-x: node n lost"))
+    assert runner.is_node_lost(died) and runner.is_node_lost(in_task.as_instanceof_cause())
+    drained = rx.RayActorError(error_msg="drained", preempted=True)
+    chained = RuntimeError("training failed")
+    chained.__cause__ = drained
+    assert runner.is_node_lost(chained)
+    # a crashed worker, an actor dead of its own accord, our own errors: ordinary failures
+    for err in (rx.WorkerCrashedError(), rx.RayActorError(error_msg="segfault"),
+                rx.RayTaskError("run_unit", "tb", ValueError("bad")).as_instanceof_cause(),
+                TrainingError("non-finite loss")):
+        assert not runner.is_node_lost(err), err
+
+
 def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tmp_path):
     st = Storage(str(tmp_path / "store"))
     st.write_json("fake.json", {"fail": ["transfer-normal-r8-o1"]})

@@ -108,6 +108,9 @@ class Resources:
     gpus_per_unit: float = field(default=0.0, metadata=EXECUTION_ONLY)
     # Transient failures (not deterministic ones) are retried this often.
     retries: int = field(default=2, metadata=EXECUTION_ONLY)
+    # Attempts cut short by a lost node (spot preemption) run again this often, not spending
+    # `retries`.
+    node_losses: int = field(default=8, metadata={**EXECUTION_ONLY, **ADDED_LATER})
     max_calls: int = field(default=0, metadata=EXECUTION_ONLY)  # GPU worker reuse (0: unlimited)
     # Units queued in Ray beyond capacity (autoscaling clusters: > 0).
     queue_slack: int = field(default=0, metadata=EXECUTION_ONLY)
@@ -118,9 +121,10 @@ class Resources:
     def __post_init__(self) -> None:
         if self.gold_trainer not in ("ray_train", "task"):
             raise ConfigError("resources.gold_trainer must be 'ray_train' or 'task'")
-        if min(self.gold_workers - 1, self.retries, self.max_calls, self.queue_slack) < 0:
-            raise ConfigError("resources: gold_workers >= 1; retries, max_calls and queue_slack "
-                              ">= 0")
+        if min(self.gold_workers - 1, self.retries, self.node_losses, self.max_calls,
+               self.queue_slack) < 0:
+            raise ConfigError("resources: gold_workers >= 1; retries, node_losses, max_calls and "
+                              "queue_slack >= 0")
         if min(self.gold_cpus_per_worker, self.cpus_per_unit) <= 0:
             raise ConfigError("resources: CPUs per worker/unit must be positive")
         if min(self.gold_gpus_per_worker, self.gpus_per_unit) < 0:

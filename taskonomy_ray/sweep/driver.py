@@ -365,6 +365,7 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
     ctx = make_context(cfg, storage)
     sched = Scheduler(planning.build(cfg), is_done=done_check(storage, cfg, ctx["data_root"]),
                       expand=beam_expander(storage, cfg), retries=cfg.resources.retries,
+                      node_losses=cfg.resources.node_losses,
                       went_without=went_without(storage))
 
     def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:

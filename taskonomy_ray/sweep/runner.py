@@ -27,6 +27,10 @@ from .scheduler import Scheduler
 Execute = Callable[[Unit, dict[str, Any]], dict[str, Any]]
 
 
+class NodeLostError(RuntimeError):
+    """A unit's work died with a node (raised where Ray itself reports it otherwise)."""
+
+
 @dataclass
 class RunStats:
     """What the runner measured: wall time, unit time per stage, and the driver's own share."""
@@ -47,7 +51,7 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any
         info = execute(unit, ctx) or {}
     except BaseException as e:
         ledger.record(storage, unit.key, "failed", error=f"{type(e).__name__}: {e}",
-                      deterministic=isinstance(e, TaskonomyError),
+                      deterministic=isinstance(e, TaskonomyError), node_lost=is_node_lost(e),
                       traceback=traceback.format_exc(limit=8), seconds=time.time() - t0)
         if isinstance(e, TaskonomyError) and not _picklable(e):
             # Ray would deliver it as an UnserializableException: a crash, retried in vain.
@@ -75,6 +79,27 @@ def is_deterministic(err: BaseException) -> bool:
     """Whether a unit's failure would recur on retry (our own errors do; crashes may not)."""
     cause = getattr(err, "cause", None)
     return isinstance(err, TaskonomyError) or isinstance(cause, TaskonomyError)
+
+
+def is_node_lost(err: BaseException) -> bool:
+    """Whether a unit failed because a node it ran on was lost (preempted, crashed, removed).
+
+    Ray reports a task's dead node as `NodeDiedError` and a drained actor's as `preempted`; a
+    Ray Train run reports a dead worker's node through a health check, which `train_runner`
+    turns into `NodeLostError`. Follows the chain of causes Ray's wrappers keep.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (ray.exceptions.NodeDiedError, NodeLostError)) or (
+                isinstance(e, ray.exceptions.RayActorError) and e.preempted):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False
 
 
 def describe(err: BaseException) -> str:
@@ -192,13 +217,13 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
     try:
         info = ray.get(ref)
     except Exception as e:  # a RayTaskError wraps the unit's own exception
-        error, deterministic = describe(e), is_deterministic(e)
+        error, deterministic, lost = describe(e), is_deterministic(e), is_node_lost(e)
         if not isinstance(e, ray.exceptions.RayTaskError):
             # The worker died (killed for memory, a crash, a lost node) before it could record
             # the failure: record it here, so `status` agrees with the sweep.
             ledger.record(storage, unit.key, "failed", error=error, deterministic=deterministic,
-                          recorded_by="driver")
-        sched.failed(unit, error, transient=not deterministic)
+                          node_lost=lost, recorded_by="driver")
+        sched.failed(unit, error, transient=not deterministic, node_lost=lost)
         return
     sched.succeeded(unit)
     stats.unit_s[unit.stage] = stats.unit_s.get(unit.stage, 0.0) + info.get("seconds", 0.0)

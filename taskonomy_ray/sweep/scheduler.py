@@ -20,6 +20,7 @@ class Scheduler:
 
     def __init__(self, units: Iterable[Unit], *, is_done: Callable[[Unit], bool],
                  expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2,
+                 node_losses: int = 8,
                  went_without: Callable[[Unit], Iterable[str]] | None = None) -> None:
         """`went_without(unit)`: the units an adopted unit's stored result lacks.
 
@@ -29,11 +30,13 @@ class Scheduler:
         self.state: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.tries: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()  # attempts cut short by a lost node, per unit
         # Done (or running) units that ran without some optional deps (they had failed): the
         # unit runs again once those succeed, in a later run.
         self.partial: dict[str, list[str]] = {}
         self.expanded: dict[str, list[str]] = {}  # unit key -> the keys its result added
         self.retries = retries
+        self.node_losses = node_losses
         self._is_done = is_done
         self._expand = expand or (lambda unit: [])
         self._went_without = went_without or (lambda unit: ())
@@ -159,13 +162,23 @@ class Scheduler:
             stale += [d for d, u in self.units.items()
                       if k in u.deps and self.state[d] == "done" and d not in stale]
 
-    def failed(self, unit: Unit, error: str, *, transient: bool) -> bool:
-        """`unit` failed; transient errors are retried a bounded number of times. True: retry."""
+    def failed(self, unit: Unit, error: str, *, transient: bool,
+               node_lost: bool = False) -> bool:
+        """`unit` failed; transient errors are retried a bounded number of times. True: retry.
+
+        An attempt cut short by a lost node (a spot preemption, a dead machine) is not the
+        unit's fault: it is retried without spending `retries`, up to `node_losses` times.
+        """
         if unit.key not in self.units:  # dropped from the plan while it ran
             return False
+        self.errors[unit.key] = error
+        if node_lost and self.lost[unit.key] < self.node_losses:
+            self.lost[unit.key] += 1
+            self.tries[unit.key] -= 1
+            self.state[unit.key] = "planned"
+            return True
         retry = transient and self.tries[unit.key] <= self.retries
         self.state[unit.key] = "planned" if retry else "failed"
-        self.errors[unit.key] = error
         return retry
 
     @property

@@ -7,7 +7,9 @@ last reported checkpoint (Ray Train V2).
 
 from __future__ import annotations
 
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from ..errors import TrainingError
 from ..tables import Storage
 from . import config as sweep_config
 from . import plan as planning
+from .runner import NodeLostError
+
+# How long a failed run waits for Ray to declare a silent worker's node dead (Ray's own health
+# checks take about 15 s by default) before calling the failure a crash.
+NODE_DEATH_WAIT_S = 60.0
 
 
 class RayTrainHooks:
@@ -90,6 +97,7 @@ def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
             # checkpoint, so resources.retries stays the one retry count.
             failure_config=FailureConfig(max_failures=0)),
     )
+    alive_at_start = _alive_nodes()
     try:
         result = trainer.fit()
         error = result.error
@@ -99,8 +107,36 @@ def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         ours = _our_error(error)
         if ours is not None:  # deterministic: the same error would recur on retry
             raise TrainingError(f"gold training {unit.key} failed: {ours}") from error
+        lost = _lost_node(error, alive_at_start)
+        if lost is not None:  # not the run's fault: retried without spending resources.retries
+            raise NodeLostError(f"gold training {unit.key}: the node {lost} of one of its workers "
+                                "was lost (preempted, crashed or removed); a retry resumes from "
+                                "the last checkpoint") from error
         raise error
     return Storage(ctx["storage"]).read_json(_summary(unit))
+
+
+def _alive_nodes() -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def _lost_node(error: BaseException, alive_at_start: set[str],
+               wait_s: float = NODE_DEATH_WAIT_S) -> str | None:
+    """The node whose loss failed the run, if one did, else None.
+
+    That is a node of the run's workers (named in Ray Train's error) or, when the error names
+    none, any node alive at the start, that Ray now reports dead. Ray Train sees a lost worker
+    as a failed health check, often before Ray has declared the node dead, so this waits up to
+    `wait_s` for that verdict.
+    """
+    named = set(re.findall(r"node_id='([0-9a-f]+)'", str(error))) & alive_at_start
+    watch = named or alive_at_start
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = sorted(watch - _alive_nodes())
+        if dead or time.monotonic() > deadline:
+            return dead[0] if dead else None
+        time.sleep(1.0)
 
 
 def _summary(unit: planning.Unit) -> str:
