@@ -10,7 +10,6 @@ local directory, on run storage, or under Ray Train.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -59,7 +58,6 @@ class Replica:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
 
 def replica() -> Replica:
@@ -71,17 +69,22 @@ def replica() -> Replica:
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return Replica()
-    return Replica(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Replica(dist.get_rank(), dist.get_world_size())
 
 
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
-    """The device of `cfg.device` (auto: CUDA when available; replica k of a node: GPU k)."""
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """The device of `cfg.device` (auto: CUDA when available, on the current CUDA device).
+
+    The current device is the launcher's choice for this process: Ray Train sets it to the GPU
+    it assigned the worker (which need not be GPU `local_rank` of the node: other units may hold
+    those); under torchrun, call `torch.cuda.set_device(local_rank)` first, as its docs ask.
+    """
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'auto'")
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if not cuda:
         return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -167,19 +170,34 @@ def _state(net: TaskNetwork, opt: torch.optim.Optimizer, step: int, history: lis
             "data": asdict(cursor), "rng": _rng_state(device)}
 
 
-def _all_agree(rep: Replica, batch: dict[str, Any]) -> bool:
+def collective_device(device: torch.device) -> torch.device:
+    """Where the loop's small collectives put their tensors (NCCL takes CUDA tensors only).
+
+    The CPU when the process group's backend takes CPU tensors (gloo), else the training device.
+    """
+    config = str(torch.distributed.get_backend_config())  # e.g. "cpu:gloo,cuda:gloo"
+    if ":" in config:
+        types = {part.split(":")[0] for part in config.split(",")}
+    else:
+        types = set(torch.distributed.Backend.backend_capability.get(config, ()))
+    return torch.device("cpu") if "cpu" in types else device
+
+
+def _all_agree(rep: Replica, batch: dict[str, Any], device: torch.device) -> bool:
     """Whether every replica got at least one sample for this step (one small all-reduce)."""
     if rep.world == 1:
         return bool(batch["image"])
-    have = torch.tensor([len(batch["image"])], dtype=torch.int64)
+    have = torch.tensor([len(batch["image"])], dtype=torch.int64,
+                        device=collective_device(device))
     torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
     return bool(have.item() > 0)
 
 
-def _mean_over_replicas(loss: torch.Tensor, rep: Replica) -> float:
+def _mean_over_replicas(loss: torch.Tensor, rep: Replica, device: torch.device) -> float:
     """The step's loss averaged over the replicas (each replica's own when alone)."""
-    value = loss.detach().float().reshape(1).cpu()
+    value = loss.detach().float().reshape(1)
     if rep.world > 1:
+        value = value.to(collective_device(device))
         torch.distributed.all_reduce(value)
         value /= rep.world
     return float(value.item())
@@ -210,7 +228,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     """
     tc, spec, hooks = cfg.train, net.spec, hooks or LocalHooks()
     rep = replica()
-    device = resolve_device(tc, rep.local_rank)
+    device = resolve_device(tc)
     net.to(device)
     if tc.channels_last:
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -236,7 +254,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     model: nn.Module | None = None
     while step < tc.steps:
         batch = next(it)
-        if not _all_agree(rep, batch):
+        if not _all_agree(rep, batch, device):
             continue  # a replica's share was all skipped files: every replica skips the step
         if step == 0 and net.decoder is not None:
             init_output_bias(net.decoder, spec, batch)
@@ -247,7 +265,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         with autocast(tc.amp, device):
             pred = model(_to(network_input(spec, batch), device, tc.channels_last))
         loss = per_image_loss(spec, pred, batch).mean()
-        value = _mean_over_replicas(loss, rep)
+        value = _mean_over_replicas(loss, rep, device)
         if not math.isfinite(value):
             raise TrainingError(f"unit {unit or spec.name}: the {spec.name} loss became "
                                 f"{value} at step {step}; lower train.lr or check the labels")
@@ -274,7 +292,7 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
 def predict_losses(net: TaskNetwork, data: TaskonomyDataset, cfg: TrainConfig
                    ) -> tuple[list[str], torch.Tensor]:
     """(image ids, per-image losses) of `net` on every sample of `data`, in eval mode."""
-    device = resolve_device(cfg, replica().local_rank)
+    device = resolve_device(cfg)
     net.to(device).eval()
     images: list[str] = []
     losses: list[torch.Tensor] = []

@@ -78,3 +78,32 @@ def test_two_replicas_train_one_identical_network(root: Path, tmp_path: Path, ta
     assert runs[0]["losses"] == len(test) and runs[1]["losses"] is None
     assert (tmp_path / "rank0" / checkpoints.CHECKPOINT_FILE).exists()
     assert not (tmp_path / "rank1" / checkpoints.CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize(("backend", "device", "expected"), [
+    ("gloo", torch.device("cpu"), "cpu"),
+    ("gloo", torch.device("cuda", 1), "cpu"),
+    # NCCL registers CUDA only ("cuda:nccl"); "cuda:gloo" is such a group on a CPU-only build:
+    # a CPU tensor in its all-reduce fails ("No backend type associated with device type cpu").
+    ("cuda:gloo", torch.device("cuda", 1), "cuda:1"),
+])
+def test_the_loops_collectives_use_a_device_the_process_groups_backend_takes(
+        tmp_path: Path, backend: str, device: torch.device, expected: str) -> None:
+    torch.distributed.init_process_group(backend, init_method=f"file://{tmp_path}/rendezvous",
+                                         rank=0, world_size=1)
+    try:
+        assert training.collective_device(device) == torch.device(expected)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_replica_trains_on_the_gpu_its_launcher_made_current_not_gpu_local_rank(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray Train makes the GPU it assigned a worker current; that GPU need not be the node's
+    # GPU number local_rank, which another unit may hold (a transfer with half a GPU).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    tc = config.NetworkConfig().train
+    assert training.resolve_device(tc) == torch.device("cuda", 3)

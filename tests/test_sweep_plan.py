@@ -256,6 +256,15 @@ def test_data_parallel_gold_training_needs_ray_train_and_a_batch_that_splits():
     assert small(resources={"gold_workers": 4}).resources.gold_workers == 4
 
 
+@pytest.mark.parametrize(("workers", "gpus"), [(2, 0.5), (1, 2.0), (3, 1.5)])
+def test_gold_workers_get_one_whole_gpu_each_or_a_share_when_alone(workers, gpus):
+    # NCCL refuses two ranks on one GPU; a worker trains on one device, a second would idle.
+    with pytest.raises(ConfigError, match="gold_gpus_per_worker is"):
+        small(resources={"gold_workers": workers, "gold_gpus_per_worker": gpus})
+    assert small(resources={"gold_workers": 2, "gold_gpus_per_worker": 1}).resources
+    assert small(resources={"gold_gpus_per_worker": 0.5}).resources.gold_gpus_per_worker == 0.5
+
+
 def test_config_diff_names_what_changed():
     a, b = small().to_json(), small(regimes=[32]).to_json()
     assert config.diff(a, b) == ["regimes: [16] -> [32]"]

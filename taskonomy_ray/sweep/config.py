@@ -189,6 +189,12 @@ class SweepConfig:
         if workers > 1 and self.resources.gold_trainer != "ray_train":
             raise ConfigError(f"resources.gold_workers is {workers}: data-parallel gold training "
                               "runs on Ray Train; set resources.gold_trainer: ray_train")
+        gpus = self.resources.gold_gpus_per_worker
+        if gpus > 1 or (workers > 1 and gpus not in (0, 1)):
+            raise ConfigError(f"resources.gold_gpus_per_worker is {gpus}: a gold worker trains on "
+                              "one GPU (more would sit idle) and data-parallel workers need one "
+                              "each (NCCL refuses two ranks on one GPU); use 0 or 1, fractions "
+                              "only with gold_workers: 1, and gold_workers for more GPUs")
         if gold.train.batch_size % workers:
             raise ConfigError(f"network.train.batch_size {gold.train.batch_size} (the global "
                               f"batch) does not split among resources.gold_workers {workers}; "
