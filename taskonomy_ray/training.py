@@ -203,6 +203,18 @@ def _mean_over_replicas(loss: torch.Tensor, rep: Replica, device: torch.device) 
     return float(value.item())
 
 
+def _replica_rng_states(rep: Replica, device: torch.device) -> dict[str, Any]:
+    """`rng_replicas`: every replica's random state by rank, for rank 0's checkpoint.
+
+    (Alone, the checkpoint's own `rng` is the whole state: nothing to add.)
+    """
+    if rep.world == 1:
+        return {}
+    states: list[Any] = [None] * rep.world
+    torch.distributed.all_gather_object(states, _rng_state(device))
+    return {"rng_replicas": states}
+
+
 def _parallel(net: TaskNetwork, rep: Replica, device: torch.device) -> nn.Module:
     """`net` for the training step: itself alone, wrapped in DistributedDataParallel otherwise.
 
@@ -234,7 +246,9 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = _optimiser(net.parameters(), tc)
     step, history, saved = 0, [], hooks.load()
-    torch.manual_seed(tc.seed)
+    # Replicas draw independent randomness (dropout, a metric loss's pixel pairs), as the one
+    # process that trained the whole batch would; the weights start equal all the same (DDP).
+    torch.manual_seed(tc.seed + rep.rank)
     cursor = Cursor()
     if saved is not None:  # continue as if never stopped: same next batch, same random draws
         load_weights(net, saved["network"], "the unit's resume checkpoint")
@@ -242,10 +256,11 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         step, history = int(saved["step"]), list(saved["history"])
         cursor = (Cursor(**saved["data"]) if "data" in saved
                   else Cursor.after(step, len(data), tc))
-        if "rng" in saved:
-            _set_rng_state(saved["rng"], device)
-        else:
-            torch.manual_seed(tc.seed + step)
+        rngs = saved.get("rng_replicas") if rep.world > 1 else [saved.get("rng")]
+        if rngs is not None and len(rngs) == rep.world and rngs[rep.rank] is not None:
+            _set_rng_state(rngs[rep.rank], device)
+        else:  # an older checkpoint, without this replica's random state
+            torch.manual_seed(tc.seed + rep.rank + step)
     start = step
     it = _forever(data, tc, cursor, rep=rep)
     net.train()
@@ -278,9 +293,10 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         history.append(value)
         metrics = {"unit": unit, "task": spec.name, "step": step, "loss": value}
         if step == tc.steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+            rngs = _replica_rng_states(rep, device)  # (a collective: every replica takes part)
             if rep.rank == 0:
-                hooks.save(_state(net, opt, step, history, cfg.model, channels, cursor, device),
-                           metrics)
+                state = _state(net, opt, step, history, cfg.model, channels, cursor, device)
+                hooks.save({**state, **rngs}, metrics)
             else:
                 hooks.report(metrics)  # Ray Train wants every worker to report; rank 0 keeps
         elif step % tc.log_every == 0:

@@ -80,6 +80,71 @@ def test_two_replicas_train_one_identical_network(root: Path, tmp_path: Path, ta
     assert not (tmp_path / "rank1" / checkpoints.CHECKPOINT_FILE).exists()
 
 
+class _Crash(Exception):
+    pass
+
+
+class _SharedHooks:
+    """As under Ray Train: rank 0 saves the one checkpoint, every replica resumes from it."""
+
+    def __init__(self, folder: str, crash_at: int | None) -> None:
+        self.local, self.crash_at = checkpoints.LocalHooks(folder), crash_at
+
+    def load(self):  # noqa: ANN201
+        return self.local.load()
+
+    def save(self, state, metrics) -> None:  # noqa: ANN001
+        self.local.save(state, metrics)
+        self.report(metrics)
+
+    def report(self, metrics) -> None:  # noqa: ANN001
+        if metrics["step"] == self.crash_at:
+            raise _Crash
+
+
+def _resumable_replica(rank: int, world: int, root: str, out: str, run: str,
+                       crash_at: int | None) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rdv-{run}",
+                                         rank=rank, world_size=world)
+    try:
+        cfg = config.from_dict({**CFG, "train": {**CFG["train"], "steps": 6,
+                                                 "checkpoint_every": 3}})
+        try:
+            result = training.train_gold("class_object", root, cfg,
+                                         hooks=_SharedHooks(f"{out}/ckpt-{run}", crash_at))
+        except _Crash:
+            return
+        params = {k: v.detach().clone() for k, v in result.network.named_parameters()}
+        with open(f"{out}/{run}{rank}.pkl", "wb") as f:
+            pickle.dump({"params": params, "next_draw": torch.rand(4)}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_replicas_draw_their_own_randomness_and_resume_it_exactly(root: Path,
+                                                                  tmp_path: Path) -> None:
+    # class_object's head has dropout: every replica draws masks at every step.
+    def spawn(run: str, crash_at: int | None) -> None:
+        mp.spawn(_resumable_replica, args=(2, str(root), str(tmp_path), run, crash_at),
+                 nprocs=2, join=True)
+
+    spawn("whole", None)
+    spawn("cut", 3)  # stops right after the step-3 checkpoint
+    (tmp_path / "rdv-cut").unlink(missing_ok=True)
+    spawn("cut", None)  # resumes from it
+    whole, cut = ([pickle.loads((tmp_path / f"{run}{r}.pkl").read_bytes()) for r in range(2)]
+                  for run in ("whole", "cut"))
+    # Independent streams, as one process training the whole batch would draw...
+    assert not torch.equal(whole[0]["next_draw"], whole[1]["next_draw"])
+    # ...and each replica resumes its own: the resumed run ends where the uninterrupted one did.
+    for r in range(2):
+        assert torch.equal(cut[r]["next_draw"], whole[r]["next_draw"])
+        for name, value in whole[r]["params"].items():
+            torch.testing.assert_close(cut[r]["params"][name], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("backend", "device", "expected"), [
     ("gloo", torch.device("cpu"), "cpu"),
     ("gloo", torch.device("cuda", 1), "cpu"),
