@@ -116,6 +116,22 @@ def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
     assert small(transfer={"steps": 7}).transfer_config().steps == 7
 
 
+def test_a_beam_ranks_again_when_its_widths_top_order_or_sources_change():
+    # Its key is what a resume trusts: a kept choice would train no order 3 after raising
+    # max_order, keep order-3 groups after lowering it, and never rank an added task.
+    def beams(**kw):
+        return {u.params["target"]: u.key for u in plan.build(small(**kw)) if u.stage == "beam"}
+
+    four = ["normal", "depth_zbuffer", "reshading", "edge_texture"]
+    base = beams(tasks=four, max_order=2, beam=[3, 3, 3])
+    assert base == beams(tasks=four, max_order=2, beam=[3, 3, 3])
+    assert base == beams(tasks=four, max_order=2, beam=[3, 2, 3])  # order 3's width: unused
+    for changed in (beams(tasks=four, max_order=3, beam=[3, 3, 3]),
+                    beams(tasks=four, max_order=2, beam=[2, 3, 3]),
+                    beams(tasks=[*four, "keypoints2d"], max_order=2, beam=[3, 3, 3])):
+        assert set(changed.values()).isdisjoint(base.values())
+
+
 def test_execution_only_settings_leave_unit_keys_alone():
     # Label memory, loader processes and resources change how units run, not what they compute:
     # changing them on a resumed run must not recompute finished units.

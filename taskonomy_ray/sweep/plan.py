@@ -84,8 +84,17 @@ def scratch_key(cfg: SweepConfig, target: str, regime: int) -> str:
 
 
 def beam_key(cfg: SweepConfig, target: str, regime: int) -> str:
-    """Key of the beam search over `target`'s first-order results at `regime`."""
-    return f"beam-{target}-r{regime}-{cfg.digest('data', 'network', 'transfer', 'seed')}"
+    """Key of the beam search over `target`'s first-order results at `regime`.
+
+    It hashes what the choice depends on: the first-order group it ranks (so its sources), the
+    gold network it ranks against, the widths in use and the top order. A resume with another
+    `beam` or `max_order`, or another task list, ranks again (cheap) instead of keeping the old
+    choice of higher orders.
+    """
+    ranked = [transfer_key(cfg, target, regime, 1, [[s] for s in cfg.sources]),
+              gold_key(cfg, target)]
+    widths = list(cfg.beam[:cfg.max_order - 1])
+    return f"beam-{target}-r{regime}-{_h([ranked, widths, cfg.max_order])}"
 
 
 def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
