@@ -52,7 +52,7 @@ def fake_sweep(workflow: Path, seconds: float, tmp: Path) -> dict:
 
 
 def overhead(workflow: Path, seconds: float, tmp: Path) -> dict:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         r = fake_sweep(workflow, seconds, tmp)
     finally:

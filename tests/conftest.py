@@ -37,7 +37,7 @@ def ray_session():
     """
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=1, object_store_memory=256 * 1024**2,
+        ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=256 * 1024**2,
                  include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

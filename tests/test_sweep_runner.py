@@ -167,6 +167,23 @@ def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_
     assert key in status["failures"] and status["stages"]["transfer"]["running"] == 0
 
 
+def test_a_sweep_without_an_address_starts_its_own_ray_and_joins_none_running_here(ray_session):
+    # Ray's default joins any instance on the machine: a sweep started as another one (or a
+    # test's cluster) shut down joined it and waited forever for its stopped GCS.
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ray; from taskonomy_ray.sweep import driver; driver.connect(None, num_cpus=1);"
+            "print(ray.get_runtime_context().gcs_address)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    running = ray_session.get_runtime_context().gcs_address
+    assert r.stdout.strip().splitlines()[-1] != running
+
+
 def test_only_a_lost_node_counts_as_a_node_loss_however_ray_wraps_it():
     import ray.exceptions as rx
 

@@ -300,8 +300,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:  # "local": a new instance; with no address Ray joins any Ray running here
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False)
     except (ConnectionError, RuntimeError) as e:
         raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {e}; "
                           "check --address / RAY_ADDRESS (and RAY_AUTH_MODE=token with a "
