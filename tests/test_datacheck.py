@@ -19,6 +19,7 @@ TASKS = ["normal", "depth_zbuffer", "egomotion"]
 
 def _cfg(root: Path, **over) -> config.SweepConfig:
     raw = {"name": "chk", "data": {"root": str(root)}, "tasks": TASKS, "regimes": [4],
+           "max_order": 2,
            "network": {"preset": "mini", "model": {"image_size": 32}}, **over}
     return config.from_dict(raw)
 
@@ -70,7 +71,7 @@ def test_regime_larger_than_the_validation_split_is_a_problem(root):
 def test_cli_check_exits_1_on_problems_and_0_on_a_clean_root(root, tmp_path, capsys):
     wf = tmp_path / "wf.yaml"
     wf.write_text(yaml.safe_dump({"name": "chk", "data": {"root": str(root)}, "tasks": TASKS,
-                                  "regimes": [4], "network": {"preset": "mini",
+                                  "regimes": [4], "max_order": 2, "network": {"preset": "mini",
                                                               "model": {"image_size": 32}}}))
     assert main(["check", str(wf), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -86,7 +87,8 @@ def test_cli_check_exits_1_on_problems_and_0_on_a_clean_root(root, tmp_path, cap
 
 def test_cli_check_of_a_root_still_to_render_says_the_sweep_renders_it(tmp_path, capsys):
     wf = tmp_path / "wf.yaml"
-    wf.write_text(yaml.safe_dump({"name": "chk", "tasks": ["normal"], "regimes": [4], "data": {
+    wf.write_text(yaml.safe_dump({"name": "chk", "tasks": ["normal"], "regimes": [4],
+                                  "max_order": 1, "data": {
         "root": str(tmp_path / "mini"), "render": {"points": 4, "buildings": 4}}}))
     assert main(["check", str(wf)]) == 0
     assert "renders it" in capsys.readouterr().out

@@ -60,7 +60,8 @@ def test_a_sweep_that_fails_to_start_gives_its_claim_back(tmp_path, monkeypatch)
 
     monkeypatch.setattr(driver, "guard_run", refuse)
     wf = tmp_path / "wf.yaml"
-    wf.write_text(f"name: t\ndata: {{root: {tmp_path / 'data'}}}\ntasks: [normal]\n")
+    wf.write_text(f"name: t\ndata: {{root: {tmp_path / 'data'}}}\ntasks: [normal]\n"
+                  "max_order: 1\n")
     with pytest.raises(ConfigError, match="the config differs"):
         driver.run_sweep(wf, storage_uri=str(tmp_path / "store"), report=False)
     assert not Storage(str(tmp_path / "store")).exists(lease.DRIVER_FILE)

@@ -9,6 +9,7 @@ from taskonomy_ray.sweep.scheduler import Scheduler
 
 def small(**kw):
     raw = {"name": "t", "tasks": ["normal", "depth_zbuffer", "reshading"], "regimes": [16],
+           "max_order": 2,
            "data": {"root": "x", "render": {"points": 4, "views": 3, "size": 16}}, **kw}
     return config.from_dict(raw)
 
@@ -91,7 +92,8 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
 ])
 def test_a_setting_of_the_wrong_type_is_refused_at_load_naming_it(setting, message):
     # Before, these loaded and failed on a worker (a TypeError, retried as if transient).
-    raw = {"name": "t", "tasks": ["normal"], "regimes": [8], "data": {"root": "/data"}}
+    raw = {"name": "t", "tasks": ["normal"], "regimes": [8], "max_order": 1,
+           "data": {"root": "/data"}}
     with pytest.raises(ConfigError, match=message):
         config.from_dict({**raw, **setting})
 
@@ -130,6 +132,18 @@ def test_a_beam_ranks_again_when_its_widths_top_order_or_sources_change():
                     beams(tasks=four, max_order=2, beam=[2, 3, 3]),
                     beams(tasks=[*four, "keypoints2d"], max_order=2, beam=[3, 3, 3])):
         assert set(changed.values()).isdisjoint(base.values())
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"max_order": 3, "beam": [4, 2, 5]}, r"beam \[4, 2, 5\]: beam width 2 for order 3 picks no "
+                                          r"3-set; use a width of at least 3"),
+    ({"max_order": 3}, r"max_order 3 combines 3 sources besides the target and `random`, and "
+                       r"`tasks` leaves 2; set max_order to at most 2 or add tasks"),
+])
+def test_a_beam_that_cannot_choose_is_refused_at_load_not_after_first_order(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        small(**setting)
+    small(max_order=2, beam=[4, 2, 5])  # an unused width is no error
 
 
 def test_execution_only_settings_leave_unit_keys_alone():

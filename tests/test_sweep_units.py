@@ -18,7 +18,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def sweep(root: Path, **kw) -> config.SweepConfig:
-    return config.from_dict({"name": "t", "tasks": ["normal"], "regimes": [8],
+    return config.from_dict({"name": "t", "tasks": ["normal"], "regimes": [8], "max_order": 1,
                              "data": {"root": str(root)}, **kw})
 
 

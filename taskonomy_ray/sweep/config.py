@@ -17,6 +17,7 @@ import yaml
 
 from .. import config as network_config
 from .. import tasks as registry
+from ..beam import BeamConfig
 from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only
 from ..errors import ConfigError, unknown_name
 from ..splits import SPLITS, check_lists, read_split_file
@@ -182,6 +183,7 @@ class SweepConfig:
             raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
         if len(self.beam) != 3 or min(self.beam) < 2:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
+        self._check_beam()
         gold = self.gold_network()  # validate the sections now, not on a worker hours later
         self.scratch_network()
         self.transfer_config()
@@ -199,6 +201,18 @@ class SweepConfig:
             raise ConfigError(f"network.train.batch_size {gold.train.batch_size} (the global "
                               f"batch) does not split among resources.gold_workers {workers}; "
                               "make it a multiple of the worker count")
+
+    def _check_beam(self) -> None:
+        """Refuse a beam that cannot choose, now, not in the beam units after first order."""
+        try:
+            BeamConfig(widths=self.beam[:self.max_order - 1], max_order=self.max_order)
+        except ConfigError as e:
+            raise ConfigError(f"beam {list(self.beam)}: {e}") from e
+        ranked = len(self.tasks) - 1  # a target's sources besides itself and `random`
+        if self.targets and 1 < self.max_order > ranked:
+            raise ConfigError(f"max_order {self.max_order} combines {self.max_order} sources "
+                              f"besides the target and `random`, and `tasks` leaves {ranked}; "
+                              f"set max_order to at most {max(ranked, 1)} or add tasks")
 
     def gold_network(self) -> NetworkConfig:
         """The gold networks' model and training settings (preset `mini` unless named)."""
