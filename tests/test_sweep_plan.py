@@ -144,6 +144,7 @@ def test_a_beam_that_cannot_choose_is_refused_at_load_not_after_first_order(sett
     with pytest.raises(ConfigError, match=message):
         small(**setting)
     small(max_order=2, beam=[4, 2, 5])  # an unused width is no error
+    small(tasks=["normal"], max_order=1)  # first order alone needs no other task
 
 
 def test_execution_only_settings_leave_unit_keys_alone():
@@ -496,11 +497,63 @@ def test_a_beam_ranked_again_drops_the_higher_orders_only_its_old_ranking_chose(
     chosen = [["depth_zbuffer", "normal"], ["normal", "reshading"]]  # reshading ranks now
     run_all(s)
     now = [u.params["source_sets"] for u in s.units.values() if u.params.get("order") == 2]
-    assert now == [chosen] and not set(old) & set(s.units) and not set(old) & set(s.state)
+    assert now == [plan.spelt(chosen)] and not set(old) & set(s.units)
+    assert not set(old) & set(s.state)
     chosen = []  # ranked again, twice, choosing nothing: nothing left, nothing dropped twice
     for _ in range(2):
         s.succeeded(s.units[beam])
     assert not [u for u in s.units.values() if u.params.get("order") == 2]
+
+
+def test_a_group_is_the_same_unit_whatever_order_a_beam_ranked_its_sets_in():
+    # Each head trains as it would alone: a re-ranking that keeps the sets keeps the trained group.
+    cfg = small()
+    ranked = plan.transfer_unit(cfg, "normal", 16, 2, [["reshading", "normal"],
+                                                       ["depth_zbuffer", "normal"]])
+    other = plan.transfer_unit(cfg, "normal", 16, 2, [["depth_zbuffer", "normal"],
+                                                      ["normal", "reshading"]])
+    assert ranked.key == other.key
+    # (each set, then the list, in registry order: reshading, normal, depth_zbuffer)
+    assert ranked.params["source_sets"] == [["reshading", "normal"], ["normal", "depth_zbuffer"]]
+
+
+def test_higher_orders_a_beam_may_drop_wait_for_it_to_rank_again():
+    # The group the beam ranked was partial and its missing source comes in this run: the beam
+    # ranks again, and the groups its old ranking chose must not train before it has.
+    cfg = small()
+    lost, group, beam, without = _partial_normal(cfg)
+    picks = {"old": [["depth_zbuffer", "random"]], "new": [["reshading", "normal"]]}
+    chosen = picks["old"]
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, {"2": chosen}) if u.key == beam else []
+
+    old = plan.expand_beam(cfg, plan.Unit(beam, "beam", {"target": "normal", "regime": 16}),
+                           {"2": picks["old"]})[0].key
+    not_done = {plan.gold_key(cfg, "reshading"), *lost, plan.beam_key(cfg, "reshading", 16), old}
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in not_done,
+                  went_without=without, expand=expand)
+    assert old in s.units and old not in {u.key for u in s.ready()}
+    chosen = picks["new"]
+    order = run_all(s)
+    assert old not in order and order.index(group) < order.index(beam)
+    assert [u.params["source_sets"] for u in s.units.values() if u.params.get("order") == 2] \
+        == [picks["new"]]
+
+
+def test_higher_orders_chosen_by_a_beam_that_then_fails_are_not_run():
+    cfg = small()
+    lost, group, beam, without = _partial_normal(cfg)
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, {"2": [["depth_zbuffer", "random"]]}) if u.key == beam \
+            else []
+
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key in (beam, group),
+                  went_without=without, expand=expand)
+    (old,) = s.expanded[beam]
+    run_all(s, fail=lambda u: "no gold losses" if u.key == beam else None)
+    assert s.state[old] == "failed" and s.errors[old] == f"not run: {beam}, which chose it, failed"
 
 
 def test_transient_failures_are_retried_a_bounded_number_of_times():
@@ -576,3 +629,4 @@ def test_an_unset_later_setting_keeps_earlier_runs_resumable_with_their_keys():
     scored = ("gold", "scratch", "features", "transfer")  # every unit that reads the test split
     assert {u.key for u in plan.build(small())}.isdisjoint(
         u.key for u in plan.build(capped) if u.stage in scored)
+

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import beam
 from .. import tasks as registry
 from .config import SweepConfig
 
@@ -101,7 +102,7 @@ def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
                  source_sets: list[list[str]]) -> str:
     """Key of one fused group of transfers of one order into `target`."""
     d = cfg.digest("data", "network", "transfer", "seed")
-    return f"transfer-{target}-r{regime}-o{order}-{d}{_h(source_sets)}"
+    return f"transfer-{target}-r{regime}-o{order}-{d}{_h(spelt(source_sets))}"
 
 
 def _unit(stage: str, key: str, params: dict[str, Any], deps: list[str], outputs: list[str],
@@ -176,11 +177,23 @@ def transfer_unit(cfg: SweepConfig, target: str, regime: int, order: int,
     transfers from it, not the whole group (a failed gold network would otherwise fail every
     first-order group of the sweep).
     """
+    source_sets = spelt(source_sets)  # (the key spells them so too)
     key = transfer_key(cfg, target, regime, order, source_sets)
     sources = sorted({s for group in source_sets for s in group})
     deps = [features_key(cfg, s, i) for s in sources for i in imagesets(target, regime)]
     params = {"target": target, "regime": regime, "order": order, "source_sets": source_sets}
     return _unit("transfer", key, params, deps, [losses_path(key)], optional=tuple(deps))
+
+
+def spelt(source_sets: list[list[str]]) -> list[list[str]]:
+    """A group's source sets in their one spelling: each set, then the list, in registry order.
+
+    A beam's choice lists its sets in rank order; the same sets ranked otherwise are the same
+    group (each head trains as it would alone), so the key must not see the order.
+    """
+    order = {n: i for i, n in enumerate(registry.resolve(None))}
+    sets = [list(beam.canonical(ss)) for ss in source_sets]
+    return sorted(sets, key=lambda ss: [order[s] for s in ss])
 
 
 def expand_beam(cfg: SweepConfig, beam: Unit, chosen: dict[str, list[list[str]]]) -> list[Unit]:

@@ -86,14 +86,28 @@ class Scheduler:
         return self.state[key] == "done" and not any(
             self.state[d] in ("planned", "running") for d in self.partial.get(key, ()))
 
+    def _unsettled_choices(self) -> set[str]:
+        """Units added by a result that may still change: its unit or an input of it will run.
+
+        (A beam ranked on a partial first-order group ranks again once the group is complete;
+        the higher orders its old ranking chose wait for the new choice, which may drop them.)
+        """
+        out: set[str] = set()
+        for key, added in self.expanded.items():
+            if key in self.units and not (self._usable(key) and all(
+                    self._usable(d) for d in self.units[key].required)):
+                out.update(added)
+        return out
+
     def ready(self) -> list[Unit]:
         """Planned units whose dependencies are done, by stage priority; failed deps fail them."""
         self._fail_orphans()
         settled = all(self.state[k] in ("done", "failed")
                       for k, u in self.units.items() if not u.barrier)
+        held = self._unsettled_choices()
         out = []
         for key, u in self.units.items():
-            if self.state[key] != "planned":
+            if self.state[key] != "planned" or key in held:
                 continue
             if u.barrier and not settled:
                 continue
@@ -106,14 +120,20 @@ class Scheduler:
         changed = True
         while changed:
             changed = False
+            chosen_by = {k: c for c, added in self.expanded.items() for k in added}
             for key, u in self.units.items():
                 if self.state[key] != "planned":
                     continue
                 bad = [d for d in u.required if self.state[d] == "failed"]
+                chooser = chosen_by.get(key)
                 if bad:
-                    self.state[key] = "failed"
                     self.errors[key] = f"not run: its dependency {bad[0]} failed"
-                    changed = True
+                elif chooser in self.state and self.state[chooser] == "failed":
+                    self.errors[key] = f"not run: {chooser}, which chose it, failed"
+                else:
+                    continue
+                self.state[key] = "failed"
+                changed = True
 
     def started(self, unit: Unit) -> None:
         """The runner submitted `unit` (without whichever optional deps failed)."""
