@@ -178,7 +178,8 @@ def _run_status(args: argparse.Namespace) -> int:
             print(f"{stage:<10}" + "".join(f"{c[k]:>9}" for k in cols))
     for order, c in sorted(st["transfer_orders"].items()):
         print(f"  transfers of order {order}: {c['transfers_done']} of {c['transfers_planned']} "
-              f"trained; groups: {c['planned']} planned, {c['done']} done, {c['failed']} failed")
+              f"trained; groups: {c['planned']} planned, {c['done']} done, {c['failed']} failed, "
+              f"{c['blocked']} blocked")
     for key, err in sorted(st["failures"].items()):
         print(f"FAILED {key}: {err}")
     for key, why in sorted(st["blocked"].items()):

@@ -630,3 +630,22 @@ def test_an_unset_later_setting_keeps_earlier_runs_resumable_with_their_keys():
     assert {u.key for u in plan.build(small())}.isdisjoint(
         u.key for u in plan.build(capped) if u.stage in scored)
 
+
+def test_status_counts_the_higher_orders_beams_will_choose_and_those_a_failed_beam_never_will(
+        tmp_path, capsys):
+    from taskonomy_ray import cli
+    from taskonomy_ray.sweep import driver, ledger
+    from taskonomy_ray.tables import Storage
+
+    cfg = small(max_order=2, beam=[3, 3, 3])  # each target: the pair of its 2 other tasks
+    st = Storage(str(tmp_path))
+    units = plan.build(cfg)
+    st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in units]})
+    failed = plan.beam_key(cfg, "normal", 16)
+    ledger.record(st, failed, "started")
+    ledger.record(st, failed, "failed", error="no gold losses")
+    o2 = driver.status(str(tmp_path))["transfer_orders"]["2"]
+    assert (o2["planned"], o2["transfers_planned"], o2["blocked"], o2["done"]) == (3, 3, 1, 0)
+    cli.main(["status", str(tmp_path)])
+    assert ("transfers of order 2: 0 of 3 trained; groups: 3 planned, 0 done, 0 failed, "
+            "1 blocked") in capsys.readouterr().out

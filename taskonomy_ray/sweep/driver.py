@@ -468,18 +468,28 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 changed = True
     stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
     orders: dict[str, dict[str, int]] = {}
+
+    def order(k: Any) -> dict[str, int]:
+        return orders.setdefault(str(k), dict.fromkeys(
+            ("planned", "done", "failed", "blocked", "transfers_planned", "transfers_done"), 0))
+
     for u in units:
         stages[u.stage]["planned"] += 1
         stages[u.stage][state[u.key]] += 1
         if u.stage == "transfer":  # groups, and the transfers in them
-            o = orders.setdefault(str(u.params["order"]), dict.fromkeys(
-                ("planned", "done", "failed", "transfers_planned", "transfers_done"), 0))
+            o = order(u.params["order"])
             o["planned"] += 1
-            o["done"] += state[u.key] == "done"
-            o["failed"] += state[u.key] == "failed"
+            for s in ("done", "failed", "blocked"):
+                o[s] += state[u.key] == s
             n = len(u.params["source_sets"])
             o["transfers_planned"] += n
             o["transfers_done"] += (n - left_out.get(u.key, 0)) if state[u.key] == "done" else 0
+        elif u.stage == "beam" and state[u.key] != "done":  # the groups it will choose
+            for k, n in u.params.get("expects", {}).items():  # (older plans: not counted)
+                o = order(k)
+                o["planned"] += 1
+                o["blocked"] += state[u.key] in ("failed", "blocked")
+                o["transfers_planned"] += n
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures, "blocked": blocked, "partial": partial,
             "driver": lease.holder(storage), "damaged": damaged if verify else None}

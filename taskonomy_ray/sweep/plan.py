@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,16 @@ def features_path(key: str) -> str:
     return f"features/{key}.npz"
 
 
+def beam_counts(cfg: SweepConfig) -> dict[str, int]:
+    """The transfers per higher order one beam chooses: {"2": 10, "3": 10, "4": 15} at paper size.
+
+    (Every `order`-subset of the top `width` of a target's sources besides itself and `random`;
+    fewer only where a failed source leaves its first-order group with fewer to rank.)
+    """
+    ranked = len(cfg.tasks) - 1
+    return {str(k): math.comb(min(cfg.beam[k - 2], ranked), k) for k in range(2, cfg.max_order + 1)}
+
+
 def build(cfg: SweepConfig) -> list[Unit]:
     """Every unit known before any result: stages 0-2 first order, the beams and the analysis."""
     units: list[Unit] = []
@@ -161,7 +172,8 @@ def build(cfg: SweepConfig) -> list[Unit]:
             if cfg.max_order > 1:
                 o1 = transfer_key(cfg, target, regime, 1, singles)
                 key = beam_key(cfg, target, regime)
-                units.append(_unit("beam", key, {"target": target, "regime": regime},
+                params = {"target": target, "regime": regime, "expects": beam_counts(cfg)}
+                units.append(_unit("beam", key, params,
                                    [o1, gold_key(cfg, target), scratch_key(cfg, target, regime)],
                                    [f"beam/{key}.json"]))
     units.append(_unit("analysis", "analysis", {}, [], ["affinities.parquet", "taxonomy.json"],
