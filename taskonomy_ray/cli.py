@@ -187,6 +187,9 @@ def _run_status(args: argparse.Namespace) -> int:
     for key, sources in sorted(st["partial"].items()):
         print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
               "representations failed)")
+    for key, heads in sorted(st["diverged"].items()):
+        what = "; ".join(f"{'+'.join(d['sources'])} ({d['why']})" for d in heads)
+        print(f"DIVERGED {key}: left out {what}; a lower transfer.lr trains them again")
     local = Storage(args.storage).local if damaged else True
     for key, files in sorted(damaged.items()):
         print(f"DAMAGED {key}: {'; '.join(files)}; "

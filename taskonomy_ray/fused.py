@@ -268,6 +268,17 @@ def _head_losses(target: str, out: torch.Tensor, batch: Mapping[str, torch.Tenso
     return head_loss(target, out.flatten(0, 1), tiled, seed, step, ids).view(g, b)
 
 
+class HeadsDiverged(TrainingError):
+    """Heads of a fused group whose training loss turned non-finite: `heads` at `step`."""
+
+    def __init__(self, message: str, heads: Sequence[int] = (), step: int = 0) -> None:
+        super().__init__(message)
+        self.heads, self.step = list(heads), step
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (Ray pickles errors: keep the fields)
+        return type(self), (str(self), self.heads, self.step)
+
+
 def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn,
                 labels: Labels, n_train: int,
                 cfg: TransferConfig) -> nn.Module:
@@ -289,8 +300,8 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
         per_head = _head_losses(target, out, take(labels, idx, dev), cfg.seed, step).mean(1)
         if not torch.isfinite(per_head).all():
             bad = torch.nonzero(~torch.isfinite(per_head)).flatten().tolist()
-            raise TrainingError(f"fused transfers into {target}: non-finite loss at step {step} "
-                                f"(heads {bad}); lower transfer.lr")
+            raise HeadsDiverged(f"fused transfers into {target}: non-finite loss at step {step} "
+                                f"(heads {bad}); lower transfer.lr", bad, step)
         opt.zero_grad(set_to_none=True)
         per_head.sum().backward()
         opt.step()
@@ -332,11 +343,15 @@ def stacked_inputs(feats: Mapping[str, torch.Tensor], source_sets: Sequence[Sequ
 def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
                 train_feats: Mapping[str, torch.Tensor], train_labels: Labels,
                 test_feats: Mapping[str, torch.Tensor], test_labels: Labels,
-                test_images: Sequence[str], model: Any, cfg: TransferConfig, out_channels: int
+                test_images: Sequence[str], model: Any, cfg: TransferConfig, out_channels: int,
+                diverged: dict[tuple[str, ...], str] | None = None
                 ) -> list[tuple[tuple[str, ...], np.ndarray]]:
     """Train transfers of one order into `target`, fused in chunks of `cfg.max_heads`.
 
-    Returns (sources, per-image test losses) per transfer, in the given order.
+    Returns (sources, per-image test losses) per transfer, in the given order. A transfer whose
+    training or test loss turns non-finite fails the group (TrainingError) unless `diverged` is
+    given: then it is left out and named there with why, and its chunk trains again without
+    it, from the same initialisation, so the others end as if trained alone all the same.
     """
     sets = [canonical(s) for s in source_sets]
     if len({len(s) for s in sets}) != 1 or len(set(sets)) != len(sets):
@@ -345,28 +360,63 @@ def train_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
     results = []
     for start in range(0, len(sets), cfg.max_heads):
         chunk = sets[start:start + cfg.max_heads]
-        nets = [build_transfer_net(target, ss, regime, model, cfg, out_channels, n_train)
-                .to(resolve_device(cfg)) for ss in chunk]
-        train_in = stacked_inputs(train_feats, chunk)
-        every = torch.arange(n_train)
-        for net, ss in zip(nets, chunk):  # one head at a time: (N, 8k, h, w) each
-            x = stacked_inputs(train_feats, [ss])(every)[0]
-            net.readout.set_clip(x.to(net.readout.lo.device), cfg.clip_sigma)
-        group = train_fused(nets, target, train_in, train_labels, n_train, cfg)
-        losses = evaluate_fused(group, target, stacked_inputs(test_feats, chunk), test_labels,
-                                test_images, cfg)
-        results += list(zip(chunk, losses))
+        while chunk:
+            try:
+                results += _train_chunk(target, chunk, regime, train_feats, train_labels,
+                                        test_feats, test_labels, test_images, model, cfg,
+                                        out_channels, n_train, diverged)
+                break
+            except HeadsDiverged as e:
+                if diverged is None:
+                    raise
+                for i in e.heads:
+                    diverged[chunk[i]] = f"non-finite training loss at step {e.step}"
+                chunk = [ss for i, ss in enumerate(chunk) if i not in e.heads]
     return results
+
+
+def _train_chunk(target: str, chunk: Sequence[tuple[str, ...]], regime: int,
+                 train_feats: Mapping[str, torch.Tensor], train_labels: Labels,
+                 test_feats: Mapping[str, torch.Tensor], test_labels: Labels,
+                 test_images: Sequence[str], model: Any, cfg: TransferConfig, out_channels: int,
+                 n_train: int, diverged: dict[tuple[str, ...], str] | None
+                 ) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """One fused chunk trained and tested: (sources, test losses) of its finite heads."""
+    nets = [build_transfer_net(target, ss, regime, model, cfg, out_channels, n_train)
+            .to(resolve_device(cfg)) for ss in chunk]
+    train_in = stacked_inputs(train_feats, chunk)
+    every = torch.arange(n_train)
+    for net, ss in zip(nets, chunk):  # one head at a time: (N, 8k, h, w) each
+        x = stacked_inputs(train_feats, [ss])(every)[0]
+        net.readout.set_clip(x.to(net.readout.lo.device), cfg.clip_sigma)
+    group = train_fused(nets, target, train_in, train_labels, n_train, cfg)
+    losses = evaluate_fused(group, target, stacked_inputs(test_feats, chunk), test_labels,
+                            test_images, cfg)
+    out = []
+    for ss, loss in zip(chunk, losses):
+        if np.isfinite(loss).all():
+            out.append((ss, loss))
+        elif diverged is None:
+            raise TrainingError(f"transfer {'+'.join(ss)} -> {target}: non-finite test loss on "
+                                f"{int((~np.isfinite(loss)).sum())} of {len(loss)} test images; "
+                                "lower transfer.lr")
+        else:
+            diverged[ss] = (f"non-finite test loss on {int((~np.isfinite(loss)).sum())} of "
+                            f"{len(loss)} test images")
+    return out
 
 
 def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regime: int,
                          cache: FeatureCache, data_root: str, cfg: TransferConfig, model: Any,
-                         *, unit: str, splits: Any = None, subset_seed: int = 0) -> pa.Table:
+                         *, unit: str, splits: Any = None, subset_seed: int = 0,
+                         diverged: dict[tuple[str, ...], str] | None = None) -> pa.Table:
     """One unit of work: train transfers into `target` (any orders) on the regime's subset.
 
     Reads representations from `cache` (each (source, image set) must be cached already) and the
     target's labels from `data_root`; returns every transfer's per-image test losses as one
     LOSSES_SCHEMA table (kind `transfer`, unit `unit`) for the caller to write atomically.
+    With `diverged`, a transfer whose loss turns non-finite is left out and named there (see
+    `train_group`); the unit fails only if every transfer does.
     """
     sets = [canonical(s) for s in source_sets]
     kw = {"image_size": model.image_size, "tasks": [target], "splits": splits,
@@ -393,7 +443,8 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
             test_feats = {s: torch.from_numpy(cache.load(s, test_set, test_ids)) for s in sources}
             try:
                 results = train_group(target, chunk, regime, train_feats, train_labels,
-                                      test_feats, test_labels, test_ids, model, ocfg, channels)
+                                      test_feats, test_labels, test_ids, model, ocfg, channels,
+                                      diverged)
             except torch.OutOfMemoryError as e:
                 raise TrainingError(
                     f"transfers into {target} of order {order} ({len(chunk)} heads at batch "
@@ -409,4 +460,8 @@ def train_transfer_group(target: str, source_sets: Sequence[Sequence[str]], regi
             for s in sources:
                 cache.forget(s, train_set)
                 cache.forget(s, test_set)
+    if not parts:
+        why = "; ".join(f"{'+'.join(ss)}: {w}" for ss, w in (diverged or {}).items())
+        raise TrainingError(f"every transfer of {unit} into {target} diverged ({why}); lower "
+                            "transfer.lr")
     return pa.concat_tables(parts)

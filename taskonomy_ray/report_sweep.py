@@ -82,12 +82,12 @@ def _seconds(x: float | None) -> str:
 
 def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
                  ) -> dict[str, list[dict[str, Any]]]:
-    """Units per stage, transfers per order, failures, partial groups: `status`'s view."""
+    """Units per stage, transfers per order, failures, partial groups, diverged transfers."""
     from .sweep import driver, ledger
 
     if not units:
         notes.append(f"{PLAN_FILE} is missing: no unit counts or failures to show")
-        return {"stages": [], "orders": [], "failures": [], "partial": []}
+        return {"stages": [], "orders": [], "failures": [], "partial": [], "diverged": []}
     st = driver.status(storage.uri)
     stages = [{"stage": name, "planned": c["planned"], "done": c["done"], "failed": c["failed"],
                "blocked": c["blocked"], "open": c["planned"] - c["done"] - c["failed"]
@@ -98,7 +98,10 @@ def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
                 for key, err in sorted(st["failures"].items())]
     partial = [{"key": key, "sources": ", ".join(sources)}
                for key, sources in sorted(st["partial"].items())]
-    return {"stages": stages, "orders": orders, "failures": failures, "partial": partial}
+    diverged = [{"key": key, "sources": "+".join(d["sources"]), "why": d["why"]}
+                for key, heads in sorted(st["diverged"].items()) for d in heads]
+    return {"stages": stages, "orders": orders, "failures": failures, "partial": partial,
+            "diverged": diverged}
 
 
 # --- sanity: gold against the baselines the sweep trained --------------------------------------

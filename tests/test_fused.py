@@ -114,6 +114,24 @@ def test_a_head_whose_loss_turns_non_finite_stops_the_group_naming_it():
         train_fused(nets, "room_layout", inputs, labels, N_TRAIN, CFG)
 
 
+def test_a_diverged_head_is_left_out_and_the_rest_end_as_trained_without_it():
+    _, train, test, labels, test_labels = _group("room_layout", 9)
+    images = [f"im{i}" for i in range(N_TEST)]
+    broken = {**train, "depth_zbuffer": torch.full_like(train["depth_zbuffer"], float("nan"))}
+    diverged = {}
+    kept = train_group("room_layout", SOURCES, 16, broken, labels, test, test_labels, images,
+                       MODEL, CFG, 9, diverged)
+    assert diverged == {("depth_zbuffer",): "non-finite training loss at step 0"}
+    without = train_group("room_layout", [SOURCES[0], SOURCES[2]], 16, train, labels, test,
+                          test_labels, images, MODEL, CFG, 9)
+    assert [ss for ss, _ in kept] == [ss for ss, _ in without] == [SOURCES[0], SOURCES[2]]
+    for (_, a), (_, b) in zip(kept, without):
+        assert (a == b).all()
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 0 \(heads \[1\]\)"):
+        train_group("room_layout", SOURCES, 16, broken, labels, test, test_labels, images,
+                    MODEL, CFG, 9)  # asked for no record: the group fails, as alone
+
+
 def test_amp_on_runs_the_heads_in_bf16_and_keeps_float32_losses_close():
     nets, train, test, labels, test_labels = _group("normal", 3)
     plain = [copy.deepcopy(n) for n in nets]

@@ -94,8 +94,9 @@ def build_sweep_storage(tmp: Path) -> tuple[tables.Storage, sweep_config.SweepCo
     solved = taxonomy.solve_taxonomy(table, taxonomy.ProblemSpec(max_order=2), 1)
     storage.write_json("taxonomy.json", solved.to_json())
     group = next(u for u in units if u.stage == "transfer")  # as if a source had failed
-    storage.write_json(plan.partial_path(group.key), {"without": [], "left_out": [["jigsaw"]],
-                                                      "sources": ["jigsaw"]})
+    storage.write_json(plan.partial_path(group.key), {  # ...and one transfer had diverged
+        "without": [], "left_out": [["jigsaw"], ["random"]], "sources": ["jigsaw"],
+        "diverged": [{"sources": ["random"], "why": "non-finite training loss at step 3"}]})
     failed = plan.beam_key(cfg, "normal", REGIME)
     ledger.record(storage, failed, "started")
     ledger.record(storage, failed, "failed", error="RuntimeError: out of memory")
@@ -180,8 +181,10 @@ def test_sweep_report_shows_samples_sanity_and_run_facts(sweep_storage, tmp_path
     assert re.search(rf"<code>{group.key}</code></td><td>jigsaw</td>", page)  # trained without
     planned = len(group.params["source_sets"]) * sum(
         u.stage == "transfer" for u in plan.build(cfg))  # order 1: one group per target
-    assert re.search(rf'<td class="num">1</td><td class="num">{planned - 1}</td>\s*'
-                     rf'<td class="num">{planned}</td>', page)  # the partial group lacks one
+    assert re.search(rf'<td class="num">1</td><td class="num">{planned - 2}</td>\s*'
+                     rf'<td class="num">{planned}</td>', page)  # the partial group lacks two
+    assert re.search(rf"<code>{group.key}</code></td><td>random</td><td>non-finite training "
+                     "loss at step 3</td>", page)
     assert "<td class=\"num\">7.2</td>" in page and "12.5 s" in page  # from sweep.json
     assert "the sweep's own solve (taxonomy.json)" in page  # its budget 1, order 2 is drawn
     assert "not measured by a sweep" in page

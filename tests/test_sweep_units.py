@@ -161,3 +161,49 @@ def test_every_unit_of_the_paper_workflow_is_a_ray_task_ray_accepts():
     # GPU units share one remote function made with the workflow's worker reuse
     assert remotes[cfg.resources.max_calls]._default_options == {
         "max_calls": cfg.resources.max_calls}
+
+
+def test_a_transfer_whose_loss_diverges_is_left_out_and_named_not_the_whole_group(
+        root, tmp_path, monkeypatch, capsys):
+    # One bad head used to fail its fused group: a first-order group, then its beam and every
+    # higher order of the target, lost for one transfer.
+    import numpy as np
+
+    from taskonomy_ray import cli
+    from taskonomy_ray.features import FeatureCache
+    from taskonomy_ray.sweep import driver
+
+    cfg = sweep(root, transfer={"steps": 2, "batch_size": 4}, regimes=[8])
+    storage = units.Storage(str(tmp_path / "store"))
+    ctx = {"config": cfg.to_json(), "storage": storage.uri, "data_root": str(root)}
+    built = plan.build(cfg)
+    for u in built:  # random's representations, and a copy of them standing in for normal's
+        if u.stage == "features" and u.params["source"] == "random":
+            units.run_features(u, ctx)
+            stand_in = plan.features_key(cfg, "normal", u.params["imageset"])
+            storage.write_bytes(plan.features_path(stand_in),
+                                storage.read_bytes(u.outputs[0]))
+    load = FeatureCache.load
+
+    def broken_normal(self, source, imageset, images):  # its representations: all NaN
+        x = load(self, source, imageset, images)
+        return np.full_like(x, np.nan) if source == "normal" else x
+
+    monkeypatch.setattr(FeatureCache, "load", broken_normal)
+    group = next(u for u in built if u.stage == "transfer")
+    info = units.run_transfer(group, ctx)
+    assert info["transfers"] == 1 and info["left_out"] == [["normal"]]
+    losses = storage.read_table(plan.losses_path(group.key), units.LOSSES_SCHEMA)
+    assert {tuple(s) for s in losses.column("sources").to_pylist()} == {("random",)}
+    record = storage.read_json(plan.partial_path(group.key))
+    assert record["diverged"] == [{"sources": ["normal"],
+                                   "why": "non-finite training loss at step 0"}]
+    assert record["without"] == [] and record["sources"] == []  # nothing to wait for
+    assert driver.went_without(storage)(group) == []
+    storage.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in built]})
+    st = driver.status(storage.uri)
+    assert st["diverged"] == {group.key: record["diverged"]} and st["partial"] == {}
+    assert st["transfer_orders"]["1"]["transfers_done"] == 1
+    cli.main(["status", storage.uri])
+    assert (f"DIVERGED {group.key}: left out normal (non-finite training loss at step 0)"
+            in capsys.readouterr().out)

@@ -437,6 +437,7 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     state: dict[str, str] = {}
     failures = {}
     partial = {}
+    diverged: dict[str, list[dict[str, Any]]] = {}  # transfers left out: non-finite losses
     left_out: dict[str, int] = {}  # transfers a partial group's table lacks
     damaged: dict[str, list[str]] = {}
     for u in units:  # one look at storage per unit: on an object store each is a request
@@ -448,7 +449,10 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
             cut = planning.partial_path(u.key) in {rel for rel, _ in bad}
             record = read_partial(storage, u.key) if u.optional and not cut else None
             if record is not None:
-                partial[u.key] = record["sources"]
+                if record["sources"]:
+                    partial[u.key] = record["sources"]
+                if record.get("diverged"):
+                    diverged[u.key] = record["diverged"]
                 left_out[u.key] = len(record["left_out"])
         else:
             h = ledger.history(storage, u.key)
@@ -491,5 +495,5 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 o["blocked"] += state[u.key] in ("failed", "blocked")
                 o["transfers_planned"] += n
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
-            "failures": failures, "blocked": blocked, "partial": partial,
+            "failures": failures, "blocked": blocked, "partial": partial, "diverged": diverged,
             "driver": lease.holder(storage), "damaged": damaged if verify else None}

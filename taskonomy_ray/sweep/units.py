@@ -313,13 +313,17 @@ def trainable_sets(unit: planning.Unit, cfg: sweep_config.SweepConfig,
     if old is not None or record is not None:
         both = [r for r in (old, record) if r is not None]
         storage.write_json(planning.partial_path(unit.key),
-                           {k: sorted({json.dumps(x): x for r in both for x in r[k]}.values())
-                            for k in ("without", "left_out", "sources")})
+                           {k: sorted({json.dumps(x): x for r in both for x in r.get(k, [])}
+                                      .values(), key=json.dumps)
+                            for k in ("without", "left_out", "sources", "diverged")})
     return kept, record
 
 
 def read_partial(storage: Storage, key: str) -> dict[str, Any] | None:
-    """A transfer group's partial record (`without`, `left_out`, `sources`), or None."""
+    """A transfer group's partial record (`without`, `left_out`, `sources`, `diverged`), or None.
+
+    `diverged`: transfers left out because their loss turned non-finite, each with why.
+    """
     path = planning.partial_path(key)
     return storage.read_json(path) if storage.exists(path) else None
 
@@ -345,13 +349,18 @@ def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     cfg, storage = _context(ctx)
     torch.manual_seed(cfg.seed)
     kept, record = trainable_sets(unit, cfg, storage)
+    diverged: dict[tuple[str, ...], str] = {}
     table = train_transfer_group(unit.params["target"], kept, unit.params["regime"],
                                  _feature_cache(cfg, storage), ctx["data_root"],
                                  cfg.transfer_config(), cfg.gold_network().model, unit=unit.key,
-                                 splits=splits(cfg), subset_seed=cfg.seed)
+                                 splits=splits(cfg), subset_seed=cfg.seed, diverged=diverged)
+    if diverged:  # left out for good (the same seed diverges again), never waited for
+        record = record or {"without": [], "left_out": [], "sources": []}
+        record["left_out"] = [*record["left_out"], *(list(ss) for ss in diverged)]
+        record["diverged"] = [{"sources": list(ss), "why": why} for ss, why in diverged.items()]
     storage.write_losses(unit.key, table)
     record_partial(storage, unit, record)
-    info: dict[str, Any] = {"transfers": len(kept), "rows": table.num_rows}
+    info: dict[str, Any] = {"transfers": len(kept) - len(diverged), "rows": table.num_rows}
     return {**info, "left_out": record["left_out"]} if record else info
 
 
