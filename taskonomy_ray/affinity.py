@@ -80,13 +80,15 @@ class _Transfer:
     unit: str
 
 
-def compute_affinities(losses: pa.Table) -> pa.Table:
+def compute_affinities(losses: pa.Table, *, need_scratch: bool = True) -> pa.Table:
     """The affinities table (AFFINITIES_SCHEMA) of a per-image losses table (LOSSES_SCHEMA).
 
     Per regime and target the tournament holds every transfer into the target of that regime
     (any order, `random`, the target's own encoder) and the gold standard `self` (whose unit was
     trained on the full set, so it joins every regime); `pixels` (scratch) is left out of the
     tournament and only scores Gain. Every competitor must have a loss on the same test images.
+    `need_scratch=False` ranks without a scratch network (the beam search, which reads only
+    affinities): where there is none, Gain is NaN.
     """
     table = check_schema(losses, LOSSES_SCHEMA, "losses")
     if table.num_rows == 0:
@@ -99,7 +101,7 @@ def compute_affinities(losses: pa.Table) -> pa.Table:
     parts = []
     for t, target in enumerate(target_names):
         matrix, transfers = _pivot(_rows_of(table, runs, t), target)
-        parts.extend(_target_rows(target, matrix, transfers))
+        parts.extend(_target_rows(target, matrix, transfers, need_scratch))
     if not parts:
         raise DataError("no transfers to rank: the losses table holds only baselines")
     return pa.Table.from_pylist(parts, schema=AFFINITIES_SCHEMA)
@@ -217,7 +219,8 @@ def _pivot(part: pa.Table, target: str) -> tuple[np.ndarray, list[_Transfer]]:
     return matrix, transfers
 
 
-def _target_rows(target: str, matrix: np.ndarray, transfers: list[_Transfer]) -> list[dict]:
+def _target_rows(target: str, matrix: np.ndarray, transfers: list[_Transfer],
+                 need_scratch: bool = True) -> list[dict]:
     """Affinity, quality and gain of every transfer into `target`, one regime at a time."""
     gold = [i for i, t in enumerate(transfers) if t.sources == GOLD]
     if len(gold) != 1:
@@ -230,7 +233,7 @@ def _target_rows(target: str, matrix: np.ndarray, transfers: list[_Transfer]) ->
             continue
         scratch = [i for i, t in enumerate(transfers)
                    if t.regime == regime and t.sources == SCRATCH]
-        if not scratch:
+        if not scratch and need_scratch:
             raise DataError(f"target {target!r}, regime {regime}: no scratch (`pixels`) losses; "
                             "train its scratch network for this regime (stage 1b)")
         competitors = [*idx, gold[0]]
@@ -238,7 +241,8 @@ def _target_rows(target: str, matrix: np.ndarray, transfers: list[_Transfer]) ->
         wins = win_matrix(block)
         affinity = ahp_weights(wins)
         quality = wins[:, -1]
-        gain = win_rate(block, matrix[scratch[0]])
+        gain = (win_rate(block, matrix[scratch[0]]) if scratch
+                else np.full(len(competitors), np.nan))
         for k, i in enumerate(competitors):
             rows.append({"regime": regime, "target": target, "sources": list(transfers[i].sources),
                          "order": len(transfers[i].sources), "affinity": float(affinity[k]),

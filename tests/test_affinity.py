@@ -187,6 +187,16 @@ def test_missing_gold_or_scratch_is_a_clear_error():
         affinity.compute_affinities(no_scratch)
 
 
+def test_ranking_alone_needs_no_scratch_network_and_leaves_gain_unknown():
+    # The beam search ranks by affinity: it need not wait for (or fail with) a scratch network.
+    table = _run()
+    no_scratch = table.filter(pa.compute.not_equal(pa.compute.field("kind"), "scratch"))
+    ranked = affinity.compute_affinities(no_scratch, need_scratch=False).to_pylist()
+    full = affinity.compute_affinities(table).to_pylist()
+    assert [r["affinity"] for r in ranked] == [r["affinity"] for r in full]
+    assert all(np.isnan(r["gain"]) for r in ranked)
+
+
 def test_nothing_to_rank_is_a_clear_error_naming_the_next_step():
     with pytest.raises(DataError, match="losses table is empty; run `taskonomy-ray sweep` first"):
         affinity.compute_affinities(_run().slice(0, 0))

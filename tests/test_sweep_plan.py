@@ -328,6 +328,15 @@ def test_dependencies_run_first_and_the_analysis_last():
     assert order[-1] == "analysis"
 
 
+def test_a_beam_waits_for_its_first_order_group_and_gold_network_only():
+    # Ranking reads affinities alone: the scratch network (a whole training) is not its input.
+    cfg = small()
+    for beam in (u for u in plan.build(cfg) if u.stage == "beam"):
+        target, regime = beam.params["target"], beam.params["regime"]
+        first = plan.transfer_key(cfg, target, regime, 1, [[s] for s in cfg.sources])
+        assert set(beam.deps) == {first, plan.gold_key(cfg, target)}
+
+
 def test_beam_result_schedules_higher_orders_of_that_target_only():
     cfg = small()
 

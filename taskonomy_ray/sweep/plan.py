@@ -174,7 +174,7 @@ def build(cfg: SweepConfig) -> list[Unit]:
                 key = beam_key(cfg, target, regime)
                 params = {"target": target, "regime": regime, "expects": beam_counts(cfg)}
                 units.append(_unit("beam", key, params,
-                                   [o1, gold_key(cfg, target), scratch_key(cfg, target, regime)],
+                                   [o1, gold_key(cfg, target)],  # (ranking needs no scratch)
                                    [f"beam/{key}.json"]))
     units.append(_unit("analysis", "analysis", {}, [], ["affinities.parquet", "taxonomy.json"],
                        barrier=True))

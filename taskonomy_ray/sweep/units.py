@@ -374,7 +374,7 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     target, regime = unit.params["target"], unit.params["regime"]
     losses = pa.concat_tables([storage.read_table(planning.losses_path(d), LOSSES_SCHEMA)
                                for d in unit.deps])
-    table = affinity.compute_affinities(losses)
+    table = affinity.compute_affinities(losses, need_scratch=False)  # ranks by affinity alone
     widths = beam.BeamConfig(widths=cfg.beam, max_order=cfg.max_order)
     chosen: dict[str, list[list[str]]] = {}
     for sources in beam.expand_target(table, target, regime, widths):
