@@ -240,6 +240,10 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     """
     tc, spec, hooks = cfg.train, net.spec, hooks or LocalHooks()
     rep = replica()
+    if len(data) < rep.world:  # (every replica sees this and stops: none waits on another)
+        raise ConfigError(f"{spec.name}: split {data.split!r} has {len(data)} samples, fewer than "
+                          f"the {rep.world} data-parallel replicas, so some would get none; "
+                          "lower resources.gold_workers or add buildings")
     device = resolve_device(tc)
     net.to(device)
     if tc.channels_last:

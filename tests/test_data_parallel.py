@@ -47,6 +47,18 @@ def test_a_global_batch_that_does_not_split_among_replicas_is_refused(root: Path
         next(batches(data, 9, shard=(0, 2)))
 
 
+def test_more_replicas_than_training_samples_is_refused_naming_both(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A replica with no share read as "no loadable sample" (a data error that was not one),
+    # and it stopped alone while the others waited on it.
+    samples = len(TaskonomyDataset(root, ["normal"], split="train"))
+    monkeypatch.setattr(training, "replica", lambda: training.Replica(0, samples + 1))
+    with pytest.raises(ConfigError, match=rf"split 'train' has {samples} samples, fewer than "
+                                          rf"the {samples + 1} data-parallel replicas"):
+        training.train_gold("normal", str(root), config.from_dict(CFG),
+                            ckpt_dir=str(tmp_path / "ck"))
+
+
 def _replica(rank: int, world: int, root: str, task: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous",
