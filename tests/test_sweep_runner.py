@@ -184,6 +184,22 @@ def test_a_sweep_without_an_address_starts_its_own_ray_and_joins_none_running_he
     assert r.stdout.strip().splitlines()[-1] != running
 
 
+def test_a_gold_runs_own_error_is_found_in_any_workers_failure_and_is_not_retried():
+    # Ray Train reports a worker's exception inside WorkerGroupError.worker_failures; found
+    # there, fit_gold fails the unit as deterministic (a retry would fail the same way).
+    from ray.train import WorkerGroupError
+
+    from taskonomy_ray.sweep.train_runner import _our_error
+
+    ours = TrainingError("normal: non-finite loss at step 3")
+    wrapped = WorkerGroupError("worker 1 failed", {0: RuntimeError("peer gone"), 1: ours})
+    try:
+        raise RuntimeError("Training failed") from wrapped
+    except RuntimeError as e:
+        assert _our_error(e) is ours
+    assert _our_error(WorkerGroupError("worker 0 failed", {0: RuntimeError("oom")})) is None
+
+
 def test_only_a_lost_node_counts_as_a_node_loss_however_ray_wraps_it():
     import ray.exceptions as rx
 

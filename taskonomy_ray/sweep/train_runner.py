@@ -94,7 +94,9 @@ def fit_gold(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # No restarts inside the run: a deterministic error would recur on each, and the
             # scheduler's retry of this unit resumes the same run (same name) from its last
-            # checkpoint, so resources.retries stays the one retry count.
+            # checkpoint, so resources.retries stays the one retry count. (A node drained for
+            # preemption is Ray Train's to restart from the last checkpoint, without limit:
+            # FailureConfig.max_preemption_failures keeps its default, -1.)
             failure_config=FailureConfig(max_failures=0)),
     )
     alive_at_start = _alive_nodes()
