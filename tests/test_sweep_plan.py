@@ -565,6 +565,27 @@ def test_higher_orders_chosen_by_a_beam_that_then_fails_are_not_run():
     assert s.state[old] == "failed" and s.errors[old] == f"not run: {beam}, which chose it, failed"
 
 
+@pytest.mark.parametrize("redo", ["group", "gold"])
+def test_the_choice_of_a_done_beam_whose_input_fails_on_rerun_still_runs(redo):
+    # A resume retrains the beam's first-order group (or gold network), whose file was set
+    # aside, and it fails for good: the stored choice stands; held for ever, the sweep would
+    # end with it planned and no analysis.
+    cfg = small()
+    lost, group, beam, _ = _partial_normal(cfg)
+    redo = group if redo == "group" else plan.gold_key(cfg, "normal")
+    pick = {"2": [["reshading", "depth_zbuffer"]]}
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, pick) if u.key == beam else []
+
+    o2 = plan.expand_beam(cfg, plan.Unit(beam, "beam", {"target": "normal", "regime": 16}),
+                          pick)[0].key
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in {redo, o2, "analysis"},
+                  expand=expand)
+    order = run_all(s, fail=lambda u: "DataError: boom" if u.key == redo else None)
+    assert s.finished and o2 in order and order[-1] == "analysis"
+
+
 def test_transient_failures_are_retried_a_bounded_number_of_times():
     cfg = small(resources={"retries": 2})
     flaky = plan.gold_key(cfg, "normal")

@@ -94,10 +94,17 @@ class Scheduler:
         """
         out: set[str] = set()
         for key, added in self.expanded.items():
-            if key in self.units and not (self._usable(key) and all(
-                    self._usable(d) for d in self.units[key].required)):
+            if key in self.units and (self._pending(key) or any(
+                    self._pending(d) for d in self.units[key].required)):
                 out.update(added)
         return out
+
+    def _pending(self, key: str) -> bool:
+        """Whether `key` will still run in this run: planned, running, or partial with its
+        missing deps still to come. (Failed for good is not pending: nothing will change.)
+        """
+        return self.state[key] in ("planned", "running") or any(
+            self.state[d] in ("planned", "running") for d in self.partial.get(key, ()))
 
     def ready(self) -> list[Unit]:
         """Planned units whose dependencies are done, by stage priority; failed deps fail them."""
