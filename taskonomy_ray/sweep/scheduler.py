@@ -100,8 +100,10 @@ class Scheduler:
         return out
 
     def _pending(self, key: str) -> bool:
-        """Whether `key` will still run in this run: planned, running, or partial with its
-        missing deps still to come. (Failed for good is not pending: nothing will change.)
+        """Whether `key` will still run in this run.
+
+        Planned, running, or partial with its missing deps still to come; failed for good is
+        not pending (nothing about it will change).
         """
         return self.state[key] in ("planned", "running") or any(
             self.state[d] in ("planned", "running") for d in self.partial.get(key, ()))
