@@ -140,11 +140,20 @@ def test_a_beam_ranks_again_when_its_widths_top_order_or_sources_change():
     ({"max_order": 3}, r"max_order 3 combines 3 sources besides the target and `random`, and "
                        r"`tasks` leaves 2; set max_order to at most 2 or add tasks"),
 ])
-def test_a_beam_that_cannot_choose_is_refused_at_load_not_after_first_order(setting, message):
+def test_a_beam_that_cannot_choose_is_refused_at_load_not_after_first_order(
+        setting, message, tmp_path):
+    import yaml
+
     with pytest.raises(ConfigError, match=message):
-        small(**setting)
-    small(max_order=2, beam=[4, 2, 5])  # an unused width is no error
-    small(tasks=["normal"], max_order=1)  # first order alone needs no other task
+        small(**setting).check_beam()
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump({"name": "t", "tasks": ["normal", "depth_zbuffer", "reshading"],
+                                  **setting}))
+    with pytest.raises(ConfigError, match=message):  # what `sweep` and `check` load
+        config.load(wf)
+    small(**setting)  # a stored run's config (an older version's) is still read
+    small(max_order=2, beam=[4, 2, 5]).check_beam()  # an unused width is no error
+    small(tasks=["normal"], max_order=1).check_beam()  # first order alone needs no other task
 
 
 def test_execution_only_settings_leave_unit_keys_alone():

@@ -183,7 +183,6 @@ class SweepConfig:
             raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
         if len(self.beam) != 3 or min(self.beam) < 2:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
-        self._check_beam()
         gold = self.gold_network()  # validate the sections now, not on a worker hours later
         self.scratch_network()
         self.transfer_config()
@@ -202,8 +201,12 @@ class SweepConfig:
                               f"batch) does not split among resources.gold_workers {workers}; "
                               "make it a multiple of the worker count")
 
-    def _check_beam(self) -> None:
-        """Refuse a beam that cannot choose, now, not in the beam units after first order."""
+    def check_beam(self) -> None:
+        """Refuse a beam that cannot choose, now, not in the beam units after first order.
+
+        Called on loading a workflow to run, not on reading a stored run's config: one of an
+        older version that did not check is still read (its report, its status).
+        """
         try:
             BeamConfig(widths=self.beam[:self.max_order - 1], max_order=self.max_order)
         except ConfigError as e:
@@ -354,7 +357,9 @@ def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:
     if data_root is not None:
         raw.setdefault("data", {})
         raw["data"] = {**(raw["data"] or {}), "root": data_root}
-    return from_dict(raw)
+    cfg = from_dict(raw)
+    cfg.check_beam()
+    return cfg
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "", *,
