@@ -126,6 +126,19 @@ def higher_order_sources(ranked: Sequence[str], cfg: BeamConfig = BeamConfig()
     return out
 
 
+def choose(ranked: Sequence[str], cfg: BeamConfig = BeamConfig()
+           ) -> tuple[list[tuple[str, ...]], list[int]]:
+    """The higher orders `higher_order_sources` would choose, as far as `ranked` allows.
+
+    Returns the combinations and the orders skipped for want of ranked sources (a first-order
+    transfer into the target failed or diverged), so that one lost transfer costs those orders
+    only, not the target's whole beam.
+    """
+    reach = min(cfg.max_order, len(ranked))
+    combos = higher_order_sources(ranked, BeamConfig(cfg.widths, max(reach, 1)))
+    return combos, list(range(max(reach, 1) + 1, cfg.max_order + 1))
+
+
 def expand_target(affinities: pa.Table, target: str, regime: int,
                   cfg: BeamConfig = BeamConfig()) -> list[tuple[str, ...]]:
     """The higher-order transfers to train for `target` once its first-order affinities exist."""

@@ -187,6 +187,10 @@ def _run_status(args: argparse.Namespace) -> int:
     for key, sources in sorted(st["partial"].items()):
         print(f"PARTIAL {key}: trained without the transfers from {', '.join(sources)} (their "
               "representations failed)")
+    for key, short in sorted(st["short"].items()):
+        orders = ", ".join(str(o) for o in short["orders"])
+        print(f"SHORT {key}: ranked {short['ranked']} sources, too few for order {orders} (a "
+              "first-order transfer into the target failed or diverged)")
     for key, heads in sorted(st["diverged"].items()):
         what = "; ".join(f"{'+'.join(d['sources'])} ({d['why']})" for d in heads)
         print(f"DIVERGED {key}: left out {what}; a lower transfer.lr trains them again")

@@ -82,12 +82,13 @@ def _seconds(x: float | None) -> str:
 
 def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
                  ) -> dict[str, list[dict[str, Any]]]:
-    """Units per stage, transfers per order, failures, partial groups, diverged transfers."""
+    """Units per stage, transfers per order, failures, partial groups, diverged and short."""
     from .sweep import driver, ledger
 
     if not units:
         notes.append(f"{PLAN_FILE} is missing: no unit counts or failures to show")
-        return {"stages": [], "orders": [], "failures": [], "partial": [], "diverged": []}
+        return {"stages": [], "orders": [], "failures": [], "partial": [], "diverged": [],
+                "short": []}
     st = driver.status(storage.uri)
     stages = [{"stage": name, "planned": c["planned"], "done": c["done"], "failed": c["failed"],
                "blocked": c["blocked"], "open": c["planned"] - c["done"] - c["failed"]
@@ -100,8 +101,10 @@ def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
                for key, sources in sorted(st["partial"].items())]
     diverged = [{"key": key, "sources": "+".join(d["sources"]), "why": d["why"]}
                 for key, heads in sorted(st["diverged"].items()) for d in heads]
+    short = [{"key": key, "orders": ", ".join(str(o) for o in v["orders"]), "ranked": v["ranked"]}
+             for key, v in sorted(st["short"].items())]
     return {"stages": stages, "orders": orders, "failures": failures, "partial": partial,
-            "diverged": diverged}
+            "diverged": diverged, "short": short}
 
 
 # --- sanity: gold against the baselines the sweep trained --------------------------------------

@@ -105,3 +105,11 @@ def test_the_affinities_table_as_computed_ranks_without_its_gold_row():
     assert ["self"] in table.column("sources").to_pylist()
     ranked = beam.rank_sources(table, "normal", 1000)
     assert "self" not in ranked and set(ranked) == {"depth_zbuffer", "reshading"}
+
+
+def test_too_few_ranked_sources_cost_the_orders_they_cannot_fill_only():
+    cfg = beam.BeamConfig(widths=(3, 3, 4), max_order=4)
+    combos, skipped = beam.choose(["normal", "reshading", "depth_zbuffer"], cfg)
+    assert skipped == [4] and {len(c) for c in combos} == {2, 3} and len(combos) == 3 + 1
+    assert beam.choose(["normal"], cfg) == ([], [2, 3, 4])
+    assert beam.choose([], cfg) == ([], [2, 3, 4])

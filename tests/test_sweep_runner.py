@@ -350,12 +350,11 @@ def test_a_beam_ranked_on_a_partial_group_records_what_that_group_lacked(tmp_pat
     cfg = sweep_config.load(workflow(tmp_path, **{"regimes: [8]": "regimes: [1000]"}))
     beam = next(u for u in plan.build(cfg) if u.stage == "beam" and
                 u.params["target"] == "normal")
-    group, gold, scratch = beam.deps
+    group, gold = beam.deps  # (ranking reads no scratch network)
     st = Storage(str(tmp_path / "store"))
     table = _run("normal")
     st.write_losses(group, table)
-    for key in (gold, scratch):  # the run's rows are all in the group's file here
-        st.write_losses(key, table.slice(0, 0))
+    st.write_losses(gold, table.slice(0, 0))  # the run's rows are all in the group's file here
     ctx = {"storage": st.uri, "config": cfg.to_json(), "data_root": str(tmp_path / "data")}
     units.run_beam(beam, ctx)
     assert st.read_json(beam.outputs[0])["without"] == []
@@ -364,6 +363,36 @@ def test_a_beam_ranked_on_a_partial_group_records_what_that_group_lacked(tmp_pat
                                              "sources": ["x"]})
     units.run_beam(beam, ctx)
     assert driver.went_without(st)(beam) == ["features-x"]
+
+
+def test_a_beam_with_too_few_ranked_sources_chooses_the_orders_it_can_and_says_so(tmp_path,
+                                                                                  capsys):
+    # reshading's transfer into normal diverged: one source left to rank, no pair to choose.
+    # The beam must not fail (that would cost the target every higher order for one transfer).
+    from test_affinity import _run
+
+    from taskonomy_ray import cli
+    from taskonomy_ray.sweep import config as sweep_config
+    from taskonomy_ray.sweep import units
+
+    cfg = sweep_config.load(workflow(tmp_path, **{"regimes: [8]": "regimes: [1000]"}))
+    built = plan.build(cfg)
+    beam = next(u for u in built if u.stage == "beam" and u.params["target"] == "normal")
+    group, gold = beam.deps
+    st = Storage(str(tmp_path / "store"))
+    table = _run("normal")
+    keep = [("reshading" not in s) for s in table.column("sources").to_pylist()]
+    st.write_losses(group, table.filter(pa.array(keep)))
+    st.write_losses(gold, table.slice(0, 0))
+    ctx = {"storage": st.uri, "config": cfg.to_json(), "data_root": str(tmp_path / "data")}
+    assert units.run_beam(beam, ctx) == {"chosen": 0, "skipped": [2]}
+    doc = st.read_json(beam.outputs[0])
+    assert doc["ranked"] == ["depth_zbuffer"] and doc["chosen"] == {} and doc["skipped"] == [2]
+    assert driver.beam_expander(st, cfg)(beam) == []
+    st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in built]})
+    assert driver.status(st.uri)["short"] == {beam.key: {"orders": [2], "ranked": 1}}
+    cli.main(["status", st.uri])
+    assert f"SHORT {beam.key}: ranked 1 sources, too few for order 2" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a GPU Ray reserves but torch lacks")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError, TaskonomyError
 from ..tables import REPORT_ERROR, RUN_FILE, Storage
 from ..tasks import METHOD_VERSION
 from . import config as sweep_config
@@ -399,7 +399,6 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
 
 def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResult) -> None:
     """The HTML report of the finished sweep; a failure is reported, never loses results."""
-    from ..errors import TaskonomyError
     from ..report import write_report
 
     try:
@@ -417,6 +416,19 @@ def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResul
 def write_plan(storage: Storage, sched: Scheduler) -> None:
     """Record every planned unit, so `status` works from storage alone."""
     storage.write_json(PLAN_FILE, {"units": [u.to_json() for u in sched.units.values()]})
+
+
+def _skipped_orders(storage: Storage, beam: planning.Unit) -> dict[str, Any] | None:
+    """A done beam's orders it could not fill ({"orders", "ranked"}), or None if it filled all.
+
+    (An unreadable JSON is `--verify`'s to report, not a reason to stop the listing.)
+    """
+    try:
+        doc = storage.read_json(beam.outputs[0])
+    except (TaskonomyError, ValueError):
+        return None
+    skipped = doc.get("skipped") if isinstance(doc, dict) else None
+    return {"orders": skipped, "ranked": len(doc.get("ranked", []))} if skipped else None
 
 
 def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
@@ -438,6 +450,7 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     failures = {}
     partial = {}
     diverged: dict[str, list[dict[str, Any]]] = {}  # transfers left out: non-finite losses
+    short: dict[str, dict[str, Any]] = {}  # beams that ranked too few sources for some orders
     left_out: dict[str, int] = {}  # transfers a partial group's table lacks
     damaged: dict[str, list[str]] = {}
     for u in units:  # one look at storage per unit: on an object store each is a request
@@ -448,6 +461,10 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 damaged[u.key] = [f"{storage.path(rel)} ({why})" for rel, why in bad]
             cut = planning.partial_path(u.key) in {rel for rel, _ in bad}
             record = read_partial(storage, u.key) if u.optional and not cut else None
+            if u.stage == "beam" and not bad:
+                skipped = _skipped_orders(storage, u)
+                if skipped:
+                    short[u.key] = skipped
             if record is not None:
                 if record["sources"]:
                     partial[u.key] = record["sources"]
@@ -496,4 +513,5 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 o["transfers_planned"] += n
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures, "blocked": blocked, "partial": partial, "diverged": diverged,
+            "short": short,
             "driver": lease.holder(storage), "damaged": damaged if verify else None}

@@ -375,16 +375,18 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     losses = pa.concat_tables([storage.read_table(planning.losses_path(d), LOSSES_SCHEMA)
                                for d in unit.deps])
     table = affinity.compute_affinities(losses, need_scratch=False)  # ranks by affinity alone
-    widths = beam.BeamConfig(widths=cfg.beam, max_order=cfg.max_order)
-    chosen: dict[str, list[list[str]]] = {}
-    for sources in beam.expand_target(table, target, regime, widths):
-        chosen.setdefault(str(len(sources)), []).append(list(sources))
+    widths = beam.BeamConfig(widths=cfg.beam[:cfg.max_order - 1], max_order=cfg.max_order)
+    ranked = beam.rank_sources(table, target, regime)
+    combos, skipped = beam.choose(ranked, widths)
+    chosen = beam.by_order(combos)
     # Ranked on a partial first-order group: what it lacked, so that a resume which completes
     # those ranks again (`driver.went_without`), even after a crash that kept this choice.
     without = [w for d in unit.deps for w in (read_partial(storage, d) or {}).get("without", [])]
-    storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "chosen": chosen,
+    storage.write_json(unit.outputs[0], {"target": target, "regime": regime, "ranked": ranked,
+                                         "chosen": chosen, "skipped": skipped,
                                          "without": without})
-    return {"chosen": sum(len(v) for v in chosen.values())}
+    info: dict[str, Any] = {"chosen": len(combos)}
+    return {**info, "skipped": skipped} if skipped else info
 
 
 def render_config(cfg: sweep_config.SweepConfig, data_root: str) -> Any:
