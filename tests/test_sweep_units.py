@@ -191,6 +191,11 @@ def test_a_transfer_whose_loss_diverges_is_left_out_and_named_not_the_whole_grou
 
     monkeypatch.setattr(FeatureCache, "load", broken_normal)
     group = next(u for u in built if u.stage == "transfer")
+    with monkeypatch.context() as m:  # a crash while the losses are written: recorded before
+        m.setattr(units.Storage, "write_losses", lambda *a: (_ for _ in ()).throw(OSError()))
+        with pytest.raises(OSError):
+            units.run_transfer(group, ctx)
+    assert storage.read_json(plan.partial_path(group.key))["left_out"] == [["normal"]]
     info = units.run_transfer(group, ctx)
     assert info["transfers"] == 1 and info["left_out"] == [["normal"]]
     losses = storage.read_table(plan.losses_path(group.key), units.LOSSES_SCHEMA)

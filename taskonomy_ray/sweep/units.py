@@ -358,6 +358,8 @@ def run_transfer(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
         record = record or {"without": [], "left_out": [], "sources": []}
         record["left_out"] = [*record["left_out"], *(list(ss) for ss in diverged)]
         record["diverged"] = [{"sources": list(ss), "why": why} for ss, why in diverged.items()]
+        record_partial(storage, unit, record)  # first: a crash next keeps no table that
+        # looks more complete than it is (an older table only has more than this says)
     storage.write_losses(unit.key, table)
     record_partial(storage, unit, record)
     info: dict[str, Any] = {"transfers": len(kept) - len(diverged), "rows": table.num_rows}
