@@ -688,3 +688,23 @@ def test_status_counts_the_higher_orders_beams_will_choose_and_those_a_failed_be
     cli.main(["status", str(tmp_path)])
     assert ("transfers of order 2: 0 of 3 trained; groups: 3 planned, 0 done, 0 failed, "
             "1 blocked") in capsys.readouterr().out
+
+
+def test_status_shows_a_beam_that_failed_ranking_again_as_failed_and_its_choice_blocked(
+        tmp_path):
+    # Its JSON from the earlier ranking is still there; the ledger says the last try failed.
+    from taskonomy_ray.sweep import driver, ledger
+    from taskonomy_ray.tables import Storage
+
+    cfg = small()
+    st = Storage(str(tmp_path))
+    units = plan.build(cfg)
+    beam = next(u for u in units if u.stage == "beam" and u.params["target"] == "normal")
+    (chosen,) = plan.expand_beam(cfg, beam, {"2": [["reshading", "depth_zbuffer"]]})
+    st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in [*units, chosen]]})
+    st.write_json(beam.outputs[0], {"chosen": {"2": [["reshading", "depth_zbuffer"]]}})
+    ledger.record(st, beam.key, "started")
+    ledger.record(st, beam.key, "failed", error="DataError: no gold losses")
+    status = driver.status(str(tmp_path))
+    assert status["failures"][beam.key] == "DataError: no gold losses"
+    assert status["blocked"][chosen.key] == f"not run: {beam.key}, which chose it, failed"

@@ -465,6 +465,11 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 skipped = _skipped_orders(storage, u)
                 if skipped:
                     short[u.key] = skipped
+            if u.stage == "beam":  # ranked again and failed: its old choice stands no more
+                h = ledger.history(storage, u.key)
+                if h.state == "failed":
+                    state[u.key] = "failed"
+                    failures[u.key] = h.last_error or ""
             if record is not None:
                 if record["sources"]:
                     partial[u.key] = record["sources"]
@@ -483,10 +488,17 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
         changed = False
         for u in units:
             bad = [d for d in u.required if state.get(d) in ("failed", "blocked")]
-            if state[u.key] == "pending" and bad:
-                state[u.key] = "blocked"
+            chooser = u.params.get("chosen_by")
+            if state[u.key] != "pending":
+                continue
+            if bad:
                 blocked[u.key] = f"not run: its dependency {bad[0]} {state[bad[0]]}"
-                changed = True
+            elif state.get(chooser) in ("failed", "blocked"):
+                blocked[u.key] = f"not run: {chooser}, which chose it, {state[chooser]}"
+            else:
+                continue
+            state[u.key] = "blocked"
+            changed = True
     stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
     orders: dict[str, dict[str, int]] = {}
 

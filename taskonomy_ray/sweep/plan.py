@@ -211,5 +211,8 @@ def spelt(source_sets: list[list[str]]) -> list[list[str]]:
 def expand_beam(cfg: SweepConfig, beam: Unit, chosen: dict[str, list[list[str]]]) -> list[Unit]:
     """The higher-order transfer units a finished beam unit chose (`{"2": [[a, b], ...], ...}`)."""
     target, regime = beam.params["target"], beam.params["regime"]
-    return [transfer_unit(cfg, target, regime, int(order), sets)
-            for order, sets in sorted(chosen.items()) if sets]
+    units = [transfer_unit(cfg, target, regime, int(order), sets)
+             for order, sets in sorted(chosen.items()) if sets]
+    for u in units:  # (in plan.json: `status` blocks the choice of a failed beam)
+        u.params["chosen_by"] = beam.key
+    return units
