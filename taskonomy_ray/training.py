@@ -260,8 +260,8 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         step, history = int(saved["step"]), list(saved["history"])
         cursor = (Cursor(**saved["data"]) if "data" in saved
                   else Cursor.after(step, len(data), tc))
-        rngs = saved.get("rng_replicas") if rep.world > 1 else [saved.get("rng")]
-        if rngs is not None and len(rngs) == rep.world and rngs[rep.rank] is not None:
+        rngs = saved.get("rng_replicas") or [saved.get("rng")]  # (rank 0's state is `rng`)
+        if rep.rank < len(rngs) and rngs[rep.rank] is not None:
             _set_rng_state(rngs[rep.rank], device)
         else:  # an older checkpoint, without this replica's random state
             torch.manual_seed(tc.seed + rep.rank + step)
