@@ -196,3 +196,20 @@ def test_all_for_one_prints_each_novel_tasks_transfer_per_order(published_csv, c
                            "--targets", "normal", "--max-order", "1")
     assert code == 0 and "all-for-one" in text
     assert " + ".join(expected[[n.target for n in expected].index("normal")].sources) in text
+
+
+def test_the_budget_curve_marks_whole_budgets_and_keeps_coinciding_orders_visible(
+        tmp_path, monkeypatch):
+    from taskonomy_ray import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or path)
+    points = [{"budget": b, "max_order": o, "objective": 2.6 + 0.01 * min(b, 2), "gain": 0.5,
+               "quality": 0.45} for o in (1, 2) for b in (1, 2, 3, 4)]
+    plots.plot_budget_curve(points, tmp_path / "c.png")
+    left, right = saved[0].axes
+    for ax in (left, right):
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 4]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # no budget of 1.5 tasks
+    first, second = left.get_lines()  # order 2 equals order 1 here: drawn inside it
+    assert first.get_markersize() > second.get_markersize()
