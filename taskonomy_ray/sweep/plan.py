@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import beam
 from .. import tasks as registry
+from ..beam import canonical
 from .config import SweepConfig
 
 PLAN_FILE = "plan.json"  # every planned unit, in storage (written by the driver)
@@ -204,7 +204,7 @@ def spelt(source_sets: list[list[str]]) -> list[list[str]]:
     group (each head trains as it would alone), so the key must not see the order.
     """
     order = {n: i for i, n in enumerate(registry.resolve(None))}
-    sets = [list(beam.canonical(ss)) for ss in source_sets]
+    sets = [list(canonical(ss)) for ss in source_sets]
     return sorted(sets, key=lambda ss: [order[s] for s in ss])
 
 
