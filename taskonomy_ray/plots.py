@@ -20,8 +20,9 @@ from matplotlib.ticker import MaxNLocator
 from .errors import ConfigError
 from .taxonomy import Taxonomy
 
-SUPERVISED_TARGET = "#6baed6"  # a target that is itself supervised
-SUPERVISED_SOURCE = "#fdae6b"  # a supervised task that only serves others
+# Fills in greys: the sources' own colours (outlines, edges) must not read as a fill's meaning.
+SUPERVISED_TARGET = "#b3b3b3"  # a target that is itself supervised
+SUPERVISED_SOURCE = "#e8e8e8"  # a supervised task that only serves others
 TRANSFER_TARGET = "#ffffff"
 ROW = 8  # transfer targets per row of the drawing
 # One colour per supervised source (its box's outline and its edges): matplotlib's tab10 without
@@ -122,7 +123,7 @@ def draw_taxonomy(taxonomy: Taxonomy | Mapping[str, Any], path: str | Path,
                   title: str | None = None) -> Path:
     """Draw a taxonomy as a two-layer hypergraph PNG with matplotlib (no system Graphviz).
 
-    Supervised tasks sit on the top row (blue if also a target, orange if only a source);
+    Supervised tasks sit on the top row (mid grey if also a target, light grey if only a source);
     transfer targets below, ordered by where their sources are to limit crossings. Each source
     has its own colour, on its box's outline and on every edge it starts, and edges are drawn
     over the boxes: an edge passing a box on its way to a lower row cannot be read as leaving

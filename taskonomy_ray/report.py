@@ -235,8 +235,9 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     top = taxonomy.largest_order(table, regime)
     orders = [o for o in cfg.orders if o <= top] or [top]
     above = ", ".join(str(o) for o in cfg.orders if o > top)
-    notes = [f"orders {above} exceed the table's largest order ({top}) and would repeat "
-             "it"] if above else []
+    many = above.count(",") > 0
+    notes = [f"order{'s' if many else ''} {above} exceed{'' if many else 's'} the table's "
+             f"largest order ({top}) and would repeat it"] if above else []
     pairs = {(o, b) for o in orders for b in cfg.drawn}
     if pinned is not None and pinned.get("regime") == regime:
         pairs.add((int(pinned["max_order"]), float(pinned["budget"])))
@@ -269,8 +270,10 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     if curve:
         plots.plot_budget_curve(curve, out / "budget_curve.png",
                                 f"budget curves, regime {regime}")
+    weight = curve[0].weight if curve else "sqrt_affinity"
     return {"curve": {"image": "budget_curve.png" if curve else None, "rows": points,
-                      "policies": cfg.random_policies}, "taxonomies": drawn, "notes": notes}
+                      "policies": cfg.random_policies, "weight": WEIGHT_WORDS.get(weight, weight)},
+            "taxonomies": drawn, "notes": notes}
 
 
 def novel_section(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
@@ -302,11 +305,17 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+# What the BIP sums per target, as the page says it (taxonomy.WEIGHTS).
+WEIGHT_WORDS = {"sqrt_affinity": "the square root of its affinity, as the published solver",
+                "affinity": "its affinity", "quality": "its Quality", "gain": "its Gain"}
+
+
 def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | None
                ) -> dict[str, str]:
     return {"order": str(t.max_order), "budget": f"{t.budget:g}", "objective": _fmt(t.objective),
             "gain": _fmt(t.gain), "quality": _fmt(t.quality),
             "percentile": _fmt(sig["objective"].percentile if sig else None, 1),
+            "p_value": _fmt(sig["objective"].p_value if sig else None),
             "supervised": ", ".join(t.supervised)}
 
 

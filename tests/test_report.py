@@ -131,6 +131,9 @@ def test_published_report_shows_what_the_solver_and_significance_test_compute(
     sig = evaluate.significance(problem, solved, 20, 0)
     assert f"{solved.objective:.3f}" in page and ", ".join(solved.supervised) in page
     assert f"{sig['objective'].percentile:.1f}" in page
+    row = re.search(r'<td class="num">2</td><td class="num">3</td>.*?</tr>', page, re.S).group()
+    assert f'<td class="num">{sig["objective"].p_value:.3f}</td>' in row  # its p-value too
+    assert "square root of its affinity" in page  # what the objective sums, said
     for a in solved.transfers:
         assert f"<td>{a.target}</td>" in page
     assert "taxonomy_o2_b3.png" in page and "taxonomy_o1_b3.png" in page
@@ -150,7 +153,7 @@ def test_budgets_that_cannot_be_met_are_named_in_the_page(published_csv: Path,
                                 **{**FAST, "budgets": (0, 3, 40), "orders": (1, 30)})
     page = index.read_text()
     assert "order 1: budgets 0, 40 are outside [1, 25]" in page  # 25: `random` is not supervisable
-    assert "orders 30 exceed the table&#39;s largest order (24)" in page
+    assert "order 30 exceeds the table&#39;s largest order (24)" in page
 
 
 def test_task_tree_joins_sources_with_identical_transfer_patterns_first() -> None:
