@@ -35,8 +35,11 @@ def _colour_ticks(labels: Sequence[Any]) -> None:
         label.set_color(group_colour(label.get_text()))
 
 
-def _legend_handles() -> list[Patch]:
-    return [Patch(color=c, label=g.replace("_", " ")) for g, c in GROUP_COLOURS.items()]
+def _legend_handles(names: Sequence[str]) -> list[Patch]:
+    """One patch per task group among `names` (a group with no task drawn is not listed)."""
+    groups = {tasks.BY_NAME[n].group for n in names if n in tasks.BY_NAME}
+    return [Patch(color=c, label=g.replace("_", " ")) for g, c in GROUP_COLOURS.items()
+            if g in groups]
 
 
 def plot_affinity_matrices(targets: Sequence[str], sources: Sequence[str], quality: np.ndarray,
@@ -66,7 +69,9 @@ def plot_affinity_matrices(targets: Sequence[str], sources: Sequence[str], quali
         ax.set(xlabel="source", ylabel="target", title=name)
         ax.title.set_fontsize(9)
         fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    fig.legend(handles=_legend_handles(), loc="lower center", ncol=5, fontsize=7, frameon=False)
+    handles = _legend_handles([*targets, *sources])
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -92,7 +97,9 @@ def plot_task_tree(names: Sequence[str], icoord: Sequence[Sequence[float]],
     ax.set_ylabel("distance between transfer-out patterns", fontsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(handles=_legend_handles(), fontsize=7, frameon=False, loc="upper right")
+    handles = _legend_handles(names)
+    if handles:
+        ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper right")
     ax.set_title(title or "task similarity tree", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

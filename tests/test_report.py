@@ -328,3 +328,16 @@ def test_a_report_that_succeeds_removes_the_traceback_of_an_earlier_failed_one(
     report.write_report(storage.uri, **FAST)
     assert storage.exists("report/index.html") and not storage.exists(tables.REPORT_ERROR)
     assert storage.delete(tables.REPORT_ERROR) is False  # nothing left to delete
+
+
+def test_figure_legends_list_only_the_task_groups_drawn(tmp_path: Path, monkeypatch) -> None:
+    # The smoke report's legends named "semantic" and "low dim geometric" with no such task.
+    from taskonomy_ray import report_plots
+
+    saved = []
+    monkeypatch.setattr(report_plots, "_save", lambda fig, path: saved.append(fig) or path)
+    names = ["normal", "autoencoding"]
+    report_plots.plot_affinity_matrices(names, [*names, "random"], np.full((2, 3), 0.5),
+                                        np.full((2, 3), 0.2), tmp_path / "a.png")
+    (legend,) = saved[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["2d", "3d", "random"]
