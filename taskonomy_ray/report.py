@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
-from .errors import ConfigError, SolverError
-from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, Storage
+from .errors import ConfigError, SolverError, TaskonomyError
+from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, RUN_FILE, Storage
 from .taxonomy import pick_regime
 
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
@@ -88,17 +88,18 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
     if not storage.exists(AFFINITIES_FILE):
         raise ConfigError(f"{storage.path(AFFINITIES_FILE)} is missing: the sweep has not reached "
                           "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")
+    title = _sweep_title(storage)
     if out_dir is not None:
-        return _render(Path(out_dir), storage.read_affinities(), cfg, f"sweep {storage.display}",
-                       storage.display, storage)
+        return _render(Path(out_dir), storage.read_affinities(), cfg, title, storage.display,
+                       storage)
     index: Path | str
     if storage.local:
         index = _render(Path(storage.path(REPORT_DIR)), storage.read_affinities(), cfg,
-                        f"sweep {storage.display}", storage.display, storage)
+                        title, storage.display, storage)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            staged = _render(Path(tmp), storage.read_affinities(), cfg,
-                             f"sweep {storage.display}", storage.display, storage)
+            staged = _render(Path(tmp), storage.read_affinities(), cfg, title,
+                             storage.display, storage)
             new = sorted(f.name for f in Path(tmp).iterdir())
             for name in new:
                 storage.write_bytes(f"{REPORT_DIR}/{name}", (Path(tmp) / name).read_bytes())
@@ -108,6 +109,15 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
         index = storage.uri_for(f"{REPORT_DIR}/{staged.name}")  # a URI: a Path would mangle //
     storage.delete(REPORT_ERROR)  # an earlier failed report's traceback no longer describes it
     return index
+
+
+def _sweep_title(storage: Storage) -> str:
+    """`sweep <name>`: the workflow's name from run.json (the storage path is shown beside it)."""
+    try:
+        name = storage.read_json(RUN_FILE)["config"]["name"] if storage.exists(RUN_FILE) else None
+    except (TaskonomyError, KeyError, TypeError):  # (the run-facts section says what is wrong)
+        name = None
+    return f"sweep {name}" if name else f"sweep {storage.display}"
 
 
 def _render(out: Path, table: pa.Table, cfg: ReportConfig, title: str, source: str,

@@ -189,6 +189,7 @@ def test_sweep_report_shows_samples_sanity_and_run_facts(sweep_storage, tmp_path
     assert re.search(rf"<code>{group.key}</code></td><td>random</td><td>non-finite training "
                      "loss at step 3</td>", page)
     assert "<td class=\"num\">7.2</td>" in page and "12.5 s" in page  # from sweep.json
+    assert "<title>Taskonomy report: sweep report-test</title>" in page  # the run's own name
     assert "the sweep's own solve (taxonomy.json)" in page  # its budget 1, order 2 is drawn
     assert "not measured by a sweep" in page
 
