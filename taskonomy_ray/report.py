@@ -315,6 +315,12 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _transferred_mean(t: taxonomy.Taxonomy, metric: str) -> float | None:
+    """The mean Gain or Quality over the targets served by transfer (None if all supervised)."""
+    values = [getattr(a, metric) for a in t.transfers if not a.supervised]
+    return float(np.mean(values)) if values else None
+
+
 # What the BIP sums per target, as the page says it (taxonomy.WEIGHTS).
 WEIGHT_WORDS = {"sqrt_affinity": "the square root of its affinity, as the published solver",
                 "affinity": "its affinity", "quality": "its Quality", "gain": "its Gain"}
@@ -324,6 +330,8 @@ def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | Non
                ) -> dict[str, str]:
     return {"order": str(t.max_order), "budget": f"{t.budget:g}", "objective": _fmt(t.objective),
             "gain": _fmt(t.gain), "quality": _fmt(t.quality),
+            "gain_transferred": _fmt(_transferred_mean(t, "gain")),
+            "quality_transferred": _fmt(_transferred_mean(t, "quality")),
             "percentile": _fmt(sig["objective"].percentile if sig else None, 1),
             "p_value": _fmt(sig["objective"].p_value if sig else None),
             "supervised": ", ".join(t.supervised)}

@@ -133,6 +133,8 @@ def test_published_report_shows_what_the_solver_and_significance_test_compute(
     assert f"{sig['objective'].percentile:.1f}" in page
     row = re.search(r'<td class="num">2</td><td class="num">3</td>.*?</tr>', page, re.S).group()
     assert f'<td class="num">{sig["objective"].p_value:.3f}</td>' in row  # its p-value too
+    served = [a.gain for a in solved.transfers if not a.supervised]  # and transfer-only means
+    assert f'<td class="num">{np.mean(served):.3f}</td>' in row
     assert "square root of its affinity" in page  # what the objective sums, said
     for a in solved.transfers:
         assert f"<td>{a.target}</td>" in page
