@@ -170,6 +170,14 @@ def planned_counts(dictionary: Sequence[str] | None = None, cfg: BeamConfig = Be
             if n_ranked < order:
                 raise ConfigError(f"order {order} needs {order} sources besides {target!r} and "
                                   f"`random`, the dictionary has {n_ranked}; lower beam max_order")
-            total += comb(min(cfg.width(order), n_ranked), order)
+            total += per_target_counts(n_ranked, cfg)[order]
         counts[order] = total
     return counts
+
+
+def per_target_counts(n_ranked: int, cfg: BeamConfig = BeamConfig()) -> dict[int, int]:
+    """The transfers one target's beam chooses per higher order from `n_ranked` ranked sources.
+
+    Every `order`-subset of the top `width(order)` sources: 10, 10, 15 for the paper's beam.
+    """
+    return {k: comb(min(cfg.width(k), n_ranked), k) for k in range(2, cfg.max_order + 1)}

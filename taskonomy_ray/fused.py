@@ -394,15 +394,14 @@ def _train_chunk(target: str, chunk: Sequence[tuple[str, ...]], regime: int,
                             test_images, cfg)
     out = []
     for ss, loss in zip(chunk, losses):
-        if np.isfinite(loss).all():
+        bad = int((~np.isfinite(loss)).sum())
+        if not bad:
             out.append((ss, loss))
-        elif diverged is None:
-            raise TrainingError(f"transfer {'+'.join(ss)} -> {target}: non-finite test loss on "
-                                f"{int((~np.isfinite(loss)).sum())} of {len(loss)} test images; "
-                                "lower transfer.lr")
-        else:
-            diverged[ss] = (f"non-finite test loss on {int((~np.isfinite(loss)).sum())} of "
-                            f"{len(loss)} test images")
+            continue
+        why = f"non-finite test loss on {bad} of {len(loss)} test images"
+        if diverged is None:
+            raise TrainingError(f"transfer {'+'.join(ss)} -> {target}: {why}; lower transfer.lr")
+        diverged[ss] = why
     return out
 
 

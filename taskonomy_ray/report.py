@@ -244,10 +244,10 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     """
     top = taxonomy.largest_order(table, regime)
     orders = [o for o in cfg.orders if o <= top] or [top]
-    above = ", ".join(str(o) for o in cfg.orders if o > top)
-    many = above.count(",") > 0
-    notes = [f"order{'s' if many else ''} {above} exceed{'' if many else 's'} the table's "
-             f"largest order ({top}) and would repeat it"] if above else []
+    above = [str(o) for o in cfg.orders if o > top]
+    many = len(above) > 1
+    notes = [f"order{'s' if many else ''} {', '.join(above)} exceed{'' if many else 's'} the "
+             f"table's largest order ({top}) and would repeat it"] if above else []
     pairs = {(o, b) for o in orders for b in cfg.drawn}
     if pinned is not None and pinned.get("regime") == regime:
         pairs.add((int(pinned["max_order"]), float(pinned["budget"])))
@@ -280,7 +280,7 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     if curve:
         plots.plot_budget_curve(curve, out / "budget_curve.png",
                                 f"budget curves, regime {regime}")
-    weight = curve[0].weight if curve else "sqrt_affinity"
+    weight = curve[0].weight if curve else ""  # (no curve: the page says nothing of it)
     return {"curve": {"image": "budget_curve.png" if curve else None, "rows": points,
                       "policies": cfg.random_policies, "weight": WEIGHT_WORDS.get(weight, weight)},
             "taxonomies": drawn, "notes": notes}

@@ -208,7 +208,7 @@ class SweepConfig:
         older version that did not check is still read (its report, its status).
         """
         try:
-            BeamConfig(widths=self.beam[:self.max_order - 1], max_order=self.max_order)
+            self.beam_config()
         except ConfigError as e:
             raise ConfigError(f"beam {list(self.beam)}: {e}") from e
         ranked = len(self.tasks) - 1  # a target's sources besides itself and `random`
@@ -216,6 +216,10 @@ class SweepConfig:
             raise ConfigError(f"max_order {self.max_order} combines {self.max_order} sources "
                               f"besides the target and `random`, and `tasks` leaves {ranked}; "
                               f"set max_order to at most {max(ranked, 1)} or add tasks")
+
+    def beam_config(self) -> BeamConfig:
+        """The beam search's settings: the widths of orders 2..max_order and max_order."""
+        return BeamConfig(widths=self.beam[:self.max_order - 1], max_order=self.max_order)
 
     def gold_network(self) -> NetworkConfig:
         """The gold networks' model and training settings (preset `mini` unless named)."""

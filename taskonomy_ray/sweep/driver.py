@@ -461,13 +461,12 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 damaged[u.key] = [f"{storage.path(rel)} ({why})" for rel, why in bad]
             cut = planning.partial_path(u.key) in {rel for rel, _ in bad}
             record = read_partial(storage, u.key) if u.optional and not cut else None
-            if u.stage == "beam" and not bad:
-                skipped = _skipped_orders(storage, u)
+            if u.stage == "beam":
+                skipped = None if bad else _skipped_orders(storage, u)
                 if skipped:
                     short[u.key] = skipped
-            if u.stage == "beam":  # ranked again and failed: its old choice stands no more
-                h = ledger.history(storage, u.key)
-                if h.state == "failed":
+                h = ledger.history(storage, u.key)  # ranked again and failed: the old choice
+                if h.state == "failed":  # stands no more
                     state[u.key] = "failed"
                     failures[u.key] = h.last_error or ""
             if record is not None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tasks as registry
-from ..beam import canonical
+from ..beam import canonical, per_target_counts
 from .config import SweepConfig
 
 PLAN_FILE = "plan.json"  # every planned unit, in storage (written by the driver)
@@ -137,8 +136,8 @@ def beam_counts(cfg: SweepConfig) -> dict[str, int]:
     (Every `order`-subset of the top `width` of a target's sources besides itself and `random`;
     fewer only where a failed source leaves its first-order group with fewer to rank.)
     """
-    ranked = len(cfg.tasks) - 1
-    return {str(k): math.comb(min(cfg.beam[k - 2], ranked), k) for k in range(2, cfg.max_order + 1)}
+    counts = per_target_counts(len(cfg.tasks) - 1, cfg.beam_config())
+    return {str(k): n for k, n in counts.items()}
 
 
 def build(cfg: SweepConfig) -> list[Unit]:

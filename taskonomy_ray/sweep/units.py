@@ -377,9 +377,8 @@ def run_beam(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     losses = pa.concat_tables([storage.read_table(planning.losses_path(d), LOSSES_SCHEMA)
                                for d in unit.deps])
     table = affinity.compute_affinities(losses, need_scratch=False)  # ranks by affinity alone
-    widths = beam.BeamConfig(widths=cfg.beam[:cfg.max_order - 1], max_order=cfg.max_order)
     ranked = beam.rank_sources(table, target, regime)
-    combos, skipped = beam.choose(ranked, widths)
+    combos, skipped = beam.choose(ranked, cfg.beam_config())
     chosen = beam.by_order(combos)
     # Ranked on a partial first-order group: what it lacked, so that a resume which completes
     # those ranks again (`driver.went_without`), even after a crash that kept this choice.
