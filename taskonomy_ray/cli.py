@@ -156,7 +156,8 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verify", action="store_true",
                    help="also check that every done unit's outputs are whole files (a copied "
-                   "run); exit 1 if one is not")
+                   "run), exit 1 if one is not; and list done units whose inputs changed since "
+                   "they ran (STALE)")
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -199,6 +200,10 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"DAMAGED {key}: {'; '.join(files)}; "
               + ("the next sweep moves it aside and runs the unit again" if local else
                  "delete it and resume: the unit runs again"))
+    for key, inputs in sorted((st["stale"] or {}).items()):
+        more = f" (and {len(inputs) - 1} more)" if len(inputs) > 1 else ""
+        print(f"STALE {key}: {inputs[0]}{more} ran again since, with another result; the next "
+              "sweep runs it again")
     if args.verify and not damaged:
         print("verified: every done unit's outputs are whole")
     return 1 if damaged else 0

@@ -6,8 +6,10 @@ owns every byte written there; no other module opens storage files directly.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import pickle
 import posixpath
 import re
 import time
@@ -125,6 +127,67 @@ def redact(uri: str) -> str:
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # what makes a storage string a URI
 
 
+class _Stub:
+    """Anything a pickle names, as its name and what it was built from (nothing is imported)."""
+
+    def __init__(self, name: str, args: tuple[Any, ...] = ()) -> None:
+        self.name, self.args, self.state = name, args, None
+        self.items: list[Any] = []
+
+    def __call__(self, *args: Any) -> _Stub:
+        return _Stub(self.name, args)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items.append((key, value))
+
+    def append(self, value: Any) -> None:
+        self.items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.items.extend(values)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"{self.name}{self.args!r}{self.items!r}{self.state!r}"
+
+
+class _ContentUnpickler(pickle.Unpickler):
+    """Reads a torch file's pickle as plain values, each storage as the digest of its bytes."""
+
+    def __init__(self, data: bytes, records: dict[str, str]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.records = records
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Stub(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:  # ("storage", type, key, location, numel)
+        return ("storage", self.records[str(pid[2])], pid[4:])
+
+
+def torch_file_digest(f: Any) -> str | None:
+    """A digest of what a torch zip file holds, alike for alike contents; None if not one.
+
+    torch.save writes the same weights in other bytes when their Python objects were made
+    otherwise (a state loaded from a checkpoint, or still in memory): the pickle's memo differs.
+    This reads the pickle without importing anything, by value, with each tensor storage by its
+    bytes' digest.
+    """
+    try:
+        z = zipfile.ZipFile(f)
+        names = z.namelist()
+        pkl = next(n for n in names if n.endswith("/data.pkl"))
+        prefix = pkl[: -len("data.pkl")] + "data/"
+        records = {n[len(prefix):]: hashlib.sha256(z.read(n)).hexdigest()
+                   for n in names if n.startswith(prefix)}
+        value = _ContentUnpickler(z.read(pkl), records).load()
+    except Exception:  # (not a torch zip file, or a pickle beyond plain values: its bytes do)
+        return None
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:32]
+
+
 class Storage:
     """A run's storage root on any pyarrow filesystem, with atomic writes."""
 
@@ -204,6 +267,29 @@ class Storage:
             raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except OSError as e:
             raise StorageError(f"cannot read {self.path(rel)}: {e}") from e
+
+    def digest(self, rel: str) -> str:
+        """A content digest of the file at `rel` (SHA-256, read in chunks); StorageError if missing.
+
+        The ledger keeps it per finished unit, so a resume can tell whether a unit that ran again
+        wrote what its dependents had read (`Scheduler.changed_inputs`). A torch file's digest is
+        of what it holds (`torch_file_digest`): the same weights saved twice can differ in bytes.
+        """
+        h = hashlib.sha256()
+        try:
+            if rel.endswith(".pt"):
+                with self.fs.open_input_file(self.path(rel)) as f:
+                    found = torch_file_digest(f)
+                if found is not None:
+                    return found
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+        except FileNotFoundError:
+            raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.path(rel)}: {e}") from e
+        return h.hexdigest()[:32]
 
     def delete(self, rel: str) -> bool:
         """Remove the file at `rel` if it exists; whether there was one."""

@@ -57,13 +57,18 @@ def fake_execute(unit, ctx):
     if unit.stage == "transfer":  # as run_transfer: train what has its sources, record the rest
         from taskonomy_ray.sweep import config, units
 
-        _, record = units.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
+        kept, record = units.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
+    # What the result depends on: a transfer group's losses, on the sources it trained; any
+    # unit's, on the time when it is told to vary (a retraining that is not bit-identical).
+    content = unit.key + (f" {kept}" if unit.stage == "transfer" else "")
+    if any(part in unit.key for part in knobs.get("vary", [])):
+        content += f" {time.time()}"
     for out in unit.outputs:
         if unit.stage == "beam":
             srcs = [s for s in ctx["config"]["tasks"] if s != unit.params["target"]][:2]
             storage.write_json(out, {"chosen": {"2": [srcs]}})
         else:
-            storage.write_bytes(out, stand_in(out, unit.key))
+            storage.write_bytes(out, stand_in(out, content))
     if unit.stage == "transfer":
         units.record_partial(storage, unit, record)
     return {"pid": os.getpid()}

@@ -4,7 +4,7 @@ import pytest
 
 from taskonomy_ray.errors import ConfigError, UnknownNameError
 from taskonomy_ray.sweep import config, plan
-from taskonomy_ray.sweep.scheduler import Scheduler
+from taskonomy_ray.sweep.scheduler import Scheduler, Version
 
 
 def small(**kw):
@@ -310,8 +310,11 @@ def test_config_diff_names_what_changed():
     assert config.diff(a, b) == ["regimes: [16] -> [32]"]
 
 
-def run_all(s, fail=None):
-    """Step the scheduler like the runner does; `fail(unit)` returns an error or None."""
+def run_all(s, fail=None, digest=None):
+    """Step the scheduler like the runner does; `fail(unit)` returns an error or None.
+
+    `digest(unit)`: the digest of what the unit writes (records it and what it read).
+    """
     order = []
     while not s.finished:
         ready = s.ready()
@@ -324,7 +327,7 @@ def run_all(s, fail=None):
                 s.failed(u, err, transient=err.startswith("transient"),
                          node_lost="lost node" in err)
             else:
-                s.succeeded(u)
+                s.succeeded(u, Version(digest(u), s.inputs_of(u)) if digest else None)
     return order
 
 
@@ -708,3 +711,78 @@ def test_status_shows_a_beam_that_failed_ranking_again_as_failed_and_its_choice_
     status = driver.status(str(tmp_path))
     assert status["failures"][beam.key] == "DataError: no gold losses"
     assert status["blocked"][chosen.key] == f"not run: {beam.key}, which chose it, failed"
+
+
+def _versions(cfg, digest):
+    """Every unit as an earlier run recorded it: its digest, and its inputs' as they were."""
+    units = plan.build(cfg)
+    return {u.key: Version(digest(u.key), {d: digest(d) for d in u.deps}) for u in units}
+
+
+def test_a_unit_whose_input_ran_again_with_another_result_runs_again():
+    # The gold network's checkpoint was lost and retrained, not bit for bit (a GPU): the
+    # features cached from the old one, and what read them, must not stay in the results.
+    cfg = small()
+    gold = plan.gold_key(cfg, "normal")
+    stored = _versions(cfg, lambda k: f"old-{k}")
+    lines = []
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key != gold,
+                  version=lambda u: stored[u.key], warn=lines.append)
+    order = run_all(s, digest=lambda u: f"new-{u.key}")
+    features = [k for k, u in s.units.items()
+                if u.stage == "features" and u.params["source"] == "normal"]
+    assert order[0] == gold and set(features) <= set(order)
+    assert {s.units[k].stage for k in order} == {"gold", "features", "transfer", "beam",
+                                                   "analysis"}
+    untouched = [k for k, u in s.units.items()
+                 if u.stage == "features" and u.params["source"] != "normal"]
+    assert not set(untouched) & set(order)
+    assert any(f"{features[0]} runs again: {gold} ran again since" in line for line in lines)
+
+
+def test_a_unit_that_ran_again_with_the_same_result_reruns_nothing_that_read_it():
+    cfg = small()
+    gold = plan.gold_key(cfg, "normal")
+    stored = _versions(cfg, lambda k: f"same-{k}")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key != gold,
+                  version=lambda u: stored[u.key])
+    assert run_all(s, digest=lambda u: f"same-{u.key}") == [gold, "analysis"]
+
+
+def test_a_dependent_left_stale_by_a_driver_that_died_runs_again_on_resume():
+    # The input ran again (another result) and the driver died before its dependents reran:
+    # the ledger alone says so (the dependents read another version than is there now).
+    cfg = small()
+    feature = next(u.key for u in plan.build(cfg) if u.stage == "features")
+    stored = _versions(cfg, lambda k: f"old-{k}")
+    stored[feature] = Version("new", stored[feature].inputs)
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True, version=lambda u: stored[u.key])
+    readers = {k for k, u in s.units.items() if feature in u.deps}
+    assert readers and {k for k in readers if s.state[k] == "planned"} == readers
+    assert s.changed_inputs(next(iter(readers))) == [feature]
+
+
+def test_results_of_an_older_version_without_digests_are_taken_as_they_are():
+    cfg = small()
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True,
+                  version=lambda u: Version())
+    assert run_all(s) == []
+    # ...and a unit that read an input before digests were recorded is not judged by it.
+    feature = next(u.key for u in plan.build(cfg) if u.stage == "features")
+    stored = _versions(cfg, lambda k: None if k == feature else f"d-{k}")
+    stored[feature] = Version("new", {})
+    s = Scheduler(plan.build(cfg), is_done=lambda u: True, version=lambda u: stored[u.key])
+    assert all(st == "done" for st in s.state.values())
+
+
+def test_a_unit_starts_with_the_digests_of_the_inputs_it_will_read():
+    cfg = small()
+    gold = plan.gold_key(cfg, "normal")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    run_all(s, digest=lambda u: f"d-{u.key}",
+            fail=lambda u: "bad labels" if u.key == gold else None)
+    t = next(u for u in s.units.values() if u.stage == "transfer")
+    seen = s.inputs_of(t)
+    normal = {d for d in t.deps if s.units[d].params["source"] == "normal"}
+    assert all(seen[d] is None for d in normal)  # failed: nothing was read from them
+    assert all(seen[d] == f"d-{d}" for d in set(t.deps) - normal)

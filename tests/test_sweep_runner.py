@@ -307,6 +307,58 @@ def test_a_resume_reruns_units_whose_outputs_were_cut_short(ray_session, tmp_pat
     assert st.damage(gold.outputs[1]) is None and st.damage(beam.outputs[0]) is None
     assert any(".damaged-" in n for n in st.list("losses"))
     assert f"{gold.key} runs again" in capsys.readouterr().err
+    # The gold network came back as it was: nothing that read it is recomputed.
+    readers = [u for u in units if gold.key in u.deps and u.key != beam.key]
+    assert readers and all(ledger.history(st, u.key).completions == 1 for u in readers)
+
+
+def _units(st):
+    return [plan.Unit.from_json(u) for u in st.read_json("plan.json")["units"]]
+
+
+def test_a_resume_reruns_what_read_a_unit_that_came_back_with_another_result(
+        ray_session, tmp_path, capsys):
+    # A lost gold checkpoint retrained not bit for bit (as on a GPU): the representations
+    # cached from the old network, and the transfers and beams that read them, run again.
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    gold = next(u for u in _units(st) if u.stage == "gold" and u.params["task"] == "normal")
+    st.delete(gold.outputs[0])
+    st.write_json("fake.json", {"vary": [gold.key, "features-normal-"]})
+    assert sweep(tmp_path).ok
+    runs = {u.key: ledger.history(st, u.key).completions for u in _units(st)}
+    features = [u for u in _units(st) if u.stage == "features" and gold.key in u.deps]
+    groups = [u for u in _units(st)
+              if u.stage == "transfer" and any(f.key in u.deps for f in features)]
+    beams = [u for u in _units(st) if u.stage == "beam"]
+    again = [b for b in beams if gold.key in b.deps]  # the others' groups came back the same
+    assert features and groups and again and len(beams) > len(again)
+    assert all(runs[u.key] == 2 for u in features + groups + again)
+    others = [u for u in _units(st) if u.stage == "features" and u not in features]
+    assert all(runs[u.key] == 1 for u in others + [b for b in beams if b not in again])
+    assert f"runs again: {gold.key} ran again since, with another result" in \
+        capsys.readouterr().err
+    # What each unit read is in its ledger: the digests its inputs had when it ran.
+    done = [e for e in ledger.history(st, groups[0].key).events if e["event"] == "done"][-1]
+    assert done["inputs"] == {d: ledger.version(st, d).digest for d in groups[0].deps}
+
+
+def test_a_first_order_group_retrained_without_a_source_has_its_beam_rank_again(
+        ray_session, tmp_path):
+    # Its losses were cut short and, on the retraining, one source's representation failed:
+    # the beam had ranked the complete group, which is no longer what the losses hold.
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    beam = next(u for u in _units(st) if u.stage == "beam")
+    group = next(u for u in _units(st) if u.key == beam.deps[0])
+    lost = group.deps[0]
+    st.write_bytes(group.outputs[0], st.read_bytes(group.outputs[0])[:10])
+    st.delete(plan.features_path(lost))
+    st.write_json("fake.json", {"fail": [lost]})
+    result = sweep(tmp_path)
+    assert set(result.failures) == {lost}
+    assert ledger.history(st, group.key).completions == 2
+    assert ledger.history(st, beam.key).completions == 2
 
 
 def test_a_driver_whose_storage_is_claimed_by_another_stops_scheduling(ray_session, tmp_path,
@@ -431,3 +483,24 @@ def test_paths_inside_a_ray_jobs_working_dir_copy_are_refused(tmp_path, monkeypa
     driver.check_lasting(Storage(str(tmp_path / "store")), str(tmp_path / "data"))  # lasting
     monkeypatch.chdir(tmp_path)  # not a job: a relative path is the user's own folder
     driver.check_lasting(Storage("runs/smoke"), "data/smoke")
+
+
+def test_status_verify_lists_units_left_stale_and_the_resume_reruns_them(ray_session, tmp_path,
+                                                                        capsys):
+    # A feature unit ran again with another result and its driver died before the transfers
+    # that read it reran: only the ledger knows (every output is a whole file).
+    from taskonomy_ray import cli
+
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    assert driver.status(str(tmp_path / "store"), verify=True)["stale"] == {}
+    feature = next(u for u in _units(st) if u.stage == "features")
+    ledger.record(st, feature.key, "done", digest="another", inputs={})
+    readers = sorted(u.key for u in _units(st) if feature.key in u.deps)
+    stale = driver.status(str(tmp_path / "store"), verify=True)["stale"]
+    assert readers and stale == {k: [feature.key] for k in readers}
+    assert cli.main(["status", str(tmp_path / "store"), "--verify"]) == 0
+    assert f"STALE {readers[0]}: {feature.key} ran again since" in capsys.readouterr().out
+    assert sweep(tmp_path).ok
+    assert all(ledger.history(st, k).completions == 2 for k in readers)
+    assert driver.status(str(tmp_path / "store"), verify=True)["stale"] == {}

@@ -121,3 +121,30 @@ def test_corrupt_json_in_storage_names_the_file_and_the_fix(tmp_path):
     st.write_bytes("plan.json", b'{"units": [')
     with pytest.raises(StorageError, match=r"corrupt JSON .*plan\.json.*delete it and resume"):
         st.read_json("plan.json")
+
+
+def test_a_torch_file_digest_is_of_its_contents_not_of_how_torch_wrote_them(tmp_path):
+    # A gold network resumed from its checkpoint writes the same weights in other bytes (the
+    # pickle memo shares a loaded 'cpu' key otherwise): its dependents must not run again.
+    import io
+
+    import torch
+
+    def saved(obj):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    state = {"w": torch.arange(4.0), "rng": {"cpu": torch.get_rng_state()}, "step": 3}
+    first = saved(state)
+    again = saved(torch.load(io.BytesIO(first)))
+    assert first != again  # (the bytes differ: a byte digest would call it another result)
+    st = tables.Storage(str(tmp_path))
+    for name, data in [("a.pt", first), ("b.pt", again),
+                       ("c.pt", saved({**state, "w": torch.arange(4.0) + 1e-6}))]:
+        st.write_bytes(name, data)
+    assert st.digest("a.pt") == st.digest("b.pt") != st.digest("c.pt")
+    st.write_bytes("d.pt", b"not a zip")  # not a torch file: its bytes' digest, no error
+    assert st.digest("d.pt") != st.digest("a.pt")
+    with pytest.raises(StorageError, match="not found"):
+        st.digest("e.pt")

@@ -19,10 +19,10 @@ from ..errors import ConfigError, StorageError, TaskonomyError
 from ..tables import REPORT_ERROR, RUN_FILE, Storage
 from ..tasks import METHOD_VERSION
 from . import config as sweep_config
-from . import lease
+from . import lease, ledger
 from . import plan as planning
 from .plan import PLAN_FILE
-from .scheduler import Scheduler
+from .scheduler import Scheduler, changed_inputs
 
 SUMMARY_FILE = "sweep.json"
 # `status` per stage: planned = all of them; blocked = waiting on a failed unit (never run).
@@ -364,10 +364,14 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
     connect(address)
     t0 = time.time()
     ctx = make_context(cfg, storage)
-    sched = Scheduler(planning.build(cfg), is_done=done_check(storage, cfg, ctx["data_root"]),
+    planned = planning.build(cfg)
+    known = ledger.versions(storage, [u.key for u in planned])  # (the beams' choices: as asked)
+    sched = Scheduler(planned, is_done=done_check(storage, cfg, ctx["data_root"]),
                       expand=beam_expander(storage, cfg), retries=cfg.resources.retries,
                       node_losses=cfg.resources.node_losses,
-                      went_without=went_without(storage))
+                      went_without=went_without(storage),
+                      version=lambda u: known.get(u.key) or ledger.version(storage, u.key),
+                      warn=_stderr)
 
     def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:
         if unit.stage == "beam":  # the plan grew: keep plan.json current for `status`
@@ -436,9 +440,8 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
 
     `verify` also checks every done unit's files as a resume does (`damaged_files`: Parquet
     footers, zip directories, JSON, partial records, a beam's choice), moving nothing, and
-    lists the damaged ones.
+    lists the damaged ones, and the done units whose inputs changed since they ran (`stale`).
     """
-    from . import ledger
     from .units import read_partial
 
     storage = Storage(storage_uri)
@@ -498,6 +501,12 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                 continue
             state[u.key] = "blocked"
             changed = True
+    stale: dict[str, list[str]] = {}
+    if verify:  # (a driver that died before rerunning what read a unit that ran again)
+        versions = ledger.versions(storage, [u.key for u in units if state[u.key] == "done"])
+        digests = {k: v.digest for k, v in versions.items()}
+        stale = {k: found for k, v in versions.items() if (found := changed_inputs(v.inputs,
+                                                                                  digests))}
     stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
     orders: dict[str, dict[str, int]] = {}
 
@@ -525,4 +534,5 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": failures, "blocked": blocked, "partial": partial, "diverged": diverged,
             "short": short,
-            "driver": lease.holder(storage), "damaged": damaged if verify else None}
+            "driver": lease.holder(storage), "damaged": damaged if verify else None,
+            "stale": stale if verify else None}

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import StorageError
 from ..tables import Storage
+from .scheduler import Version
 
 LEDGER_DIR = "ledger"
 EVENTS = ("started", "done", "failed")
@@ -81,3 +82,27 @@ def history(storage: Storage, key: str) -> UnitHistory:
             out.damaged.append(storage.path(rel))
     return out
 
+
+
+def version(storage: Storage, key: str) -> Version:
+    """What unit `key` wrote and read when it last finished (`run_unit` records both).
+
+    Unknown (None, no inputs) for a unit finished by an older version or whose events are lost:
+    such a unit is taken as it is.
+    """
+    done = [e for e in history(storage, key).events if e["event"] == "done"]
+    if not done:
+        return Version()
+    inputs = done[-1].get("inputs")
+    digest = done[-1].get("digest")
+    return Version(digest if isinstance(digest, str) else None,
+                   {str(k): v if isinstance(v, str) else None
+                    for k, v in inputs.items()} if isinstance(inputs, dict) else {})
+
+
+def versions(storage: Storage, keys: list[str], threads: int = 16) -> dict[str, Version]:
+    """`version` of many units, read concurrently (on an object store each is a few requests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(zip(keys, pool.map(lambda k: version(storage, k), keys), strict=True))

@@ -7,6 +7,7 @@ loses nothing: a rerun adopts every unit whose outputs exist.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import sys
 import time
@@ -22,7 +23,7 @@ from ..errors import TaskonomyError
 from ..tables import Storage
 from . import ledger
 from .plan import STAGES, Unit
-from .scheduler import Scheduler
+from .scheduler import Scheduler, Version
 
 Execute = Callable[[Unit, dict[str, Any]], dict[str, Any]]
 
@@ -42,8 +43,13 @@ class RunStats:
     last_end: dict[str, float] = field(default_factory=dict)
 
 
-def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any]:
-    """Run one unit on a worker, recording its start, end or failure in the ledger."""
+def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
+             inputs: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Run one unit on a worker, recording its start, end or failure in the ledger.
+
+    Its end records the digest of what it wrote and `inputs`, the digests of what it read
+    (`Scheduler.inputs_of`): a resume runs it again if an input changes.
+    """
     storage = Storage(ctx["storage"])
     ledger.record(storage, unit.key, "started", attempt_of=unit.stage)
     t0 = time.time()
@@ -62,9 +68,24 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute) -> dict[str, Any
         err = f"unit {unit.key} finished without writing {missing}"
         ledger.record(storage, unit.key, "failed", error=err, deterministic=True)
         raise TaskonomyError(err)
-    info = {**info, "seconds": time.time() - t0, "start": t0}
+    info = {**info, "seconds": time.time() - t0, "start": t0,
+            "digest": outputs_digest(storage, unit), "inputs": dict(inputs or {})}
     ledger.record(storage, unit.key, "done", **info)
     return info
+
+
+def outputs_digest(storage: Storage, unit: Unit) -> str | None:
+    """One digest of a unit's outputs, or None for a render.
+
+    (A render's output is its data root, the same files for the same key; its marker holds
+    timings, which differ from run to run.)
+    """
+    if unit.stage == "render":
+        return None
+    h = hashlib.sha256()
+    for rel in unit.outputs:
+        h.update(f"{rel}\0{storage.digest(rel)}\0".encode())
+    return h.hexdigest()[:32]
 
 
 def _picklable(err: BaseException) -> bool:
@@ -176,7 +197,7 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
                 used += c
                 sched.started(unit)
                 task = remote_for(remotes, {"name": unit.key, **options(unit)})
-                ref = task.remote(unit, ctx, execute)
+                ref = task.remote(unit, ctx, execute, sched.inputs_of(unit))
                 in_flight[ref] = unit
             bars.update(sched)
             stats.driver_s += time.time() - t0
@@ -225,7 +246,7 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
                           node_lost=lost, recorded_by="driver")
         sched.failed(unit, error, transient=not deterministic, node_lost=lost)
         return
-    sched.succeeded(unit)
+    sched.succeeded(unit, Version(info.get("digest"), info.get("inputs", {})))
     stats.unit_s[unit.stage] = stats.unit_s.get(unit.stage, 0.0) + info.get("seconds", 0.0)
     start, end = info.get("start", 0.0), info.get("start", 0.0) + info.get("seconds", 0.0)
     stats.first_start[unit.stage] = min(stats.first_start.get(unit.stage, start), start)

@@ -7,12 +7,27 @@ A plain class with no Ray in it (tested by stepping it by hand); the Ray runner 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .plan import PRIORITY, STAGES, Unit
 
 STATES = ("planned", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Version:
+    """What a finished unit wrote and read: its outputs' digest, and its inputs' (by key)."""
+
+    digest: str | None = None
+    inputs: dict[str, str | None] = field(default_factory=dict)
+
+
+def changed_inputs(read: Mapping[str, str | None], digests: Mapping[str, str | None]) -> list[str]:
+    """The inputs whose digest now (`digests`) is not the one read; unknown ones are not judged."""
+    return [d for d, seen in read.items()
+            if seen is not None and digests.get(d) not in (None, seen)]
 
 
 class Scheduler:
@@ -21,10 +36,14 @@ class Scheduler:
     def __init__(self, units: Iterable[Unit], *, is_done: Callable[[Unit], bool],
                  expand: Callable[[Unit], list[Unit]] | None = None, retries: int = 2,
                  node_losses: int = 8,
-                 went_without: Callable[[Unit], Iterable[str]] | None = None) -> None:
+                 went_without: Callable[[Unit], Iterable[str]] | None = None,
+                 version: Callable[[Unit], Version] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         """`went_without(unit)`: the units an adopted unit's stored result lacks.
 
         (A transfer group's failed sources; for a beam, those of the group it ranked.)
+        `version(unit)`: an adopted unit's stored `Version`; a unit whose inputs have changed
+        since it ran is planned again (`warn` gets why).
         """
         self.units: dict[str, Unit] = {}
         self.state: dict[str, str] = {}
@@ -35,6 +54,13 @@ class Scheduler:
         # unit runs again once those succeed, in a later run.
         self.partial: dict[str, list[str]] = {}
         self.expanded: dict[str, list[str]] = {}  # unit key -> the keys its result added
+        # The content digest of each done unit's outputs, and the digests of the inputs it read
+        # (None: not known, e.g. a run of an older version): a dependent whose inputs changed
+        # since (an input ran again, with another result) runs again.
+        self.digest: dict[str, str | None] = {}
+        self.read: dict[str, dict[str, str | None]] = {}
+        self._version = version or (lambda unit: Version())
+        self._warn = warn or (lambda line: None)
         self.retries = retries
         self.node_losses = node_losses
         self._is_done = is_done
@@ -59,13 +85,36 @@ class Scheduler:
         for u in new:  # adopt work finished by an earlier run (outputs already in storage)
             if self._is_done(u):
                 self.state[u.key] = "done"
+                v = self._version(u)
+                self.digest[u.key], self.read[u.key] = v.digest, dict(v.inputs)
                 # (Units no longer in the plan, e.g. a source dropped by --force-config, are
                 # not waited for.)
                 without = sorted(d for d in self._went_without(u) if d in self.units)
                 if without:
                     self.partial[u.key] = without
                 self._expand_from(u)
+        for u in new:  # (after every new unit's digest is known: deps come in any order)
+            if self.state[u.key] == "done":
+                self._unless_changed(u.key)
         return new
+
+    def changed_inputs(self, key: str) -> list[str]:
+        """The inputs of done unit `key` whose outputs differ from those it read."""
+        return changed_inputs(self.read.get(key, {}), self.digest)
+
+    def _unless_changed(self, key: str) -> None:
+        """Plan done unit `key` again if an input it read has changed since."""
+        changed = self.changed_inputs(key)
+        if changed:
+            self._warn(f"{key} runs again: {changed[0]}"
+                       + (f" (and {len(changed) - 1} more inputs)" if len(changed) > 1 else "")
+                       + " ran again since, with another result")
+            self.state[key] = "planned"
+            self.partial.pop(key, None)
+
+    def inputs_of(self, unit: Unit) -> dict[str, str | None]:
+        """The digests of `unit`'s inputs as it starts (its ledger records what it read)."""
+        return {d: self.digest.get(d) if self.state[d] == "done" else None for d in unit.deps}
 
     def _expand_from(self, unit: Unit) -> list[Unit]:
         """Add what `unit`'s result asks for; drop what only its earlier result asked for.
@@ -154,16 +203,22 @@ class Scheduler:
         else:
             self.partial.pop(unit.key, None)
 
-    def succeeded(self, unit: Unit) -> list[Unit]:
-        """`unit` finished; returns the units its result added to the plan.
+    def succeeded(self, unit: Unit, version: Version | None = None) -> list[Unit]:
+        """`unit` finished (its outputs and what it read: `version`); returns what it added.
 
         A barrier summarises every other unit: one adopted as done from an earlier run is
-        planned again once any other unit finishes in this one (its inputs changed).
+        planned again once any other unit finishes in this one (its inputs changed). Other
+        done units that read `unit` run again if its result is not the one they read.
         """
         if unit.key not in self.units:  # dropped from the plan while it ran (`_expand_from`)
             return []
         self.state[unit.key] = "done"
         self.errors.pop(unit.key, None)
+        v = version or Version()
+        self.digest[unit.key], self.read[unit.key] = v.digest, dict(v.inputs)
+        for key, u in self.units.items():
+            if unit.key in u.deps and self.state[key] == "done":
+                self._unless_changed(key)
         if not unit.barrier:
             for key, u in self.units.items():
                 if u.barrier and self.state[key] == "done":
