@@ -192,16 +192,18 @@ class FeatureCache:
     def ensure(self, source: str, imageset: str, encoder: Encoder | Callable[[], Encoder],
                samples: Sequence[Mapping[str, Any]], *, images: Sequence[str] | None = None,
                batch_size: int = 64, lazy: bool = False,
-               device: str | torch.device = "cpu", num_workers: int = 0) -> str:
+               device: str | torch.device = "cpu", num_workers: int = 0,
+               refresh: bool = False) -> str:
         """Encode `samples` with `source`'s frozen encoder unless cached; returns the path.
 
         With `lazy=True`, `encoder` is a zero-argument loader called only on a miss, so a hit
         never loads weights; `images` (the samples' ids, e.g. `dataset.images`) lets a hit skip
         reading samples. The entry is written in one atomic write after every batch succeeded:
-        a crash leaves no entry, never half of one.
+        a crash leaves no entry, never half of one. `refresh`: encode even if cached, replacing
+        the entry once the new one is whole (its encoder changed since).
         """
         rel = self.path_of(source, imageset)
-        if self.storage.exists(rel):
+        if self.storage.exists(rel) and not refresh:
             return rel
         enc = encoder() if lazy else encoder  # type: ignore[call-arg]
         feats = encode_samples(enc, samples, batch_size=batch_size, dtype=self.dtype,

@@ -212,3 +212,22 @@ def test_a_transfer_whose_loss_diverges_is_left_out_and_named_not_the_whole_grou
     cli.main(["status", storage.uri])
     assert (f"DIVERGED {group.key}: left out normal (non-finite training loss at step 0)"
             in capsys.readouterr().out)
+
+
+def test_a_feature_unit_run_again_encodes_again_instead_of_taking_the_old_entry(root, tmp_path):
+    # It runs again when its encoder changed (a gold network retrained with another result):
+    # the entry there is the old encoder's, and taking it would keep the transfers stale too.
+    from taskonomy_ray.features import Features, from_bytes, to_bytes
+    from taskonomy_ray.tables import Storage
+
+    cfg = sweep(root)
+    unit = next(u for u in plan.build(cfg) if u.stage == "features"
+                and u.params["source"] == "random" and u.params["imageset"] == "test")
+    ctx = {"config": cfg.to_json(), "storage": str(tmp_path / "store"), "data_root": str(root)}
+    units.run_features(unit, ctx)
+    st = Storage(ctx["storage"])
+    fresh = st.read_bytes(unit.outputs[0])
+    old = from_bytes(fresh, "entry")
+    st.write_bytes(unit.outputs[0], to_bytes(Features(old.images, old.array * 0)))
+    units.run_features(unit, ctx)
+    assert st.read_bytes(unit.outputs[0]) == fresh

@@ -226,7 +226,9 @@ def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
 
     Encodes on the transfers' device (`transfer.device`: CUDA when present), so a GPU worker's
     feature units do not run the frozen encoders on its CPU; a set too large to keep decoded is
-    read ahead by `transfer.num_workers` loader processes.
+    read ahead by `transfer.num_workers` loader processes. A unit runs only when its entry is
+    not there or was made by another version of its encoder (`Scheduler.changed_inputs`), so a
+    cached entry is encoded again, not taken.
     """
     from ..transfer import resolve_device
 
@@ -237,7 +239,8 @@ def run_features(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     workers = 0 if isinstance(samples, _Decoded) else tcfg.num_workers  # streamed: read ahead
     _feature_cache(cfg, storage).ensure(
         source, imageset, lambda: load_source_encoder(cfg, storage, source), samples,
-        images=samples.images, lazy=True, device=resolve_device(tcfg), num_workers=workers)
+        images=samples.images, lazy=True, device=resolve_device(tcfg), num_workers=workers,
+        refresh=True)
     return {"images": len(samples)}
 
 
