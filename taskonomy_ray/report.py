@@ -276,7 +276,7 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
                 curve.append(solved)
                 points.append(_curve_row(solved, sig))
             if (order, budget) in pairs:
-                drawn.append(_drawn(solved, sig, out, pinned))
+                drawn.append(_drawn(solved, sig, out, pinned, drawn))
     if curve:
         plots.plot_budget_curve(curve, out / "budget_curve.png",
                                 f"budget curves, regime {regime}")
@@ -337,13 +337,24 @@ def _curve_row(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | Non
             "supervised": ", ".join(t.supervised)}
 
 
+def _policy(t: taxonomy.Taxonomy) -> tuple[Any, ...]:
+    """What a taxonomy decides: the supervised tasks and how each target is served."""
+    return tuple(sorted((a.target, a.supervised, tuple(a.sources)) for a in t.transfers))
+
+
 def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | None, out: Path,
-           pinned: dict[str, Any] | None) -> dict[str, Any]:
-    """One taxonomy: its graph, per-target rows and its significance against random policies."""
+           pinned: dict[str, Any] | None, before: list[dict[str, Any]]) -> dict[str, Any]:
+    """One taxonomy: its graph, per-target rows and its significance against random policies.
+
+    One the same as a taxonomy drawn `before` (a higher order that chose no higher-order
+    transfer) points to it instead of drawing it again; its significance is its own (random
+    policies of a higher order are other policies).
+    """
     name = f"taxonomy_o{t.max_order}_b{t.budget:g}".replace(".", "p") + ".png"
-    # The page states objective and means above the picture; a short title fits small graphs.
-    plots.draw_taxonomy(t, out / name, f"order <= {t.max_order}, budget {t.budget:g}, "
-                                       f"regime {t.regime}")
+    same = next((d for d in before if d["policy"] == _policy(t) and not d["same_as"]), None)
+    if same is None:  # the page states objective and means above; a short title fits
+        plots.draw_taxonomy(t, out / name, f"order <= {t.max_order}, budget {t.budget:g}, "
+                                           f"regime {t.regime}")
     is_pinned = pinned is not None and (pinned["max_order"], float(pinned["budget"])) == (
         t.max_order, float(t.budget))
     rows = [{"target": a.target, "served_by": "supervised" if a.supervised
@@ -359,6 +370,8 @@ def _drawn(t: taxonomy.Taxonomy, sig: dict[str, evaluate.Significance] | None, o
             "pinned": is_pinned, "objective": _fmt(t.objective), "gain": _fmt(t.gain),
             "quality": _fmt(t.quality), "supervised": ", ".join(t.supervised), "rows": rows,
             "significance": significance, "anchor": name.removesuffix(".png"),
+            "policy": _policy(t), "same_as": None if same is None else {
+                "anchor": same["anchor"], "order": same["order"], "budget": same["budget"]},
             "significance_note": "too few feasible random policies at this budget for the "
                                  "significance test (see the notes above)"}
 

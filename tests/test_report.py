@@ -136,6 +136,9 @@ def test_published_report_shows_what_the_solver_and_significance_test_compute(
     served = [a.gain for a in solved.transfers if not a.supervised]  # and transfer-only means
     assert f'<td class="num">{np.mean(served):.3f}</td>' in row
     assert "square root of its affinity" in page  # what the objective sums, said
+    # ...and what an affinity is: a rank within its target's row, with `random` a baseline.
+    assert "ranks\na source among the others into the same target" in page
+    assert "the baseline every useful source should\nbeat" in page
     for a in solved.transfers:
         assert f"<td>{a.target}</td>" in page
     assert "taxonomy_o2_b3.png" in page and "taxonomy_o1_b3.png" in page
@@ -344,3 +347,28 @@ def test_figure_legends_list_only_the_task_groups_drawn(tmp_path: Path, monkeypa
                                         np.full((2, 3), 0.2), tmp_path / "a.png")
     (legend,) = saved[0].legends
     assert [t.get_text() for t in legend.get_texts()] == ["2d", "3d", "random"]
+
+
+def test_a_taxonomy_the_same_as_one_drawn_above_points_to_it_instead_of_repeating_it(
+        published_csv: Path, tmp_path: Path) -> None:
+    # No higher-order transfer worth taking: order 2 chooses what order 1 chose, and the page
+    # drew the same graph and table twice.
+    import pyarrow.compute as pc
+
+    table = load_published(published_csv)
+    higher = pc.greater(table["order"], 1)
+    for col in ("affinity", "quality", "gain"):
+        table = table.set_column(table.schema.get_field_index(col), col,
+                                 pc.if_else(higher, 1e-9, table[col]))
+    storage = tables.Storage(str(tmp_path / "store"))
+    storage.write_affinities(table)
+    index = report.write_report(storage.uri, budgets=(3,), orders=(1, 2), drawn=(3,),
+                                random_policies=20)
+    cfg = report.ReportConfig(budgets=(3,), orders=(1, 2), drawn=(3,), random_policies=20)
+    first, second = report.taxonomy_sections(table, 16000, cfg, tmp_path)["taxonomies"]
+    assert first["same_as"] is None and second["same_as"]["anchor"] == first["anchor"]
+    assert second["significance"]  # its own test: random policies of order 2 are others
+    assert [p.name for p in index.parent.glob("taxonomy_*.png")] == [first["image"]]
+    page = index.read_text()
+    assert 'The same taxonomy as <a href="#taxonomy_o1_b3">order &le; 1, budget 3</a>' in page
+    assert page.count("<summary>Per target: chosen source(s)") == 1
