@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -149,12 +150,23 @@ class _Stub:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def __repr__(self) -> str:
-        return f"{self.name}{self.args!r}{self.items!r}{self.state!r}"
+
+def _canonical(value: Any) -> str:
+    """A text of `value` alike for alike contents (sets sorted: their order varies by process)."""
+    if isinstance(value, _Stub):
+        return (f"{value.name}({_canonical(value.args)}){_canonical(value.items)}"
+                f"{_canonical(value.state)}")
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_canonical(k)}:{_canonical(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return ("[" if isinstance(value, list) else "(") + ",".join(map(_canonical, value)) + ")"
+    if isinstance(value, (set, frozenset)):
+        return "set{" + ",".join(sorted(map(_canonical, value))) + "}"
+    return repr(value)
 
 
 class _ContentUnpickler(pickle.Unpickler):
-    """Reads a torch file's pickle as plain values, each storage as the digest of its bytes."""
+    """Reads a torch file's pickle as plain values, each storage as its type and bytes' digest."""
 
     def __init__(self, data: bytes, records: dict[str, str]) -> None:
         super().__init__(io.BytesIO(data))
@@ -164,28 +176,46 @@ class _ContentUnpickler(pickle.Unpickler):
         return _Stub(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:  # ("storage", type, key, location, numel)
-        return ("storage", self.records[str(pid[2])], pid[4:])
+        return ("storage", _canonical(pid[1]), self.records[str(pid[2])], pid[4:])
 
 
-def torch_file_digest(f: Any) -> str | None:
+# Format errors of a file that is not a torch zip file, or a pickle beyond plain values (its
+# bytes are digested instead); I/O errors are not among them.
+_NOT_TORCH = (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, KeyError,
+              IndexError, ValueError, TypeError, AttributeError)
+
+
+def torch_file_digest(data: bytes) -> str | None:
     """A digest of what a torch zip file holds, alike for alike contents; None if not one.
 
     torch.save writes the same weights in other bytes when their Python objects were made
     otherwise (a state loaded from a checkpoint, or still in memory): the pickle's memo differs.
     This reads the pickle without importing anything, by value, with each tensor storage by its
-    bytes' digest.
+    type and its bytes' digest.
     """
     try:
-        z = zipfile.ZipFile(f)
+        z = zipfile.ZipFile(io.BytesIO(data))
         names = z.namelist()
         pkl = next(n for n in names if n.endswith("/data.pkl"))
         prefix = pkl[: -len("data.pkl")] + "data/"
         records = {n[len(prefix):]: hashlib.sha256(z.read(n)).hexdigest()
                    for n in names if n.startswith(prefix)}
         value = _ContentUnpickler(z.read(pkl), records).load()
-    except Exception:  # (not a torch zip file, or a pickle beyond plain values: its bytes do)
+    except _NOT_TORCH:
         return None
-    return hashlib.sha256(repr(value).encode()).hexdigest()[:32]
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:32]
+
+
+# The digest of what this process last wrote at each path (most recent WRITTEN_KEPT): a unit
+# digests its outputs without reading them back (`Storage.digest`; on an object store, a copy).
+_WRITTEN: OrderedDict[str, str] = OrderedDict()
+WRITTEN_KEPT = 1024
+
+
+def forget_written(storage: Storage, rels: Sequence[str]) -> None:
+    """Drop what this process remembers writing at `rels` (digest them from storage instead)."""
+    for rel in rels:
+        _WRITTEN.pop(storage.uri_for(rel), None)
 
 
 class Storage:
@@ -243,20 +273,24 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write `data` at `rel` atomically: temp + rename locally, one PUT on object stores."""
         dest = self.path(rel)
+        _WRITTEN.pop(self.uri_for(rel), None)
         try:
             self.fs.create_dir(posixpath.dirname(dest), recursive=True)
             if not self.local:  # an object store makes a whole object visible at close
                 with self.fs.open_output_stream(dest) as f:
                     f.write(data)
-                return
-            tmp = posixpath.join(posixpath.dirname(dest),
-                                 f".{posixpath.basename(dest)}.{uuid.uuid4().hex}.tmp")
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, dest)
+            else:
+                tmp = posixpath.join(posixpath.dirname(dest),
+                                     f".{posixpath.basename(dest)}.{uuid.uuid4().hex}.tmp")
+                with self.fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                self.fs.move(tmp, dest)
         except OSError as e:
             raise StorageError(f"cannot write {dest} in storage {self.display!r}: {e}; check that "
                                "the path is writable and has space") from e
+        _WRITTEN[self.uri_for(rel)] = hashlib.sha256(data).hexdigest()[:32]
+        while len(_WRITTEN) > WRITTEN_KEPT:
+            _WRITTEN.popitem(last=False)
 
     def read_bytes(self, rel: str) -> bytes:
         """The bytes at `rel`; StorageError if missing."""
@@ -275,13 +309,13 @@ class Storage:
         wrote what its dependents had read (`Scheduler.changed_inputs`). A torch file's digest is
         of what it holds (`torch_file_digest`): the same weights saved twice can differ in bytes.
         """
+        if rel.endswith(".pt"):  # (read whole: a zip reader's many small reads are requests)
+            data = self.read_bytes(rel)
+            return torch_file_digest(data) or hashlib.sha256(data).hexdigest()[:32]
+        if self.uri_for(rel) in _WRITTEN:
+            return _WRITTEN[self.uri_for(rel)]
         h = hashlib.sha256()
         try:
-            if rel.endswith(".pt"):
-                with self.fs.open_input_file(self.path(rel)) as f:
-                    found = torch_file_digest(f)
-                if found is not None:
-                    return found
             with self.fs.open_input_stream(self.path(rel)) as f:
                 while chunk := f.read(1 << 24):
                     h.update(chunk)
@@ -293,6 +327,7 @@ class Storage:
 
     def delete(self, rel: str) -> bool:
         """Remove the file at `rel` if it exists; whether there was one."""
+        _WRITTEN.pop(self.uri_for(rel), None)
         try:
             self.fs.delete_file(self.path(rel))
         except FileNotFoundError:
@@ -335,6 +370,7 @@ class Storage:
     def set_aside(self, rel: str) -> str:
         """Rename a damaged file out of the way (kept, not deleted); its new path."""
         dest = f"{rel}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        _WRITTEN.pop(self.uri_for(rel), None)
         try:
             self.fs.move(self.path(rel), self.path(dest))
         except OSError as e:

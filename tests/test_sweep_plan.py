@@ -359,10 +359,10 @@ def test_beam_result_schedules_higher_orders_of_that_target_only():
 
     s = Scheduler(plan.build(cfg), is_done=lambda u: False, expand=expand)
     beam = next(u for u in s.units.values() if u.stage == "beam")
-    for d in beam.deps:  # finish only what this beam needs, and its features
+    for d in beam.deps:  # finish only what this beam needs, and the representations
         s.state[d] = "done"
     for u in s.units.values():
-        if u.stage in ("features", "render"):
+        if u.stage in ("features", "gold", "render"):
             s.state[u.key] = "done"
     added = s.succeeded(beam)
     assert [u.params["order"] for u in added] == [2]
@@ -786,3 +786,61 @@ def test_a_unit_starts_with_the_digests_of_the_inputs_it_will_read():
     normal = {d for d in t.deps if s.units[d].params["source"] == "normal"}
     assert all(seen[d] is None for d in normal)  # failed: nothing was read from them
     assert all(seen[d] == f"d-{d}" for d in set(t.deps) - normal)
+
+
+def test_a_unit_that_read_an_input_which_ran_again_meanwhile_runs_again():
+    # A group started on the old representations while the gold network retrained; the
+    # representations came back another, and the group ended on the old ones.
+    cfg = small(max_order=1)
+    gold = plan.gold_key(cfg, "normal")
+    groups = {u.key for u in plan.build(cfg) if u.stage == "transfer"}
+    stored = _versions(cfg, lambda k: f"old-{k}")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in {gold, "analysis", *groups},
+                  version=lambda u: stored[u.key])
+    group = s.units[sorted(groups)[0]]
+    s.started(s.units[gold])
+    s.started(group)  # (as a runner whose first ready() held both)
+    read = s.inputs_of(group)
+    s.succeeded(s.units[gold], Version("new", {}))
+    for u in s.ready():
+        if u.stage == "features":
+            s.started(u)
+            s.succeeded(u, Version(f"new-{u.key}", s.inputs_of(u)))
+    s.succeeded(group, Version("g", read))
+    assert s.state[group.key] == "planned"
+    run_all(s, digest=lambda u: f"new-{u.key}")
+    assert all(s.changed_inputs(k) == [] for k, st in s.state.items() if st == "done")
+
+
+def test_what_reads_a_done_unit_whose_input_will_run_again_waits_instead_of_running_twice():
+    # The gold network retrains; its old representations and first-order groups are done,
+    # the beams are not: a beam ranking now would rank again once the groups have rerun.
+    cfg = small()
+    gold = plan.gold_key(cfg, "normal")
+    beams = {u.key for u in plan.build(cfg) if u.stage == "beam"}
+    stored = _versions(cfg, lambda k: f"old-{k}")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in {gold, "analysis", *beams},
+                  version=lambda u: stored[u.key])
+    assert not beams & {u.key for u in s.ready()}
+    order = run_all(s, digest=lambda u: f"new-{u.key}")
+    assert beams <= set(order) and len(order) == len(set(order))
+
+
+def test_a_beam_that_will_rank_again_holds_the_higher_orders_it_chose_before():
+    # A source's gold network retrains: the beam's first-order group reruns, so may the beam;
+    # the group its old ranking chose, not trained yet, waits for the new choice.
+    cfg = small()
+    gold = plan.gold_key(cfg, "reshading")
+    beam = next(u for u in plan.build(cfg) if u.stage == "beam" and u.params["target"] == "normal")
+    choice = {"2": [["depth_zbuffer", "random"]]}
+    (old,) = plan.expand_beam(cfg, beam, choice)
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, choice) if u.key == beam.key else []
+
+    stored = _versions(cfg, lambda k: f"old-{k}")
+    s = Scheduler(plan.build(cfg), is_done=lambda u: u.key not in {gold, old.key, "analysis"},
+                  version=lambda u: stored.get(u.key, Version()), expand=expand)
+    assert old.key in s.units and old.key not in {u.key for u in s.ready()}
+    choice = {"2": [["depth_zbuffer", "reshading"]]}  # reshading ranks now
+    assert old.key not in run_all(s, digest=lambda u: f"new-{u.key}")

@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import sweep_fakes
@@ -504,3 +505,21 @@ def test_status_verify_lists_units_left_stale_and_the_resume_reruns_them(ray_ses
     assert sweep(tmp_path).ok
     assert all(ledger.history(st, k).completions == 2 for k in readers)
     assert driver.status(str(tmp_path / "store"), verify=True)["stale"] == {}
+
+
+def test_a_unit_that_wrote_another_result_and_died_before_saying_so_has_its_readers_rerun(
+        ray_session, tmp_path):
+    # Its ledger's last word is `started`: the recorded digest may be older than the files.
+    from taskonomy_ray.features import Features, to_bytes
+
+    sweep(tmp_path)
+    st = Storage(str(tmp_path / "store"))
+    feature = next(u for u in _units(st) if u.stage == "features")
+    readers = [u.key for u in _units(st) if feature.key in u.deps]
+    assert ledger.version(st, feature.key) is not None
+    ledger.record(st, feature.key, "started", attempt_of="features")
+    st.write_bytes(feature.outputs[0], to_bytes(Features(["x"], np.zeros((1, 2, 1, 1)))))
+    assert ledger.version(st, feature.key) is None  # digested from storage instead
+    assert sweep(tmp_path).ok
+    assert ledger.history(st, feature.key).completions == 1  # its files are whole: kept
+    assert readers and all(ledger.history(st, k).completions == 2 for k in readers)

@@ -148,3 +148,23 @@ def test_a_torch_file_digest_is_of_its_contents_not_of_how_torch_wrote_them(tmp_
     assert st.digest("d.pt") != st.digest("a.pt")
     with pytest.raises(StorageError, match="not found"):
         st.digest("e.pt")
+    # The same bytes as another dtype are other contents (the pickle names the storage type).
+    st.write_bytes("f32.pt", saved({"w": torch.zeros(4)}))
+    st.write_bytes("i32.pt", saved({"w": torch.zeros(4, dtype=torch.int32)}))
+    assert st.digest("f32.pt") != st.digest("i32.pt")
+
+
+def test_a_files_digest_is_of_what_is_there_after_a_delete_or_another_write(tmp_path):
+    # Digests of what this process wrote are remembered (no read back from an object store);
+    # what removes or replaces the file forgets them.
+    st = tables.Storage(str(tmp_path))
+    st.write_bytes("a.json", b"1")
+    first = st.digest("a.json")
+    st.write_bytes("a.json", b"2")
+    assert st.digest("a.json") != first
+    (tmp_path / "a.json").write_bytes(b"1")  # another process's write
+    tables.forget_written(st, ["a.json"])
+    assert st.digest("a.json") == first
+    st.delete("a.json")
+    with pytest.raises(StorageError, match="not found"):
+        st.digest("a.json")

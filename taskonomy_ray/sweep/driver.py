@@ -370,7 +370,9 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
                       expand=beam_expander(storage, cfg), retries=cfg.resources.retries,
                       node_losses=cfg.resources.node_losses,
                       went_without=went_without(storage),
-                      version=lambda u: known.get(u.key) or ledger.version(storage, u.key),
+                      version=lambda u: ledger.stored_version(
+                          storage, u, known[u.key] if u.key in known
+                          else ledger.version(storage, u.key)),
                       warn=_stderr)
 
     def on_done(unit: planning.Unit, info: dict[str, Any]) -> None:
@@ -503,7 +505,9 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
             changed = True
     stale: dict[str, list[str]] = {}
     if verify:  # (a driver that died before rerunning what read a unit that ran again)
-        versions = ledger.versions(storage, [u.key for u in units if state[u.key] == "done"])
+        done = [u for u in units if state[u.key] == "done"]
+        found = ledger.versions(storage, [u.key for u in done])
+        versions = {u.key: ledger.stored_version(storage, u, found[u.key]) for u in done}
         digests = {k: v.digest for k, v in versions.items()}
         stale = {k: found for k, v in versions.items() if (found := changed_inputs(v.inputs,
                                                                                   digests))}

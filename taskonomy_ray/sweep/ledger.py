@@ -6,6 +6,7 @@ object stores too; a unit's outputs in storage, not the ledger, decide whether i
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 import uuid
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..errors import StorageError
 from ..tables import Storage
+from .plan import Unit
 from .scheduler import Version
 
 LEDGER_DIR = "ledger"
@@ -84,25 +86,55 @@ def history(storage: Storage, key: str) -> UnitHistory:
 
 
 
-def version(storage: Storage, key: str) -> Version:
-    """What unit `key` wrote and read when it last finished (`run_unit` records both).
 
-    Unknown (None, no inputs) for a unit finished by an older version or whose events are lost:
-    such a unit is taken as it is.
+def version(storage: Storage, key: str) -> Version | None:
+    """What unit `key` wrote and read as its last event says (`run_unit` records both at its end).
+
+    None when the last event is not a readable `done` (or there is none): the outputs there may
+    be newer than any recorded digest (a unit that wrote them and died before saying so), so the
+    caller digests them (`outputs_digest`). A `done` of an older version, without digests, is
+    unknown (`Version()`): taken as it is. Reads one event, the last.
     """
-    done = [e for e in history(storage, key).events if e["event"] == "done"]
-    if not done:
-        return Version()
-    inputs = done[-1].get("inputs")
-    digest = done[-1].get("digest")
+    names = storage.list(f"{LEDGER_DIR}/{key}", ".json")
+    if not names:
+        return None
+    try:
+        last = storage.read_json(f"{LEDGER_DIR}/{key}/{names[-1]}")
+    except StorageError:
+        return None
+    if not isinstance(last, dict) or last.get("event") != "done":
+        return None
+    inputs, digest = last.get("inputs"), last.get("digest")
     return Version(digest if isinstance(digest, str) else None,
                    {str(k): v if isinstance(v, str) else None
                     for k, v in inputs.items()} if isinstance(inputs, dict) else {})
 
 
-def versions(storage: Storage, keys: list[str], threads: int = 16) -> dict[str, Version]:
-    """`version` of many units, read concurrently (on an object store each is a few requests)."""
+def versions(storage: Storage, keys: list[str], threads: int = 16) -> dict[str, Version | None]:
+    """`version` of many units, read concurrently (on an object store each is two requests)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return dict(zip(keys, pool.map(lambda k: version(storage, k), keys), strict=True))
+
+
+def outputs_digest(storage: Storage, unit: Unit) -> str | None:
+    """One digest of a unit's outputs as they are in storage, or None for a render.
+
+    (A render's output is its data root, the same files for the same key; its marker holds
+    timings, which differ from run to run.)
+    """
+    if unit.stage == "render":
+        return None
+    h = hashlib.sha256()
+    for rel in unit.outputs:
+        h.update(f"{rel}\0{storage.digest(rel)}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def stored_version(storage: Storage, unit: Unit, known: Version | None) -> Version:
+    """A done unit's version: its last `done` event's, or its outputs' digest if that is not last.
+
+    (What it read is then unknown, and not judged.)
+    """
+    return known if known is not None else Version(outputs_digest(storage, unit), {})

@@ -7,7 +7,6 @@ loses nothing: a rerun adopts every unit whose outputs exist.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import sys
 import time
@@ -20,7 +19,7 @@ import ray
 from tqdm import tqdm
 
 from ..errors import TaskonomyError
-from ..tables import Storage
+from ..tables import Storage, forget_written
 from . import ledger
 from .plan import STAGES, Unit
 from .scheduler import Scheduler, Version
@@ -51,6 +50,7 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
     (`Scheduler.inputs_of`): a resume runs it again if an input changes.
     """
     storage = Storage(ctx["storage"])
+    forget_written(storage, unit.outputs)  # (digests only what this run of it writes)
     ledger.record(storage, unit.key, "started", attempt_of=unit.stage)
     t0 = time.time()
     try:
@@ -69,23 +69,9 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
         ledger.record(storage, unit.key, "failed", error=err, deterministic=True)
         raise TaskonomyError(err)
     info = {**info, "seconds": time.time() - t0, "start": t0,
-            "digest": outputs_digest(storage, unit), "inputs": dict(inputs or {})}
+            "digest": ledger.outputs_digest(storage, unit), "inputs": dict(inputs or {})}
     ledger.record(storage, unit.key, "done", **info)
     return info
-
-
-def outputs_digest(storage: Storage, unit: Unit) -> str | None:
-    """One digest of a unit's outputs, or None for a render.
-
-    (A render's output is its data root, the same files for the same key; its marker holds
-    timings, which differ from run to run.)
-    """
-    if unit.stage == "render":
-        return None
-    h = hashlib.sha256()
-    for rel in unit.outputs:
-        h.update(f"{rel}\0{storage.digest(rel)}\0".encode())
-    return h.hexdigest()[:32]
 
 
 def _picklable(err: BaseException) -> bool:

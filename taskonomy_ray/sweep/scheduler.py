@@ -60,6 +60,7 @@ class Scheduler:
         self.digest: dict[str, str | None] = {}
         self.read: dict[str, dict[str, str | None]] = {}
         self._version = version or (lambda unit: Version())
+        self._usable_memo: dict[str, bool] = {}
         self._warn = warn or (lambda line: None)
         self.retries = retries
         self.node_losses = node_losses
@@ -131,9 +132,19 @@ class Scheduler:
         return self._add(units)
 
     def _usable(self, key: str) -> bool:
-        """Done, and not a partial result whose missing deps may still come in this run."""
-        return self.state[key] == "done" and not any(
-            self.state[d] in ("planned", "running") for d in self.partial.get(key, ()))
+        """Done, not a partial result whose missing deps may still come in this run, and final.
+
+        Final: every input usable or failed for good. A done unit with an input that will still
+        run may be planned again when that input's new result differs (`_unless_changed`):
+        whatever reads it waits rather than running twice. (Memoised for one `ready()`.)
+        """
+        if key in self._usable_memo:
+            return self._usable_memo[key]
+        ok = self.state[key] == "done" and not any(
+            self.state[d] in ("planned", "running") for d in self.partial.get(key, ())) and all(
+            self.state[d] == "failed" or self._usable(d) for d in self.units[key].deps)
+        self._usable_memo[key] = ok
+        return ok
 
     def _unsettled_choices(self) -> set[str]:
         """Units added by a result that may still change: its unit or an input of it will run.
@@ -144,7 +155,8 @@ class Scheduler:
         out: set[str] = set()
         for key, added in self.expanded.items():
             if key in self.units and (self._pending(key) or any(
-                    self._pending(d) for d in self.units[key].required)):
+                    self._pending(d) or (self.state[d] == "done" and not self._usable(d))
+                    for d in self.units[key].required)):
                 out.update(added)
         return out
 
@@ -160,6 +172,7 @@ class Scheduler:
     def ready(self) -> list[Unit]:
         """Planned units whose dependencies are done, by stage priority; failed deps fail them."""
         self._fail_orphans()
+        self._usable_memo = {}
         settled = all(self.state[k] in ("done", "failed")
                       for k, u in self.units.items() if not u.barrier)
         held = self._unsettled_choices()
@@ -170,7 +183,7 @@ class Scheduler:
             if u.barrier and not settled:
                 continue
             if all(self._usable(d) for d in u.required) and all(
-                    self.state[d] in ("done", "failed") for d in u.optional):
+                    self.state[d] == "failed" or self._usable(d) for d in u.optional):
                 out.append(u)
         return sorted(out, key=lambda u: PRIORITY.index(u.stage))
 
@@ -219,6 +232,7 @@ class Scheduler:
         for key, u in self.units.items():
             if unit.key in u.deps and self.state[key] == "done":
                 self._unless_changed(key)
+        self._unless_changed(unit.key)  # (an input of its own ran again while it ran)
         if not unit.barrier:
             for key, u in self.units.items():
                 if u.barrier and self.state[key] == "done":
