@@ -509,8 +509,10 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
         found = ledger.versions(storage, [u.key for u in done])
         versions = {u.key: ledger.stored_version(storage, u, found[u.key]) for u in done}
         digests = {k: v.digest for k, v in versions.items()}
-        stale = {k: found for k, v in versions.items() if (found := changed_inputs(v.inputs,
-                                                                                  digests))}
+        for key, v in versions.items():
+            inputs = changed_inputs(v.inputs, digests)
+            if inputs:
+                stale[key] = inputs
     stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
     orders: dict[str, dict[str, int]] = {}
 

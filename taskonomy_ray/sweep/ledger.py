@@ -85,8 +85,6 @@ def history(storage: Storage, key: str) -> UnitHistory:
     return out
 
 
-
-
 def version(storage: Storage, key: str) -> Version | None:
     """What unit `key` wrote and read as its last event says (`run_unit` records both at its end).
 
