@@ -637,6 +637,24 @@ def test_ledger_history_reads_running_done_and_failed(tmp_path):
     assert (h.state, h.attempts, h.completions, h.last_error) == ("done", 2, 1, "boom")
 
 
+def test_ledger_events_keep_their_order_when_a_later_hosts_clock_is_behind(tmp_path,
+                                                                             monkeypatch):
+    # Attempt started on a host whose clock is 60 s ahead; it died; another host reran the unit.
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.tables import Storage
+
+    st = Storage(str(tmp_path))
+    clock = iter([1_000_060.0, 1_000_000.0, 1_000_030.0])
+    monkeypatch.setattr(ledger.time, "time", lambda: next(clock))
+    ledger.record(st, "u", "started")
+    ledger.record(st, "u", "started")
+    ledger.record(st, "u", "done", digest="d1", inputs={})
+    h = ledger.history(st, "u")
+    assert [e["event"] for e in h.events] == ["started", "started", "done"]
+    assert [e["time"] for e in h.events] == [1_000_060.0, 1_000_000.0, 1_000_030.0]  # as told
+    assert h.state == "done" and ledger.version(st, "u").digest == "d1"
+
+
 def test_a_ready_beam_runs_before_waiting_transfer_groups():
     cfg = small()
     s = Scheduler(plan.build(cfg), is_done=lambda u: False)

@@ -1,7 +1,8 @@
 """The ledger of unit events in storage: what started, finished or failed, append-only.
 
-Each event is its own small JSON file (`ledger/<unit>/<time>-<id>.json`), so appending is safe on
-object stores too; a unit's outputs in storage, not the ledger, decide whether it is done.
+Each event is its own small JSON file (`ledger/<unit>/<time>-<id>.json`, named later than the
+unit's last event whatever the host's clock says), so appending is safe on object stores too; a
+unit's outputs in storage, not the ledger, decide whether it is done.
 """
 
 from __future__ import annotations
@@ -60,9 +61,25 @@ def record(storage: Storage, key: str, event: str, **info: Any) -> None:
     if event not in EVENTS:
         raise ValueError(f"ledger event must be one of {EVENTS}, got {event!r}")
     now = time.time()
-    name = f"{now:017.6f}-{uuid.uuid4().hex[:8]}.json"
+    stamp = max(now, _last_stamp(storage, key) + 1e-6)
+    name = f"{stamp:017.6f}-{uuid.uuid4().hex[:8]}.json"
     storage.write_json(f"{LEDGER_DIR}/{key}/{name}",
                        {"event": event, "time": now, "host": socket.gethostname(), **info})
+
+
+def _last_stamp(storage: Storage, key: str) -> float:
+    """The time stamp that names unit `key`'s last event (0 if none).
+
+    A new event is named after it even if this host's clock is behind the host that wrote it:
+    events are read in name order, and a `done` sorted before the `started` of the same attempt
+    would make the unit look interrupted and hide the digests it recorded.
+    """
+    for name in reversed(storage.list(f"{LEDGER_DIR}/{key}", ".json")):
+        try:
+            return float(name.split("-", 1)[0])
+        except ValueError:
+            continue  # not an event's name: skipped, as `history` lists it damaged
+    return 0.0
 
 
 def history(storage: Storage, key: str) -> UnitHistory:
