@@ -655,6 +655,86 @@ def test_ledger_events_keep_their_order_when_a_later_hosts_clock_is_behind(tmp_p
     assert h.state == "done" and ledger.version(st, "u").digest == "d1"
 
 
+def test_a_stale_unit_whose_rerun_failed_or_died_stays_stale_for_the_next_resume(tmp_path):
+    # Its outputs are still those computed from the old gold network: adopting them as they are
+    # would keep the old representations (and all that reads them) for good.
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.tables import Storage
+
+    st = Storage(str(tmp_path))
+    gold = plan.Unit("gold-a", "gold", {}, (), ("g.json",))
+    feats = plan.Unit("features-a", "features", {}, (gold.key,), ("f.json",))
+
+    def resume():
+        return Scheduler([gold, feats], is_done=lambda u: all(st.exists(o) for o in u.outputs),
+                         version=lambda u: ledger.stored_version(st, u, ledger.version(st, u.key)))
+
+    st.write_json("g.json", {"v": 1})
+    st.write_json("f.json", {"v": 1})
+    ledger.record(st, gold.key, "done", digest=ledger.outputs_digest(st, gold), inputs={})
+    ledger.record(st, feats.key, "done", digest=ledger.outputs_digest(st, feats),
+                  inputs={gold.key: ledger.outputs_digest(st, gold)})
+    st.write_json("g.json", {"v": 2})  # the gold network ran again, with another result
+    ledger.record(st, gold.key, "done", digest=ledger.outputs_digest(st, gold), inputs={})
+    assert resume().state[feats.key] == "planned"
+    ledger.record(st, feats.key, "started")  # its rerun is cut short (the driver died) ...
+    assert resume().state[feats.key] == "planned"
+    ledger.record(st, feats.key, "failed", error="TrainingError: x")  # ... or fails
+    assert resume().state[feats.key] == "planned"
+
+
+def test_the_analysis_runs_again_after_a_driver_died_between_a_rerun_and_the_analysis():
+    # A unit the analysis alone reads (here a beam) ran again with another result, or one that
+    # had failed finished; the driver died before the analysis ran again.
+    units = plan.build(small())
+    beam = next(u.key for u in units if u.stage == "beam")
+
+    def first_run(fail=None):
+        s = Scheduler(units, is_done=lambda u: False, expand=lambda u: [])
+        run_all(s, digest=lambda u: f"d-{u.key}", fail=fail)
+        return s, {k: Version(f"d-{k}", s.read.get(k, {})) for k in s.units}
+
+    def resume(versions, done=lambda k: True):
+        lines = []
+        r = Scheduler(units, is_done=lambda u: done(u.key), expand=lambda u: [],
+                      version=lambda u: versions[u.key], warn=lines.append)
+        return r, lines
+
+    _, stored = first_run()
+    assert resume(stored)[0].finished  # nothing changed: nothing runs
+    r, lines = resume({**stored, beam: Version("another", stored[beam].inputs)})
+    assert [k for k, st in r.state.items() if st == "planned"] == ["analysis"]
+    assert lines == [f"analysis runs again: {beam} ran again since, with another result"]
+
+    s, stored = first_run(fail=lambda u: "bad" if u.key == beam else None)
+    assert s.state[beam] == "failed" and s.read["analysis"][beam] == "absent"
+    r, _ = resume(stored, done=lambda k: k != beam)  # (a resume that retries it ...)
+    assert [k for k, st in r.state.items() if st == "planned"] == [beam]
+    r, lines = resume(stored)  # (... or one after a run where it succeeded, then died)
+    assert [k for k, st in r.state.items() if st == "planned"] == ["analysis"]
+    assert lines == [f"analysis runs again: {beam} finished since"]
+
+
+def test_a_partial_group_a_new_ranking_adds_is_retrained_if_its_missing_source_came_since():
+    feats = plan.Unit("features-x", "features", {}, (), ("x",))
+    first = plan.Unit("t1", "transfer", {}, (feats.key,), ("t",), optional=(feats.key,))
+    beam = plan.Unit("beam", "beam", {}, (first.key,), ("b",))
+    pair = plan.Unit("t2", "transfer", {"chosen_by": "beam"}, (feats.key,), ("h",),
+                     optional=(feats.key,))
+    ranked = []
+
+    def expand(u):  # its first ranking (the adopted one) did not choose t2, the new one does
+        if u.key != "beam":
+            return []
+        ranked.append(u.key)
+        return [pair] if len(ranked) > 1 else []
+
+    s = Scheduler([feats, first, beam], is_done=lambda u: u.key != feats.key, expand=expand,
+                  went_without=lambda u: [feats.key] if u.key in ("t1", "t2") else [])
+    order = run_all(s)
+    assert order.count("t2") == 1 and s.state["t2"] == "done" and "t2" not in s.partial
+
+
 def test_a_ready_beam_runs_before_waiting_transfer_groups():
     cfg = small()
     s = Scheduler(plan.build(cfg), is_done=lambda u: False)

@@ -107,7 +107,7 @@ def version(storage: Storage, key: str) -> Version | None:
 
     None when the last event is not a readable `done` (or there is none): the outputs there may
     be newer than any recorded digest (a unit that wrote them and died before saying so), so the
-    caller digests them (`outputs_digest`). A `done` of an older version, without digests, is
+    caller digests them (`stored_version`). A `done` of an older version, without digests, is
     unknown (`Version()`): taken as it is. Reads one event, the last.
     """
     names = storage.list(f"{LEDGER_DIR}/{key}", ".json")
@@ -119,10 +119,31 @@ def version(storage: Storage, key: str) -> Version | None:
         return None
     if not isinstance(last, dict) or last.get("event") != "done":
         return None
-    inputs, digest = last.get("inputs"), last.get("digest")
-    return Version(digest if isinstance(digest, str) else None,
-                   {str(k): v if isinstance(v, str) else None
-                    for k, v in inputs.items()} if isinstance(inputs, dict) else {})
+    return Version(last["digest"] if isinstance(last.get("digest"), str) else None,
+                   _inputs(last))
+
+
+def _inputs(event: dict[str, Any]) -> dict[str, str | None]:
+    inputs = event.get("inputs")
+    return {str(k): v if isinstance(v, str) else None
+            for k, v in inputs.items()} if isinstance(inputs, dict) else {}
+
+
+def last_done_inputs(storage: Storage, key: str) -> dict[str, str | None]:
+    """What unit `key` read the last time it finished ({} if no readable `done` says).
+
+    For a unit whose later attempt failed or was cut short: its outputs are that `done`'s, or
+    newer ones written from inputs no older, so judging them by these inputs never keeps a
+    result computed from an input that has changed since (at worst it runs once more).
+    """
+    for name in reversed(storage.list(f"{LEDGER_DIR}/{key}", ".json")):
+        try:
+            event = storage.read_json(f"{LEDGER_DIR}/{key}/{name}")
+        except StorageError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "done":
+            return _inputs(event)
+    return {}
 
 
 def versions(storage: Storage, keys: list[str], threads: int = 16) -> dict[str, Version | None]:
@@ -148,8 +169,12 @@ def outputs_digest(storage: Storage, unit: Unit) -> str | None:
 
 
 def stored_version(storage: Storage, unit: Unit, known: Version | None) -> Version:
-    """A done unit's version: its last `done` event's, or its outputs' digest if that is not last.
+    """A done unit's version: its last event's if that is a `done`, else computed from storage.
 
-    (What it read is then unknown, and not judged.)
+    That is its outputs' digest, judged by what it read when it last finished
+    (`last_done_inputs`): a stale unit whose rerun failed, or died, still holds the result of
+    its old inputs, and stays stale for the next resume.
     """
-    return known if known is not None else Version(outputs_digest(storage, unit), {})
+    if known is not None:
+        return known
+    return Version(outputs_digest(storage, unit), last_done_inputs(storage, unit.key))

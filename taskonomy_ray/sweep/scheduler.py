@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .plan import PRIORITY, STAGES, Unit
 
 STATES = ("planned", "running", "done", "failed")
+ABSENT = "absent"  # a barrier's input that had no result when it ran (`Scheduler.inputs_of`)
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,6 @@ class Scheduler:
         self._expand = expand or (lambda unit: [])
         self._went_without = went_without or (lambda unit: ())
         self._add(list(units))
-        # A partial unit adopted with everything it lacked now done (a run that completed
-        # those died before retraining it): retrain it now.
-        for key, without in list(self.partial.items()):
-            if self.state[key] == "done" and all(self.state[d] == "done" for d in without):
-                self._replan(key)
 
     def _add(self, units: list[Unit]) -> list[Unit]:
         new = [u for u in units if u.key not in self.units]
@@ -97,6 +93,14 @@ class Scheduler:
         for u in new:  # (after every new unit's digest is known: deps come in any order)
             if self.state[u.key] == "done":
                 self._unless_changed(u.key)
+        # A partial unit adopted with everything it lacked now done (a run that completed
+        # those died before retraining it, or a beam's new ranking adds a group that went
+        # without a source which has since succeeded): retrain it now.
+        for u in new:
+            lacks = self.partial.get(u.key, [])
+            if lacks and self.state[u.key] == "done" and all(
+                    self.state[d] == "done" for d in lacks):
+                self._replan(u.key)
         return new
 
     def changed_inputs(self, key: str) -> list[str]:
@@ -109,12 +113,22 @@ class Scheduler:
         if changed:
             self._warn(f"{key} runs again: {changed[0]}"
                        + (f" (and {len(changed) - 1} more inputs)" if len(changed) > 1 else "")
-                       + " ran again since, with another result")
+                       + (" finished since" if self.read[key][changed[0]] == ABSENT
+                          else " ran again since, with another result"))
             self.state[key] = "planned"
             self.partial.pop(key, None)
 
     def inputs_of(self, unit: Unit) -> dict[str, str | None]:
-        """The digests of `unit`'s inputs as it starts (its ledger records what it read)."""
+        """The digests of `unit`'s inputs as it starts (its ledger records what it read).
+
+        A barrier (the analysis) reads every other unit's result, and notes the units that had
+        none (`ABSENT`, they failed): if one of them finishes later, or another unit runs again
+        with another result, and the driver dies before the barrier runs again, the next
+        resume still plans it.
+        """
+        if unit.barrier:
+            return {k: (self.digest.get(k) if self.state[k] == "done" else ABSENT)
+                    for k, u in self.units.items() if not u.barrier}
         return {d: self.digest.get(d) if self.state[d] == "done" else None for d in unit.deps}
 
     def _expand_from(self, unit: Unit) -> list[Unit]:
