@@ -86,7 +86,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--takeover", action="store_true",
                    help="drive the storage even though another sweep's claim on it has not "
                    "lapsed (that sweep is gone; a live one stops scheduling)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (nor, off a terminal, progress lines)")
 
 
 def _run_sweep(args: argparse.Namespace) -> int:

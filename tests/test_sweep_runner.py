@@ -375,6 +375,35 @@ def test_a_driver_whose_storage_is_claimed_by_another_stops_scheduling(ray_sessi
     assert not st.exists("affinities.parquet")  # the rest of the sweep was not scheduled
 
 
+def test_a_sweep_whose_stderr_is_not_a_terminal_logs_its_counts_as_they_change(capsys):
+    # `ray job logs` of a submitted sweep, or `make demo > log`: no bars, but not silent either.
+    from taskonomy_ray.sweep.scheduler import Scheduler
+
+    sched = Scheduler(plan.build(driver.sweep_config.from_dict(
+        {"name": "t", "tasks": ["normal", "depth_zbuffer"], "regimes": [8], "max_order": 1,
+         "data": {"root": "x"}})), is_done=lambda u: False)
+    now = [0.0]
+    bars = runner.Bars(sched, None, every_s=30, heartbeat_s=600, clock=lambda: now[0])
+    gold = next(u for u in sched.units.values() if u.stage == "gold")
+    sched.started(gold)
+    now[0] = 10.0
+    bars.update(sched)  # changed, but within 30 s of the last line
+    now[0] = 31.0
+    bars.update(sched)
+    bars.update(sched)  # nothing new
+    now[0] = 700.0
+    bars.update(sched)  # a heartbeat: still alive
+    sched.succeeded(gold)
+    bars.close(sched)  # the last counts, whenever they came
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 2)[1] for line in lines] == ["0:00:00", "0:00:31", "0:11:40",
+                                                         "0:11:40"]
+    assert lines[0] == ("sweep 0:00:00 gold 0/2, scratch 0/2, features 0/6, transfer 0/2, "
+                        "analysis 0/1")
+    assert "gold 0/2 (1 running)" in lines[1] and "gold 1/2," in lines[3]
+    assert runner.Bars(sched, False).lines is False and capsys.readouterr().err == ""
+
+
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     sweep(tmp_path)
     st = driver.status(str(tmp_path / "store"))

@@ -124,27 +124,61 @@ def describe(err: BaseException) -> str:
 
 
 class Bars:
-    """One progress bar per stage (units done / total, rate, ETA); silent when not a TTY."""
+    """Progress of a sweep: one bar per stage on a terminal (units done / total, rate, ETA).
 
-    def __init__(self, sched: Scheduler, enabled: bool | None = None) -> None:
-        on = sys.stderr.isatty() if enabled is None else enabled
+    Elsewhere (a log file, `ray job logs` of a submitted sweep) a line of counts is printed
+    instead when they change, at most every `every_s`, and every `heartbeat_s` regardless, so
+    a sweep of hours is not silent until its end. `enabled` False: nothing; True: bars.
+    """
+
+    def __init__(self, sched: Scheduler, enabled: bool | None = None, *, every_s: float = 30.0,
+                 heartbeat_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        tty = sys.stderr.isatty()
+        on = tty if enabled is None else enabled
+        self.lines = enabled is None and not tty
+        self.every_s, self.heartbeat_s, self._clock = every_s, heartbeat_s, clock
+        self._t0 = clock()
+        self._printed: tuple[float, str] | None = None  # when, and what
         self.bars = {s: tqdm(total=0, desc=f"{s:>9}", unit="unit", position=i, leave=True,
                              disable=not on, dynamic_ncols=True) for i, s in enumerate(STAGES)}
         self.update(sched)
 
     def update(self, sched: Scheduler) -> None:
         """Refresh totals and done counts from the scheduler."""
-        for stage, c in sched.counts().items():
+        counts = sched.counts()
+        for stage, c in counts.items():
             bar = self.bars[stage]
             bar.total = sum(c.values())
             bar.n = c["done"] + c["failed"]
             bar.set_postfix_str(f"running {c['running']} failed {c['failed']}", refresh=False)
             bar.refresh()
+        if self.lines:
+            self._line(counts)
 
-    def close(self) -> None:
-        """Close every bar."""
+    def _line(self, counts: dict[str, dict[str, int]], final: bool = False) -> None:
+        parts = [f"{stage} {c['done']}/{sum(c.values())}"
+                 + (f" ({c['running']} running)" if c["running"] else "")
+                 for stage, c in counts.items() if sum(c.values())]
+        failed = sum(c["failed"] for c in counts.values())
+        text = ", ".join(parts) + (f"; {failed} failed" if failed else "")
+        now = self._clock()
+        if self._printed is not None:
+            when, last = self._printed
+            due = now - when >= self.heartbeat_s or (
+                text != last and (final or now - when >= self.every_s))
+            if not due:
+                return
+        elapsed = int(now - self._t0)
+        print(f"sweep {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} {text}",
+              file=sys.stderr, flush=True)
+        self._printed = (now, text)
+
+    def close(self, sched: Scheduler | None = None) -> None:
+        """Close every bar (and print the last counts, if they were not)."""
         for bar in self.bars.values():
             bar.close()
+        if self.lines and sched is not None:
+            self._line(sched.counts(), final=True)
 
 
 def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
@@ -200,7 +234,7 @@ def run(sched: Scheduler, ctx: dict[str, Any], execute: Execute,
             ray.cancel(ref)
         raise
     finally:
-        bars.close()
+        bars.close(sched)
     stats.wall_s = time.time() - t_start
     return stats
 
