@@ -29,6 +29,10 @@ class StorageError(TaskonomyError):
     """The storage path cannot be read or written, or holds a table of the wrong schema."""
 
 
+class NodeSetupError(ConfigError):
+    """A node of the cluster does not see the sweep's storage or dataset as the driver does."""
+
+
 class SolverError(TaskonomyError):
     """The taxonomy problem is infeasible or the solver failed."""
 

@@ -10,7 +10,7 @@ import sweep_fakes
 import torch
 from ray import cloudpickle
 
-from taskonomy_ray.errors import ConfigError, TaskonomyError, TrainingError
+from taskonomy_ray.errors import ConfigError, NodeSetupError, TaskonomyError, TrainingError
 from taskonomy_ray.sweep import driver, ledger, plan, runner
 from taskonomy_ray.tables import Storage
 
@@ -140,6 +140,52 @@ def test_a_unit_that_returns_without_writing_its_outputs_is_failed_not_done(tmp_
     h = ledger.history(st, unit.key)
     assert h.state == "failed" and h.completions == 0
     assert h.events[-1]["deterministic"] is True  # a retry would write nothing either
+
+
+def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_to_run(
+        tmp_path):
+    # A local --storage that is not on a shared disk is another, empty storage on each node.
+    st = Storage(str(tmp_path / "store"))
+    gold = plan.Unit("gold-normal-x", "gold", {}, outputs=("g.json",))
+    render = plan.Unit("render-x", "render", {}, outputs=("r.json",))
+    ran = []
+
+    def execute(u, ctx):
+        ran.append(u.key)
+        Storage(ctx["storage"]).write_json(u.outputs[0], {})
+
+    ctx = {"storage": st.root, "claim": "ours", "data_root": str(tmp_path / "data")}
+    with pytest.raises(NodeSetupError, match=r"node \S+ does not see this sweep's storage .*"
+                       r"no driver's claim in driver.json"):
+        runner.run_unit(gold, ctx, execute)
+    st.write_json("driver.json", {"token": "another"})
+    with pytest.raises(NodeSetupError, match="another driver's claim"):
+        runner.run_unit(gold, ctx, execute)
+    assert ran == [] and ledger.history(st, gold.key).events == []  # not the unit's failure
+    st.write_json("driver.json", {"token": "ours"})
+    runner.run_unit(render, ctx, execute)  # the render writes the dataset root: not checked
+    with pytest.raises(NodeSetupError, match=f"does not see the dataset root {tmp_path}/data: "
+                       "mount it on every node"):
+        runner.run_unit(gold, ctx, execute)
+    (tmp_path / "data").mkdir()
+    runner.run_unit(gold, ctx, execute)
+    assert ran == [render.key, gold.key]
+
+
+def test_a_node_that_does_not_see_the_storage_stops_the_sweep_keeping_what_is_done(
+        ray_session, tmp_path):
+    from taskonomy_ray.sweep.scheduler import Scheduler
+
+    st = Storage(str(tmp_path / "store"))
+    st.write_json("driver.json", {"token": "another"})  # what that node sees there
+    cfg = driver.sweep_config.load(workflow(tmp_path))
+    sched = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    ctx = {**driver.make_context(cfg, st), "claim": "ours"}
+    with pytest.raises(NodeSetupError, match="does not see this sweep's storage"):
+        runner.run(sched, ctx, sweep_fakes.fake_execute, lambda u: {"num_cpus": 1},
+                   cost=lambda u: 1.0, capacity=lambda: 2.0, progress=False)
+    assert sched.failures() == {}  # no unit failed: none even started
+    assert all(ledger.history(st, u.key).events == [] for u in plan.build(cfg))
 
 
 def test_a_project_error_pickle_cannot_rebuild_still_fails_once_and_names_itself(ray_session,

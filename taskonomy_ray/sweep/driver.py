@@ -363,7 +363,7 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
     guard_run(storage, cfg, force_config)
     connect(address)
     t0 = time.time()
-    ctx = make_context(cfg, storage)
+    ctx = {**make_context(cfg, storage), "claim": claim.token}  # (a node checks it sees it)
     planned = planning.build(cfg)
     known = ledger.versions(storage, [u.key for u in planned])  # (the beams' choices: as asked)
     sched = Scheduler(planned, is_done=done_check(storage, cfg, ctx["data_root"]),

@@ -7,7 +7,9 @@ loses nothing: a rerun adopts every unit whose outputs exist.
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 import sys
 import time
 import traceback
@@ -18,9 +20,9 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from ..errors import TaskonomyError
+from ..errors import NodeSetupError, TaskonomyError
 from ..tables import Storage, forget_written
-from . import ledger
+from . import lease, ledger
 from .plan import STAGES, Unit
 from .scheduler import Scheduler, Version
 
@@ -50,6 +52,7 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
     (`Scheduler.inputs_of`): a resume runs it again if an input changes.
     """
     storage = Storage(ctx["storage"])
+    check_node(unit, ctx, storage)
     forget_written(storage, unit.outputs)  # (digests only what this run of it writes)
     ledger.record(storage, unit.key, "started", attempt_of=unit.stage)
     t0 = time.time()
@@ -72,6 +75,61 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
             "digest": ledger.outputs_digest(storage, unit), "inputs": dict(inputs or {})}
     ledger.record(storage, unit.key, "done", **info)
     return info
+
+
+_SEEN_NODE_SETUP: set[tuple[str, str, str]] = set()  # what this worker process has checked
+
+
+def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
+    """Refuse to run on a node that does not see the driver's storage or dataset root.
+
+    The storage must hold the driver's claim (`ctx["claim"]`, its token in `driver.json`): a
+    local path that is not on a shared disk is another, empty storage on each node, where units
+    would train and then look lost. A local dataset root must be there for every unit but the
+    render, which writes it. Once per worker process (and claim); raises `NodeSetupError`,
+    which stops the sweep: it names the node, and whatever is done stays done.
+    """
+    token = ctx.get("claim")
+    root = ctx.get("data_root") or ""
+    check_root = bool(root) and unit.stage != "render" and "://" not in root
+    key = (ctx["storage"], str(token), root if check_root else "")
+    if key in _SEEN_NODE_SETUP:
+        return
+    node = f"node {socket.gethostname()}"
+    if token is not None:
+        try:
+            held = storage.read_json(lease.DRIVER_FILE)
+        except TaskonomyError:
+            held = None
+        if not isinstance(held, dict) or held.get("token") != token:
+            seen = ("no driver's claim" if held is None else
+                    "another driver's claim: if no sweep took the storage over (--takeover),")
+            raise NodeSetupError(
+                f"{node} does not see this sweep's storage {storage.display} (it finds "
+                f"{seen} in {lease.DRIVER_FILE} there): every node must see the same storage, "
+                "so give --storage as an absolute path on a disk every node mounts, or an "
+                "s3:// / gs:// URI; the sweep stopped, and a resume keeps what is done")
+    if check_root and not os.path.isdir(root):
+        raise NodeSetupError(
+            f"{node} does not see the dataset root {root}: mount it on every node (cluster.yaml's "
+            "initialization_commands) or give --data a URI every node can read; the sweep "
+            "stopped, and a resume keeps what is done")
+    _SEEN_NODE_SETUP.add(key)
+
+
+def _node_setup_error(err: BaseException) -> NodeSetupError | None:
+    """The NodeSetupError inside Ray's wrappers of a unit's failure, if that is what it was."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, NodeSetupError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
 
 
 def _picklable(err: BaseException) -> bool:
@@ -258,6 +316,9 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
     try:
         info = ray.get(ref)
     except Exception as e:  # a RayTaskError wraps the unit's own exception
+        setup = _node_setup_error(e)
+        if setup is not None:  # the node's fault, not the unit's: stop, and say which node
+            raise NodeSetupError(str(setup)) from None
         error, deterministic, lost = describe(e), is_deterministic(e), is_node_lost(e)
         if not isinstance(e, ray.exceptions.RayTaskError):
             # The worker died (killed for memory, a crash, a lost node) before it could record
