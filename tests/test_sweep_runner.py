@@ -143,8 +143,9 @@ def test_a_unit_that_returns_without_writing_its_outputs_is_failed_not_done(tmp_
 
 
 def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_to_run(
-        tmp_path):
+        tmp_path, monkeypatch):
     # A local --storage that is not on a shared disk is another, empty storage on each node.
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)  # (it reads the claim 3 times)
     st = Storage(str(tmp_path / "store"))
     gold = plan.Unit("gold-normal-x", "gold", {}, outputs=("g.json",))
     render = plan.Unit("render-x", "render", {}, outputs=("r.json",))
@@ -164,12 +165,18 @@ def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_
     assert ran == [] and ledger.history(st, gold.key).events == []  # not the unit's failure
     st.write_json("driver.json", {"token": "ours"})
     runner.run_unit(render, ctx, execute)  # the render writes the dataset root: not checked
-    with pytest.raises(NodeSetupError, match=f"does not see the dataset root {tmp_path}/data: "
-                       "mount it on every node"):
+    with pytest.raises(NodeSetupError, match=f"sees no dataset root at {tmp_path}/data: check "
+                       "--data .*mount the dataset on every node"):
         runner.run_unit(gold, ctx, execute)
     (tmp_path / "data").mkdir()
     runner.run_unit(gold, ctx, execute)
     assert ran == [render.key, gold.key]
+    # A network file system that shows the previous driver's claim for a moment: read again.
+    st.write_json("driver.json", {"token": "previous"})
+    monkeypatch.setattr(runner.time, "sleep",
+                        lambda s: st.write_json("driver.json", {"token": "now"}))
+    runner.run_unit(gold, {**ctx, "claim": "now"}, execute)
+    assert ran[-1] == gold.key and len(ran) == 3
 
 
 def test_a_node_that_does_not_see_the_storage_stops_the_sweep_keeping_what_is_done(

@@ -97,10 +97,7 @@ def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
         return
     node = f"node {socket.gethostname()}"
     if token is not None:
-        try:
-            held = storage.read_json(lease.DRIVER_FILE)
-        except TaskonomyError:
-            held = None
+        held = _claim_seen(storage, token)
         if not isinstance(held, dict) or held.get("token") != token:
             seen = ("no driver's claim" if held is None else
                     "another driver's claim: if no sweep took the storage over (--takeover),")
@@ -111,10 +108,30 @@ def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
                 "s3:// / gs:// URI; the sweep stopped, and a resume keeps what is done")
     if check_root and not os.path.isdir(root):
         raise NodeSetupError(
-            f"{node} does not see the dataset root {root}: mount it on every node (cluster.yaml's "
+            f"{node} sees no dataset root at {root}: check --data (or the workflow's "
+            "data.root); on a cluster, mount the dataset on every node (cluster.yaml's "
             "initialization_commands) or give --data a URI every node can read; the sweep "
             "stopped, and a resume keeps what is done")
     _SEEN_NODE_SETUP.add(key)
+
+
+def _claim_seen(storage: Storage, token: str, tries: int = 3, wait_s: float = 2.0) -> Any:
+    """The claim in the storage's `driver.json` as this node reads it (None if unreadable).
+
+    Read again a few times before it counts as another's: a network file system may show a
+    node the file of the previous driver for a moment.
+    """
+    held = None
+    for i in range(tries):
+        try:
+            held = storage.read_json(lease.DRIVER_FILE)
+        except TaskonomyError:
+            held = None
+        if isinstance(held, dict) and held.get("token") == token:
+            break
+        if i < tries - 1:
+            time.sleep(wait_s)
+    return held
 
 
 def _node_setup_error(err: BaseException) -> NodeSetupError | None:
