@@ -162,7 +162,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from .sweep.driver import STATUS_STATES, status
+    from .sweep.status import STATUS_STATES, status
     from .tables import Storage
 
     st = status(args.storage, verify=args.verify)

@@ -83,13 +83,14 @@ def _seconds(x: float | None) -> str:
 def _unit_counts(storage: Storage, units: list[dict[str, Any]], notes: list[str]
                  ) -> dict[str, list[dict[str, Any]]]:
     """Units per stage, transfers per order, failures, partial groups, diverged and short."""
-    from .sweep import driver, ledger
+    from .sweep import ledger
+    from .sweep.status import status
 
     if not units:
         notes.append(f"{PLAN_FILE} is missing: no unit counts or failures to show")
         return {"stages": [], "orders": [], "failures": [], "partial": [], "diverged": [],
                 "short": []}
-    st = driver.status(storage.uri)
+    st = status(storage.uri)
     stages = [{"stage": name, "planned": c["planned"], "done": c["done"], "failed": c["failed"],
                "blocked": c["blocked"], "open": c["planned"] - c["done"] - c["failed"]
                - c["blocked"]}

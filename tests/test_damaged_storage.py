@@ -9,6 +9,7 @@ import torch
 from taskonomy_ray import features
 from taskonomy_ray.errors import DataError, StorageError
 from taskonomy_ray.sweep import driver, ledger, plan, runner, units
+from taskonomy_ray.sweep import status as sweep_status
 from taskonomy_ray.tables import Storage, losses_table
 
 
@@ -107,10 +108,10 @@ def test_status_verify_lists_a_copied_runs_cut_files_and_moves_nothing(tmp_path,
     data = _whole_files(st)["losses/u.parquet"]
     st.write_json(plan.PLAN_FILE, {"units": [plan.Unit("scratch-normal", "scratch", {}, (),
                                                        ("losses/u.parquet",)).to_json()]})
-    assert driver.status(str(tmp_path), verify=True)["damaged"] == {}
-    assert driver.status(str(tmp_path))["damaged"] is None  # not checked unless asked
+    assert sweep_status.status(str(tmp_path), verify=True)["damaged"] == {}
+    assert sweep_status.status(str(tmp_path))["damaged"] is None  # not checked unless asked
     st.write_bytes("losses/u.parquet", data[:100])
-    found = driver.status(str(tmp_path), verify=True)["damaged"]
+    found = sweep_status.status(str(tmp_path), verify=True)["damaged"]
     assert list(found) == ["scratch-normal"] and "losses/u.parquet" in found["scratch-normal"][0]
     assert st.read_bytes("losses/u.parquet") == data[:100]  # status only reads
     assert cli.main(["status", str(tmp_path), "--verify"]) == 1
@@ -129,7 +130,7 @@ def test_status_verify_applies_the_resumes_whole_checks_to_partial_records_and_b
     st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in (transfer, beam)]})
     st.write_bytes(plan.partial_path("transfer-normal"), b'{"sources": ["normal"], "left')
     st.write_json("beam/b.json", {"ranked": ["normal"]})
-    found = driver.status(str(tmp_path), verify=True)["damaged"]
+    found = sweep_status.status(str(tmp_path), verify=True)["damaged"]
     assert set(found) == {"transfer-normal", "beam-normal"}
     assert "partial/transfer-normal.json" in found["transfer-normal"][0]
     assert "no 'chosen' higher orders" in found["beam-normal"][0]

@@ -774,7 +774,8 @@ def test_an_unset_later_setting_keeps_earlier_runs_resumable_with_their_keys():
 def test_status_counts_the_higher_orders_beams_will_choose_and_those_a_failed_beam_never_will(
         tmp_path, capsys):
     from taskonomy_ray import cli
-    from taskonomy_ray.sweep import driver, ledger
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.sweep import status as sweep_status
     from taskonomy_ray.tables import Storage
 
     cfg = small(max_order=2, beam=[3, 3, 3])  # each target: the pair of its 2 other tasks
@@ -784,7 +785,7 @@ def test_status_counts_the_higher_orders_beams_will_choose_and_those_a_failed_be
     failed = plan.beam_key(cfg, "normal", 16)
     ledger.record(st, failed, "started")
     ledger.record(st, failed, "failed", error="no gold losses")
-    o2 = driver.status(str(tmp_path))["transfer_orders"]["2"]
+    o2 = sweep_status.status(str(tmp_path))["transfer_orders"]["2"]
     assert (o2["planned"], o2["transfers_planned"], o2["blocked"], o2["done"]) == (3, 3, 1, 0)
     cli.main(["status", str(tmp_path)])
     assert ("transfers of order 2: 0 of 3 trained; groups: 3 planned, 0 done, 0 failed, "
@@ -794,7 +795,8 @@ def test_status_counts_the_higher_orders_beams_will_choose_and_those_a_failed_be
 def test_status_shows_a_beam_that_failed_ranking_again_as_failed_and_its_choice_blocked(
         tmp_path):
     # Its JSON from the earlier ranking is still there; the ledger says the last try failed.
-    from taskonomy_ray.sweep import driver, ledger
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.sweep import status as sweep_status
     from taskonomy_ray.tables import Storage
 
     cfg = small()
@@ -806,7 +808,7 @@ def test_status_shows_a_beam_that_failed_ranking_again_as_failed_and_its_choice_
     st.write_json(beam.outputs[0], {"chosen": {"2": [["reshading", "depth_zbuffer"]]}})
     ledger.record(st, beam.key, "started")
     ledger.record(st, beam.key, "failed", error="DataError: no gold losses")
-    status = driver.status(str(tmp_path))
+    status = sweep_status.status(str(tmp_path))
     assert status["failures"][beam.key] == "DataError: no gold losses"
     assert status["blocked"][chosen.key] == f"not run: {beam.key}, which chose it, failed"
 

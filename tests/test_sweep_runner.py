@@ -12,6 +12,7 @@ from ray import cloudpickle
 
 from taskonomy_ray.errors import ConfigError, NodeSetupError, TaskonomyError, TrainingError
 from taskonomy_ray.sweep import driver, ledger, plan, runner
+from taskonomy_ray.sweep import status as sweep_status
 from taskonomy_ray.tables import Storage
 
 cloudpickle.register_pickle_by_value(sweep_fakes)
@@ -91,7 +92,7 @@ def test_deterministic_failure_is_recorded_and_the_rest_goes_on(ray_session, tmp
     assert bad and "non-finite loss" in result.failures[bad[0]]
     assert ledger.history(st, bad[0]).attempts == 1  # not retried: it would fail again
     assert result.counts["gold"]["done"] == 2
-    status = driver.status(str(tmp_path / "store"))
+    status = sweep_status.status(str(tmp_path / "store"))
     assert status["stages"]["gold"]["failed"] == 1
     assert "non-finite loss" in status["failures"][bad[0]]
 
@@ -106,7 +107,7 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     firsts = [u["key"] for u in st.read_json("plan.json")["units"]
               if u["stage"] == "transfer" and u["params"]["order"] == 1]
     assert first.counts["transfer"]["done"] >= 3 and set(firsts) <= set(first.partial)
-    status = driver.status(str(tmp_path / "store"))
+    status = sweep_status.status(str(tmp_path / "store"))
     assert status["partial"] == dict.fromkeys(firsts, ["reshading"])
     o1 = status["transfer_orders"]["1"]  # each group lacks its transfer from reshading
     assert (o1["transfers_planned"], o1["transfers_done"], o1["done"]) == (12, 9, 3)
@@ -127,7 +128,7 @@ def test_a_failed_source_leaves_partial_groups_that_a_fixed_resume_completes(ray
     second = sweep(tmp_path)
     assert second.ok and second.partial == {}, (second.failures, second.partial)
     assert all(ledger.history(st, k).completions == 2 for k in firsts)
-    assert driver.status(str(tmp_path / "store"))["partial"] == {}
+    assert sweep_status.status(str(tmp_path / "store"))["partial"] == {}
 
 
 def test_a_unit_that_returns_without_writing_its_outputs_is_failed_not_done(tmp_path):
@@ -217,7 +218,7 @@ def test_a_worker_that_dies_is_retried_as_configured_and_status_says_failed(ray_
     history = ledger.history(st, key)
     assert history.attempts == 2  # 1 + retries, none added by Ray itself
     assert history.state == "failed" and "Worker" in history.last_error
-    status = driver.status(str(tmp_path / "store"))
+    status = sweep_status.status(str(tmp_path / "store"))
     assert key in status["failures"] and status["stages"]["transfer"]["running"] == 0
 
 
@@ -459,7 +460,7 @@ def test_a_sweep_whose_stderr_is_not_a_terminal_logs_its_counts_as_they_change(c
 
 def test_status_reads_progress_from_storage_alone(ray_session, tmp_path):
     sweep(tmp_path)
-    st = driver.status(str(tmp_path / "store"))
+    st = sweep_status.status(str(tmp_path / "store"))
     assert st["stages"]["gold"] == {"planned": 3, "pending": 0, "running": 0, "done": 3,
                                     "failed": 0, "blocked": 0}
     assert st["transfer_orders"]["2"]["done"] == st["transfer_orders"]["2"]["planned"] > 0
@@ -472,7 +473,7 @@ def test_status_of_an_empty_path_says_how_to_start(tmp_path):
     from taskonomy_ray.errors import StorageError
 
     with pytest.raises(StorageError, match="taskonomy-ray sweep"):
-        driver.status(str(tmp_path))
+        sweep_status.status(str(tmp_path))
 
 
 def test_a_beam_ranked_on_a_partial_group_records_what_that_group_lacked(tmp_path):
@@ -525,7 +526,7 @@ def test_a_beam_with_too_few_ranked_sources_chooses_the_orders_it_can_and_says_s
     assert doc["ranked"] == ["depth_zbuffer"] and doc["chosen"] == {} and doc["skipped"] == [2]
     assert driver.beam_expander(st, cfg)(beam) == []
     st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in built]})
-    assert driver.status(st.uri)["short"] == {beam.key: {"orders": [2], "ranked": 1}}
+    assert sweep_status.status(st.uri)["short"] == {beam.key: {"orders": [2], "ranked": 1}}
     cli.main(["status", st.uri])
     assert f"SHORT {beam.key}: ranked 1 sources, too few for order 2" in capsys.readouterr().out
 
@@ -576,18 +577,18 @@ def test_status_verify_lists_units_left_stale_and_the_resume_reruns_them(ray_ses
 
     sweep(tmp_path)
     st = Storage(str(tmp_path / "store"))
-    assert driver.status(str(tmp_path / "store"), verify=True)["stale"] == {}
+    assert sweep_status.status(str(tmp_path / "store"), verify=True)["stale"] == {}
     feature = next(u for u in _units(st) if u.stage == "features")
     ledger.record(st, feature.key, "done", digest="another", inputs={})
     readers = sorted(u.key for u in _units(st) if feature.key in u.deps)
-    stale = driver.status(str(tmp_path / "store"), verify=True)["stale"]
+    stale = sweep_status.status(str(tmp_path / "store"), verify=True)["stale"]
     # (the analysis read every unit's result)
     assert readers and stale == {k: [feature.key] for k in [*readers, "analysis"]}
     assert cli.main(["status", str(tmp_path / "store"), "--verify"]) == 0
     assert f"STALE {readers[0]}: {feature.key} ran again since" in capsys.readouterr().out
     assert sweep(tmp_path).ok
     assert all(ledger.history(st, k).completions == 2 for k in [*readers, "analysis"])
-    assert driver.status(str(tmp_path / "store"), verify=True)["stale"] == {}
+    assert sweep_status.status(str(tmp_path / "store"), verify=True)["stale"] == {}
 
 
 def test_a_unit_that_wrote_another_result_and_died_before_saying_so_has_its_readers_rerun(

@@ -172,6 +172,7 @@ def test_a_transfer_whose_loss_diverges_is_left_out_and_named_not_the_whole_grou
     from taskonomy_ray import cli
     from taskonomy_ray.features import FeatureCache
     from taskonomy_ray.sweep import driver
+    from taskonomy_ray.sweep import status as sweep_status
 
     cfg = sweep(root, transfer={"steps": 2, "batch_size": 4}, regimes=[8])
     storage = units.Storage(str(tmp_path / "store"))
@@ -206,7 +207,7 @@ def test_a_transfer_whose_loss_diverges_is_left_out_and_named_not_the_whole_grou
     assert record["without"] == [] and record["sources"] == []  # nothing to wait for
     assert driver.went_without(storage)(group) == []
     storage.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in built]})
-    st = driver.status(storage.uri)
+    st = sweep_status.status(storage.uri)
     assert st["diverged"] == {group.key: record["diverged"]} and st["partial"] == {}
     assert st["transfer_orders"]["1"]["transfers_done"] == 1
     cli.main(["status", storage.uri])

@@ -22,11 +22,9 @@ from . import config as sweep_config
 from . import lease, ledger
 from . import plan as planning
 from .plan import PLAN_FILE
-from .scheduler import Scheduler, changed_inputs
+from .scheduler import Scheduler
 
 SUMMARY_FILE = "sweep.json"
-# `status` per stage: planned = all of them; blocked = waiting on a failed unit (never run).
-STATUS_STATES = ("planned", "pending", "running", "done", "failed", "blocked")
 REPORT_INDEX = "report/index.html"
 
 
@@ -422,123 +420,3 @@ def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResul
 def write_plan(storage: Storage, sched: Scheduler) -> None:
     """Record every planned unit, so `status` works from storage alone."""
     storage.write_json(PLAN_FILE, {"units": [u.to_json() for u in sched.units.values()]})
-
-
-def _skipped_orders(storage: Storage, beam: planning.Unit) -> dict[str, Any] | None:
-    """A done beam's orders it could not fill ({"orders", "ranked"}), or None if it filled all.
-
-    (An unreadable JSON is `--verify`'s to report, not a reason to stop the listing.)
-    """
-    try:
-        doc = storage.read_json(beam.outputs[0])
-    except (TaskonomyError, ValueError):
-        return None
-    skipped = doc.get("skipped") if isinstance(doc, dict) else None
-    return {"orders": skipped, "ranked": len(doc.get("ranked", []))} if skipped else None
-
-
-def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
-    """Per stage planned/running/done/failed, from storage alone (live or after a crash).
-
-    `verify` also checks every done unit's files as a resume does (`damaged_files`: Parquet
-    footers, zip directories, JSON, partial records, a beam's choice), moving nothing, and
-    lists the damaged ones, and the done units whose inputs changed since they ran (`stale`).
-    """
-    from .units import read_partial
-
-    storage = Storage(storage_uri)
-    if not storage.exists(PLAN_FILE):
-        raise StorageError(f"no sweep found in {storage.display} ({PLAN_FILE} missing); start one "
-                           "with `taskonomy-ray sweep CONFIG --storage ...`")
-    units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
-    state: dict[str, str] = {}
-    failures = {}
-    partial = {}
-    diverged: dict[str, list[dict[str, Any]]] = {}  # transfers left out: non-finite losses
-    short: dict[str, dict[str, Any]] = {}  # beams that ranked too few sources for some orders
-    left_out: dict[str, int] = {}  # transfers a partial group's table lacks
-    damaged: dict[str, list[str]] = {}
-    for u in units:  # one look at storage per unit: on an object store each is a request
-        if outputs_exist(storage, u):
-            state[u.key] = "done"
-            bad = damaged_files(storage, u) if verify else []
-            if bad:
-                damaged[u.key] = [f"{storage.path(rel)} ({why})" for rel, why in bad]
-            cut = planning.partial_path(u.key) in {rel for rel, _ in bad}
-            record = read_partial(storage, u.key) if u.optional and not cut else None
-            if u.stage == "beam":
-                skipped = None if bad else _skipped_orders(storage, u)
-                if skipped:
-                    short[u.key] = skipped
-                h = ledger.history(storage, u.key)  # ranked again and failed: the old choice
-                if h.state == "failed":  # stands no more
-                    state[u.key] = "failed"
-                    failures[u.key] = h.last_error or ""
-            if record is not None:
-                if record["sources"]:
-                    partial[u.key] = record["sources"]
-                if record.get("diverged"):
-                    diverged[u.key] = record["diverged"]
-                left_out[u.key] = len(record["left_out"])
-        else:
-            h = ledger.history(storage, u.key)
-            # `running` also covers units of a driver that died: they resume on the next run.
-            state[u.key] = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
-            if state[u.key] == "failed":
-                failures[u.key] = h.last_error or ""
-    blocked: dict[str, str] = {}
-    changed = True
-    while changed:  # waiting on a failed unit: blocked until a resume runs that unit again
-        changed = False
-        for u in units:
-            bad = [d for d in u.required if state.get(d) in ("failed", "blocked")]
-            chooser = u.params.get("chosen_by")
-            if state[u.key] != "pending":
-                continue
-            if bad:
-                blocked[u.key] = f"not run: its dependency {bad[0]} {state[bad[0]]}"
-            elif state.get(chooser) in ("failed", "blocked"):
-                blocked[u.key] = f"not run: {chooser}, which chose it, {state[chooser]}"
-            else:
-                continue
-            state[u.key] = "blocked"
-            changed = True
-    stale: dict[str, list[str]] = {}
-    if verify:  # (a driver that died before rerunning what read a unit that ran again)
-        done = [u for u in units if state[u.key] == "done"]
-        found = ledger.versions(storage, [u.key for u in done])
-        versions = {u.key: ledger.stored_version(storage, u, found[u.key]) for u in done}
-        digests = {k: v.digest for k, v in versions.items()}
-        for key, v in versions.items():
-            inputs = changed_inputs(v.inputs, digests)
-            if inputs:
-                stale[key] = inputs
-    stages = {s: dict.fromkeys(STATUS_STATES, 0) for s in planning.STAGES}
-    orders: dict[str, dict[str, int]] = {}
-
-    def order(k: Any) -> dict[str, int]:
-        return orders.setdefault(str(k), dict.fromkeys(
-            ("planned", "done", "failed", "blocked", "transfers_planned", "transfers_done"), 0))
-
-    for u in units:
-        stages[u.stage]["planned"] += 1
-        stages[u.stage][state[u.key]] += 1
-        if u.stage == "transfer":  # groups, and the transfers in them
-            o = order(u.params["order"])
-            o["planned"] += 1
-            for s in ("done", "failed", "blocked"):
-                o[s] += state[u.key] == s
-            n = len(u.params["source_sets"])
-            o["transfers_planned"] += n
-            o["transfers_done"] += (n - left_out.get(u.key, 0)) if state[u.key] == "done" else 0
-        elif u.stage == "beam" and state[u.key] != "done":  # the groups it will choose
-            for k, n in u.params.get("expects", {}).items():  # (older plans: not counted)
-                o = order(k)
-                o["planned"] += 1
-                o["blocked"] += state[u.key] in ("failed", "blocked")
-                o["transfers_planned"] += n
-    return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
-            "failures": failures, "blocked": blocked, "partial": partial, "diverged": diverged,
-            "short": short,
-            "driver": lease.holder(storage), "damaged": damaged if verify else None,
-            "stale": stale if verify else None}
