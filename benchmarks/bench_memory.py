@@ -32,7 +32,7 @@ CHECKS = [("normal", 1, 4, 8, 16), ("segment_semantic", 1, 3, 8, 16),
 def estimate_table(workflow: Path) -> dict:
     """Largest estimate per (output kind, order) over the workflow's targets and regimes."""
     from taskonomy_ray.sweep import config
-    from taskonomy_ray.sweep.units import transfer_memory
+    from taskonomy_ray.sweep.resources import transfer_memory
     from taskonomy_ray.tasks import get_task
 
     cfg = config.load(workflow)

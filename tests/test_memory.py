@@ -82,7 +82,7 @@ def test_the_paper_workflow_fits_two_units_on_each_gpu_worker_of_cluster_yaml():
     # of RAM, of which Ray's memory resource is 70%. Every transfer unit shape must fit its GPU
     # share (less ~1 GB of CUDA context) and its memory reservation (less ~3 GB of process).
     from taskonomy_ray.sweep import config
-    from taskonomy_ray.sweep.units import transfer_memory
+    from taskonomy_ray.sweep.resources import transfer_memory
 
     worker = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
     assert worker["gpu_worker"]["node_config"]["InstanceType"] == "g5.2xlarge"

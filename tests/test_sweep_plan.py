@@ -264,7 +264,7 @@ def test_a_resume_on_a_root_whose_buildings_changed_is_refused_naming_them(tmp_p
 
 
 def test_transfer_units_reserve_the_configured_memory():
-    from taskonomy_ray.sweep.units import options
+    from taskonomy_ray.sweep.resources import options
 
     cfg = small(resources={"transfer_memory_gb": 6.5, "gold_trainer": "task"})
     by_stage = {u.stage: options(cfg)(u) for u in plan.build(cfg)}
@@ -279,7 +279,7 @@ def test_transfer_units_reserve_the_configured_memory():
 def test_scratch_networks_take_a_gold_workers_share_not_a_transfers():
     # A scratch network is the gold network's training on a regime's subset: at paper scale a
     # transfer's quarter or half of a GPU would not hold it.
-    from taskonomy_ray.sweep.units import cost, options
+    from taskonomy_ray.sweep.resources import cost, options
 
     cfg = small(resources={"gold_trainer": "task", "gold_cpus_per_worker": 6,
                            "gold_gpus_per_worker": 1, "cpus_per_unit": 2, "gpus_per_unit": 0.5})

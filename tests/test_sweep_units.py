@@ -148,10 +148,10 @@ def test_a_feature_unit_encodes_on_a_listed_building_split(root, tmp_path):
 def test_every_unit_of_the_paper_workflow_is_a_ray_task_ray_accepts():
     # Ray refuses max_calls in .options(); GPU units carry it, so the paper's workflow (0.5 GPU
     # per feature and transfer unit) crashed the driver at its first feature unit.
-    from taskonomy_ray.sweep import runner
+    from taskonomy_ray.sweep import resources, runner
 
     cfg = config.load(Path(__file__).parent.parent / "workflows" / "paper.yaml")
-    opts, remotes = units.options(cfg), {}
+    opts, remotes = resources.options(cfg), {}
     by_stage = {}
     for unit in plan.build(cfg):
         runner.remote_for(remotes, {"name": unit.key, **opts(unit)})  # Ray validates here

@@ -116,7 +116,7 @@ class Resources:
     # Units queued in Ray beyond capacity (autoscaling clusters: > 0).
     queue_slack: int = field(default=0, metadata=EXECUTION_ONLY)
     # Host memory (GB) Ray reserves for each transfer unit, so that a node runs no more of them
-    # than its memory holds (0: none reserved). `units.transfer_memory` estimates a unit's need.
+    # than its memory holds (0: none reserved). `resources.transfer_memory` estimates a unit's need.
     transfer_memory_gb: float = field(default=0.0, metadata={**EXECUTION_ONLY, **ADDED_LATER})
 
     def __post_init__(self) -> None:

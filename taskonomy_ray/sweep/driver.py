@@ -356,7 +356,7 @@ def check_lasting(storage: Storage, data_root: str, cwd: str | Path | None = Non
 def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, *,
            address: str | None, force_config: bool, progress: bool | None, execute,
            report: bool) -> SweepResult:
-    from . import runner, units
+    from . import resources, runner, units
 
     guard_run(storage, cfg, force_config)
     connect(address)
@@ -381,8 +381,8 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
 
     write_plan(storage, sched)
     claim.renew(now=True)  # still ours after the set-up (an object store's claim is best effort)
-    stats = runner.run(sched, ctx, execute or units.execute, units.options(cfg),
-                       cost=units.cost(cfg), capacity=units.capacity,
+    stats = runner.run(sched, ctx, execute or units.execute, resources.options(cfg),
+                       cost=resources.cost(cfg), capacity=resources.capacity,
                        queue_slack=cfg.resources.queue_slack, progress=progress,
                        on_done=on_done, on_tick=claim.renew)
     write_plan(storage, sched)
