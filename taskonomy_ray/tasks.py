@@ -39,6 +39,11 @@ TARGETS = ("as_decoded", "log_depth", "standardised_curvature")
 # (denoising, inpainting, colorization encoders see their own inputs), depth on Taskonomy's log
 # scale, curvature standardised with an L2 loss.
 METHOD_VERSION = 2
+# The version of how transfers are trained, part of every transfer group's key (and so of the
+# beams' and the analysis' inputs), so a change retrains transfers and keeps the networks and
+# representations. 2: each transfer's output starts at its training labels' mean, as the task
+# networks' do (1 started at zero, out of reach of depth's log-scale labels).
+TRANSFER_VERSION = 2
 
 # The release marks invalid depth as the largest 16-bit values (see layout.py).
 DEPTH_MASK_DOMAIN = "depth_zbuffer"

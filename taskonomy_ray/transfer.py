@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import TransferConfig
 from .errors import ConfigError, TrainingError
-from .models import autocast
+from .models import autocast, init_output_bias
 from .models.decoders import build_decoder
 from .models.losses import per_image_loss
 from .tasks import TaskSpec, get_task
@@ -140,7 +140,8 @@ def build_transfer_net(target: str, sources: Sequence[str], regime: int, model: 
                        cfg: TransferConfig, out_channels: int, n_train: int) -> TransferNet:
     """A freshly initialised transfer into `target` from `sources` (seeded per transfer).
 
-    The decoder is the target's decoder architecture, randomly initialised, not the gold
+    The decoder is the target's decoder architecture, randomly initialised (its output bias
+    is set from the training labels when training starts, `start_at_label_mean`), not the gold
     network's trained decoder: that one was trained on the full training set, so starting from it
     would leak full supervision of t into every transfer and blur the differences between sources
     that the small regime is meant to reveal; it also reads t's own 8-channel representation, not
@@ -244,6 +245,19 @@ def make_optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+@torch.no_grad()
+def start_at_label_mean(net: TransferNet, target: str, labels: Labels, n_train: int,
+                        cfg: TransferConfig) -> None:
+    """Start the decoder's output at the first training batch's mean label, as task nets do.
+
+    Depth's log-scale labels sit near 7: from a zero bias a transfer spent its steps reaching
+    that mean, and every transfer into depth lost to its gold network on every test image,
+    whatever its source. (The same batch for every head: fused heads still end as if alone.)
+    """
+    first = take(labels, batches(n_train, cfg)[0], net.readout.lo.device)
+    init_output_bias(net.decoder, get_task(target), first)
+
+
 def train_transfer(net: TransferNet, target: str, inputs: InputFn, labels: Labels, n_train: int,
                    cfg: TransferConfig) -> TransferNet:
     """Train one transfer alone: `inputs(idx)` gives the readout input of training samples idx.
@@ -251,6 +265,7 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn, labels: Label
     This is the reference the fused trainer must match, and (with `inputs` running a frozen
     encoder on images) the naive baseline of the benchmark.
     """
+    start_at_label_mean(net, target, labels, n_train, cfg)
     net.train()
     opt = make_optimiser(net.parameters(), cfg)
     g = net.mask_generator()

@@ -61,6 +61,33 @@ def test_inputs_are_clipped_to_five_sigma_of_the_training_representations():
     torch.testing.assert_close(r(outlier), r(capped))
 
 
+def test_a_transfer_into_depth_starts_at_its_labels_mean_alone_and_fused():
+    # Log-depth labels sit near 7: from a zero output a few hundred steps are spent reaching
+    # that mean, and every transfer into depth lost to its gold network whatever the source.
+    from taskonomy_ray.fused import train_fused
+    from taskonomy_ray.transfer import evaluate, train_transfer
+
+    g = torch.Generator().manual_seed(0)
+    n, size = 16, MODEL.image_size
+    labels = {"depth_zbuffer": 7.0 + 0.2 * torch.randn(n, 1, size, size, generator=g),
+              "depth_zbuffer_mask": torch.ones(n, 1, size, size, dtype=torch.bool)}
+    feats = torch.randn(n, 8, MODEL.rep_size, MODEL.rep_size, generator=g)
+    images = [f"i{i}" for i in range(n)]
+    alone = build_transfer_net("depth_zbuffer", ("normal",), 16, MODEL, CFG, 1, n)
+    alone.readout.set_clip(feats, CFG.clip_sigma)
+    train_transfer(alone, "depth_zbuffer", lambda idx: feats[idx], labels, n, CFG)
+    loss = evaluate(alone, "depth_zbuffer", lambda idx: feats[idx], labels, images, CFG)
+    assert loss.mean() < 1.0  # the labels' spread (0.16), not their distance from 0 (7)
+    heads = [build_transfer_net("depth_zbuffer", (s,), 16, MODEL, CFG, 1, n)
+             for s in ("normal", "reshading")]
+    for h in heads:
+        h.readout.set_clip(feats, CFG.clip_sigma)
+    train_fused(heads, "depth_zbuffer", lambda idx: torch.stack([feats[idx]] * 2), labels, n,
+                CFG)
+    for h in heads:
+        assert abs(float(h.decoder.net[-1].bias.detach()) - 7.0) < 0.1
+
+
 def test_initialisation_is_seeded_per_transfer_not_by_the_global_rng():
     torch.manual_seed(1)
     a = build_transfer_net("normal", ("reshading",), 128, MODEL, CFG, 3, 16)

@@ -102,7 +102,8 @@ def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
                  source_sets: list[list[str]]) -> str:
     """Key of one fused group of transfers of one order into `target`."""
     d = cfg.digest("data", "network", "transfer", "seed")
-    return f"transfer-{target}-r{regime}-o{order}-{d}{_h(spelt(source_sets))}"
+    sets = _h([registry.TRANSFER_VERSION, spelt(source_sets)])
+    return f"transfer-{target}-r{regime}-o{order}-{d}{sets}"
 
 
 def _unit(stage: str, key: str, params: dict[str, Any], deps: list[str], outputs: list[str],
