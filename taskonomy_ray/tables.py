@@ -53,6 +53,7 @@ AFFINITIES_SCHEMA = pa.schema([
 LOSSES_DIR = "losses"
 AFFINITIES_FILE = "affinities.parquet"
 RUN_FILE = "run.json"
+DAMAGED_DIR = "damaged"  # damaged files a resume moved aside, at their own relative paths
 REPORT_DIR = "report"  # the HTML report of a sweep
 REPORT_ERROR = f"{REPORT_DIR}/error.txt"  # the traceback of a report step that failed (a bug)
 
@@ -368,10 +369,16 @@ class Storage:
         return None
 
     def set_aside(self, rel: str) -> str:
-        """Rename a damaged file out of the way (kept, not deleted); its new path."""
-        dest = f"{rel}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        """Move a damaged file out of the way (kept, not deleted); its new path.
+
+        Under `damaged/`, not beside it: `losses/` stays a folder of whole tables, which
+        readers of the whole folder (pandas, pyarrow, duckdb) take as one dataset.
+        """
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        dest = f"{DAMAGED_DIR}/{rel}.{stamp}"
         _WRITTEN.pop(self.uri_for(rel), None)
         try:
+            self.fs.create_dir(self.path(posixpath.dirname(dest)), recursive=True)
             self.fs.move(self.path(rel), self.path(dest))
         except OSError as e:
             raise StorageError(f"cannot move the damaged {self.path(rel)} aside in storage "

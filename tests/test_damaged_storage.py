@@ -45,8 +45,9 @@ def test_a_unit_with_a_damaged_output_is_not_done_and_its_file_is_kept_aside(tmp
     st.write_bytes("losses/u.parquet", data[:-8])  # the footer is gone
     assert not is_done(unit)
     assert not st.exists("losses/u.parquet")
-    aside = [n for n in st.list("losses") if n.startswith("u.parquet.damaged-")]
-    assert len(aside) == 1 and st.read_bytes(f"losses/{aside[0]}") == data[:-8]
+    assert st.list("losses") == []  # the folder stays one dataset of whole tables
+    aside = [n for n in st.list("damaged/losses") if n.startswith("u.parquet.")]
+    assert len(aside) == 1 and st.read_bytes(f"damaged/losses/{aside[0]}") == data[:-8]
     assert "losses/u.parquet is damaged" in lines[0] and "runs again" in lines[0]
     assert st.list("losses", ".parquet") == []  # the kept copy is not read as a unit's losses
 
@@ -79,7 +80,7 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_training_starts_over(tmp_p
     st.write_bytes(hooks.rel, good[:50])
     assert hooks.load() is None
     assert not st.exists(hooks.rel)
-    assert any(n.startswith("checkpoint.pt.damaged-") for n in st.list("checkpoints/g"))
+    assert any(n.startswith("checkpoint.pt.") for n in st.list("damaged/checkpoints/g"))
     assert "training from step 0" in capsys.readouterr().err
 
 

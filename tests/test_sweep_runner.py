@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import sweep_fakes
@@ -360,7 +361,8 @@ def test_a_resume_reruns_units_whose_outputs_were_cut_short(ray_session, tmp_pat
     assert ledger.history(st, gold.key).completions == 2
     assert ledger.history(st, beam.key).completions == 2
     assert st.damage(gold.outputs[1]) is None and st.damage(beam.outputs[0]) is None
-    assert any(".damaged-" in n for n in st.list("losses"))
+    assert st.list("damaged/losses") and all(".damaged" not in n for n in st.list("losses"))
+    assert len(pd.read_parquet(st.path("losses")))  # the README's read of the whole folder
     assert f"{gold.key} runs again" in capsys.readouterr().err
     # The gold network came back as it was: nothing that read it is recomputed.
     readers = [u for u in units if gold.key in u.deps and u.key != beam.key]
