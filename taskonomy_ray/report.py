@@ -85,6 +85,9 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
         return _render(out, table, cfg, f"published Taskonomy results ({Path(source).name})",
                        str(source), None)
     storage = Storage(str(source))
+    if not storage.exists(AFFINITIES_FILE) and not storage.exists(RUN_FILE):
+        raise ConfigError(f"no sweep found in {storage.display} (no {RUN_FILE}): give the "
+                          "storage of a sweep, or --published for the published results")
     if not storage.exists(AFFINITIES_FILE):
         raise ConfigError(f"{storage.path(AFFINITIES_FILE)} is missing: the sweep has not reached "
                           "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")

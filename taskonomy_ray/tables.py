@@ -412,8 +412,10 @@ class Storage:
         except FileNotFoundError:
             raise StorageError(f"{self.path(rel)} not found in storage {self.display!r}") from None
         except (OSError, pa.ArrowInvalid) as e:
-            raise StorageError(f"corrupt Parquet file {self.path(rel)}: {e}; delete it and re-run "
-                               "the unit that wrote it") from e
+            raise StorageError(f"corrupt Parquet file {self.path(rel)}: {e}; resume the sweep "
+                               "that wrote it (`taskonomy-ray sweep`, same workflow and "
+                               "--storage): it moves the file aside and runs its unit again"
+                               ) from e
         return check_schema(table, schema, self.path(rel))
 
     def list(self, rel: str, suffix: str = "") -> list[str]:
@@ -451,6 +453,10 @@ class Storage:
 
     def read_affinities(self) -> pa.Table:
         """The AHP affinities table, schema-checked."""
+        if not self.exists(AFFINITIES_FILE) and not self.exists(RUN_FILE):
+            raise StorageError(f"no sweep found in {self.display!r} (no {RUN_FILE}): give the "
+                               "storage of a sweep (`taskonomy-ray sweep CONFIG --storage ...`), "
+                               "or solve the published results with --published")
         if not self.exists(AFFINITIES_FILE):
             raise StorageError(f"{self.path(AFFINITIES_FILE)} not found in storage "
                                f"{self.display!r}: the sweep has not reached its analysis stage; "

@@ -101,14 +101,17 @@ def test_published_results_folder_and_target_options(published_csv, tmp_path, ca
     (["STORE", "--budget", "1", "--targets", "normals"], "did you mean 'normal'"),
     (["STORE", "--budgets", "0", "--novel", "reshading"],
      "no budget in --budgets 0 can serve all 3 targets: the smallest that can is 1"),
-    (["EMPTY", "--budget", "1"], "has not reached its analysis stage"),
+    (["EMPTY", "--budget", "1"], "no sweep found in"),
+    (["HALF", "--budget", "1"], "has not reached its analysis stage"),
     (["STORE", "--all-for-one", "--budget", "2"], "so --budget does not apply"),
     (["STORE", "--all-for-one", "--budget", "0", "--novel", "normal"],
      "so --budget, --novel do not apply"),
 ])
 def test_bad_invocations_exit_2_with_the_fix(tmp_path, capsys, argv, message):
     tables.Storage(str(tmp_path)).write_affinities(SMALL)
-    places = {"STORE": str(tmp_path), "EMPTY": str(tmp_path / "empty")}
+    tables.Storage(str(tmp_path / "half")).write_json(tables.RUN_FILE, {})  # a sweep's start
+    places = {"STORE": str(tmp_path), "EMPTY": str(tmp_path / "empty"),
+              "HALF": str(tmp_path / "half")}
     code, _, err = _solve(capsys, *[places.get(a, a) for a in argv])
     assert code == 2 and message in err
 

@@ -208,6 +208,9 @@ def test_sweep_report_without_its_dataset_says_so(sweep_storage, tmp_path: Path)
 
 
 def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no sweep found in"):
+        report.write_report(tmp_path, tmp_path / "out")
+    tables.Storage(str(tmp_path)).write_json("run.json", {})  # started, not analysed yet
     with pytest.raises(ConfigError, match="has not reached its analysis stage"):
         report.write_report(tmp_path, tmp_path / "out")
     with pytest.raises(ConfigError, match="orders must be integers >= 1"):

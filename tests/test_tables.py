@@ -48,7 +48,7 @@ def test_table_with_missing_column_is_refused(tmp_path):
 
 def test_corrupt_parquet_names_the_file_and_fix(tmp_path):
     (tmp_path / "affinities.parquet").write_bytes(b"PAR1 garbage")
-    with pytest.raises(StorageError, match="corrupt Parquet file .*affinities.parquet.*re-run"):
+    with pytest.raises(StorageError, match="corrupt Parquet file .*affinities.parquet.*resume the"):
         tables.Storage(str(tmp_path)).read_affinities()
 
 
