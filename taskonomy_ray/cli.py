@@ -223,7 +223,7 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, help="how many tasks may be supervised")
     p.add_argument("--budgets", metavar="SPEC",
                    help="solve a budget curve instead: '1-8' or '1,2,5'")
-    p.add_argument("--max-order", type=int, default=4, help="largest transfer order (default 4)")
+    p.add_argument("--max-order", type=int, help="largest transfer order (default 4)")
     p.add_argument("--regime", type=int, help="transfer training-set size (default: largest)")
     p.add_argument("--targets", nargs="+", metavar="TASK", help="targets (default: all)")
     p.add_argument("--sources", nargs="+", metavar="TASK",
@@ -250,7 +250,10 @@ def _run_solve(args: argparse.Namespace) -> int:
 
     if args.all_for_one:
         return _run_all_for_one(args)
-    if (args.budget is None) == (args.budgets is None):
+    if args.budget is not None and args.budgets is not None:
+        raise ConfigError("--budget (one taxonomy) and --budgets (a curve) exclude each other: "
+                          "give one of them")
+    if args.budget is None and args.budgets is None:
         raise ConfigError("give --budget B (one taxonomy), --budgets SPEC (a curve) or "
                           "--all-for-one (novel tasks)")
     if args.budget is None and (args.dot or args.draw):
@@ -259,12 +262,17 @@ def _run_solve(args: argparse.Namespace) -> int:
         raise ConfigError("--plot draws a budget curve: use it with --budgets")
     table = published.load_affinities(args.storage, args.published)
     spec = taxonomy.ProblemSpec(
-        max_order=args.max_order, regime=args.regime,
+        max_order=taxonomy.DEFAULT_MAX_ORDER if args.max_order is None else args.max_order,
+        regime=args.regime,
         targets=tuple(args.targets) if args.targets else None,
         sources=tuple(args.sources) if args.sources else None,
         importance=solve_text.parse_importance(args.importance), weight=args.weight,
         novel=tuple(args.novel))
     problem = taxonomy.build_problem(table, spec)
+    top = taxonomy.largest_order(table, problem.regime)
+    if args.max_order is not None and args.max_order > top:  # (asked for, not the default)
+        print(f"--max-order {args.max_order}: the table's transfers at regime {problem.regime} go "
+              f"up to order {top}, so orders above it add nothing", file=sys.stderr)
     if args.budget is not None:
         result = taxonomy.solve(problem, args.budget)
         print(json.dumps(result.to_json(), indent=1) if args.json
@@ -311,6 +319,7 @@ def _run_all_for_one(args: argparse.Namespace) -> int:
                           f"supervised, so {', '.join(clash)} "
                           f"{'does' if len(clash) == 1 else 'do'} not apply; leave "
                           f"{'it' if len(clash) == 1 else 'them'} out")
+    args.max_order = taxonomy.DEFAULT_MAX_ORDER if args.max_order is None else args.max_order
     if args.max_order < 1:
         raise ConfigError(f"--max-order must be >= 1, got {args.max_order}")
     table = published.load_affinities(args.storage, args.published)

@@ -46,9 +46,8 @@ def unknown_name(kind: str, name: str, known: Iterable[str], hint: str = "") -> 
     known = list(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     msg = f"unknown {kind} {name!r}"
-    if close:
-        msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-    msg += f" Known {kind}s: {', '.join(known)}."
+    msg += f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    msg += f" Known: {', '.join(known)}."
     if hint:
         msg += f" {hint}"
     return UnknownNameError(msg)

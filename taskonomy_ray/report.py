@@ -61,7 +61,9 @@ class ReportConfig:
         if not self.orders or min(self.orders) < 1:
             raise ConfigError(f"report orders must be integers >= 1, got {self.orders}")
         if self.random_policies < 1 or self.samples < 0:
-            raise ConfigError("random_policies must be >= 1 and samples >= 0")
+            raise ConfigError(f"the significance test needs >= 1 random policy (--policies, "
+                              f"got {self.random_policies}) and samples must be >= 0 "
+                              f"(--samples, got {self.samples})")
 
 
 def write_report(source: str | Path, out_dir: str | Path | None = None, *,

@@ -13,15 +13,20 @@ from .taxonomy import Taxonomy
 def parse_budgets(spec: str) -> list[float]:
     """Budgets from '1-8' (inclusive range), '1,2,5' or a mix such as '1-3,8'."""
     out: list[float] = []
+    backwards: list[str] = []
     try:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(float(b) for b in range(int(lo), int(hi) + 1))
+                lo, hi = (int(b) for b in part.split("-", 1))
+                if hi < lo:
+                    backwards.append(f"the range {part} runs backwards; write {hi}-{lo}")
+                out.extend(float(b) for b in range(lo, hi + 1))
             else:
                 out.append(float(part))
     except ValueError:
         raise ConfigError(f"cannot read budgets {spec!r}; write e.g. '1-8' or '1,2,5'") from None
+    if backwards:
+        raise ConfigError(f"budgets {spec!r}: {backwards[0]}")
     if not out or any(b < 0 for b in out):
         raise ConfigError(f"budgets {spec!r}: give at least one budget, all >= 0")
     return sorted(set(out))
@@ -44,8 +49,10 @@ def parse_importance(items: Sequence[str]) -> dict[str, float]:
 
 def format_taxonomy(result: Taxonomy) -> str:
     """A readable table of a solved taxonomy, for `taskonomy-ray solve`."""
+    weighed = ", ".join(f"{t}={w:g}" for t, w in result.importance.items())
     head = (f"regime {result.regime}, budget {result.budget:g}, max order {result.max_order}, "
-            f"weight {result.weight}\nobjective {result.objective:.4f}, mean quality "
+            f"weight {result.weight}" + (f", importance {weighed}" if weighed else "")
+            + f"\nobjective {result.objective:.4f}, mean quality "
             f"{result.quality:.3f}, mean gain {result.gain:.3f}\nsupervised "
             f"({len(result.supervised)}): {', '.join(result.supervised)}\n")
     rows = [("target", "served by", "weight", "affinity", "quality", "gain")]

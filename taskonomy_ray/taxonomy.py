@@ -121,6 +121,7 @@ class Taxonomy:
     objective: float
     supervised: tuple[str, ...]
     transfers: tuple[Assignment, ...]
+    importance: Mapping[str, float] = field(default_factory=dict)  # the targets' not 1
 
     @property
     def quality(self) -> float:
@@ -139,7 +140,7 @@ class Taxonomy:
                 "weight": self.weight, "objective": self.objective,
                 "supervised": list(self.supervised),
                 "transfers": [a.to_json() for a in self.transfers],
-                "quality": self.quality, "gain": self.gain}
+                "quality": self.quality, "gain": self.gain, "importance": dict(self.importance)}
 
 
 def edge_weight(kind: str, affinity: float, quality: float, gain: float) -> float:
@@ -251,7 +252,10 @@ def _names(names: Sequence[str] | None, known: list[str], kind: str) -> list[str
         if n not in known:
             if kind == "target" and n in tasks.SOURCE_ONLY:
                 raise ConfigError(f"{n!r} is source-only and cannot be a target")
-            raise unknown_name(kind, n, known, "Names are the dataset's domain names.")
+            hint = (f"{n!r} is a task of the dictionary, but these results have none for it "
+                    "(a run of fewer tasks?)." if n in tasks.task_names()
+                    else "Names are the dataset's domain names.")
+            raise unknown_name(kind, n, known, hint)
         out.append(n)
     return list(dict.fromkeys(out))
 
@@ -416,4 +420,5 @@ def assemble(problem: Problem, budget: float, chosen: frozenset[str],
     used = {s for a in out for s in a.sources} | {a.target for a in out if a.supervised}
     ordered = tuple(n for n in problem.supervisable if n in chosen and n in used)
     return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
-                    ordered, tuple(out))
+                    ordered, tuple(out),
+                    {t: w for t, w in problem.importance.items() if w != 1.0})

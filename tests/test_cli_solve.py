@@ -101,6 +101,8 @@ def test_published_results_folder_and_target_options(published_csv, tmp_path, ca
     (["STORE", "--budget", "1", "--targets", "normals"], "did you mean 'normal'"),
     (["STORE", "--budgets", "0", "--novel", "reshading"],
      "no budget in --budgets 0 can serve all 3 targets: the smallest that can is 1"),
+    (["STORE", "--budget", "1", "--budgets", "1-3"], "exclude each other"),
+    (["STORE", "--budgets", "8-1"], "the range 8-1 runs backwards; write 1-8"),
     (["EMPTY", "--budget", "1"], "no sweep found in"),
     (["HALF", "--budget", "1"], "has not reached its analysis stage"),
     (["STORE", "--all-for-one", "--budget", "2"], "so --budget does not apply"),
@@ -216,3 +218,14 @@ def test_the_budget_curve_marks_whole_budgets_and_keeps_coinciding_orders_visibl
         assert ticks and all(float(t).is_integer() for t in ticks)  # no budget of 1.5 tasks
     first, second = left.get_lines()  # order 2 equals order 1 here: drawn inside it
     assert first.get_markersize() > second.get_markersize()
+
+
+def test_a_solve_says_what_it_weighed_and_which_orders_the_table_lacks(tmp_path, capsys):
+    # The text and --json alone must say how to reproduce them: importance included.
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, err = _solve(capsys, tmp_path, "--budget", "2", "--importance", "normal=2",
+                            "--max-order", "5")
+    assert code == 0 and "weight sqrt_affinity, importance normal=2" in out.splitlines()[0]
+    assert "--max-order 5: the table's transfers at regime" in err and "add nothing" in err
+    code, out, _ = _solve(capsys, tmp_path, "--budget", "2", "--importance", "normal=2", "--json")
+    assert json.loads(out)["importance"] == {"normal": 2.0}

@@ -215,6 +215,8 @@ def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: 
         report.write_report(tmp_path, tmp_path / "out")
     with pytest.raises(ConfigError, match="orders must be integers >= 1"):
         report.ReportConfig(orders=(0,))
+    with pytest.raises(ConfigError, match=r"needs >= 1 random policy \(--policies, got 0\)"):
+        report.ReportConfig(random_policies=0)
     with pytest.raises(ConfigError, match="budgets must be finite"):
         report.ReportConfig(budgets=(float("nan"),))
 

@@ -220,12 +220,15 @@ def test_unknown_and_source_only_names_are_refused_with_suggestions():
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(targets=("normals",)))
     with pytest.raises(ConfigError, match="source-only"):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(targets=("jigsaw",)))
+    with pytest.raises(UnknownNameError, match=r"unknown target 'class_scene'\. Known: .* "
+                       "'class_scene' is a task of the dictionary, but these results have none"):
+        taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(targets=("class_scene",)))
     with pytest.raises(UnknownNameError):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(importance={"nromal": 2.0}))
     # An importance only weighs a target's term: one on a task left out of --targets would
     # silently change nothing, so it is refused, naming the targets of this problem.
     with pytest.raises(UnknownNameError, match=r"target of this problem 'depth_zbuffer'.*"
-                                               r"Known .*: normal, reshading\."):
+                                               r"Known: normal, reshading\."):
         taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(
             targets=("normal", "reshading"), importance={"depth_zbuffer": 100.0}))
     with pytest.raises(ConfigError, match="regime 5 is not in the table"):
