@@ -53,10 +53,34 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def writable(path: str | None, option: str, folder: bool = False) -> None:
+    """Refuse an output `path` (a file's, or with `folder` a folder's) that cannot be written.
+
+    Checked by writing a probe file before any work, so a long solve or render does not end in
+    a traceback; the folder is created if missing, as the writers would.
+    """
+    if path is None:
+        return
+    import tempfile
+
+    where = Path(path).expanduser()
+    where = where if folder else where.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write in {where} ({e.strerror or e}); "
+                          "choose a path in a folder you can write") from None
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     from .errors import DataError
     from .render import SynthConfig, synthesize
     from .render.synth import render_state
+
+    writable(args.out, "OUT", folder=True)
+    writable(args.preview, "--preview")
 
     cfg = SynthConfig(args.out, points=args.points, views=args.views, size=args.size,
                       seed=args.seed, buildings=args.buildings, workers=args.workers,
@@ -260,6 +284,8 @@ def _run_solve(args: argparse.Namespace) -> int:
         raise ConfigError("--dot and --draw draw one taxonomy: use them with --budget")
     if args.budgets is None and args.plot:
         raise ConfigError("--plot draws a budget curve: use it with --budgets")
+    for path, option in ((args.draw, "--draw"), (args.dot, "--dot"), (args.plot, "--plot")):
+        writable(path, option)
     table = published.load_affinities(args.storage, args.published)
     spec = taxonomy.ProblemSpec(
         max_order=taxonomy.DEFAULT_MAX_ORDER if args.max_order is None else args.max_order,
@@ -371,6 +397,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     if (args.storage is None) == (args.published is None):
         raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")
+    writable(args.out, "--out", folder=True)
     t0 = time.perf_counter()
     index = write_report(args.published or args.storage, args.out,
                          published=args.published is not None,

@@ -229,3 +229,23 @@ def test_a_solve_says_what_it_weighed_and_which_orders_the_table_lacks(tmp_path,
     assert "--max-order 5: the table's transfers at regime" in err and "add nothing" in err
     code, out, _ = _solve(capsys, tmp_path, "--budget", "2", "--importance", "normal=2", "--json")
     assert json.loads(out)["importance"] == {"normal": 2.0}
+
+
+@pytest.mark.parametrize("argv", [
+    ["solve", "STORE", "--budget", "1", "--draw", "BLOCKED/t.png"],
+    ["solve", "STORE", "--budget", "1", "--dot", "BLOCKED/t.dot"],
+    ["solve", "STORE", "--budgets", "1-2", "--plot", "BLOCKED/c.png"],
+    ["report", "STORE", "--out", "BLOCKED/report"],
+    ["synth", "BLOCKED/data", "--points", "2"],
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys,
+                                                                         argv):
+    # (A folder under a plain file: unwritable even for root, who may write anywhere else.)
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    (tmp_path / "file").write_text("not a folder")
+    places = {"STORE": str(tmp_path)}
+    argv = [places.get(a, a.replace("BLOCKED", str(tmp_path / "file"))) for a in argv]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "cannot write in" in err and "choose a path in a folder you can write" in err
+    assert out == ""  # refused before solving or printing anything
