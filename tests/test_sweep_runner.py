@@ -181,6 +181,32 @@ def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_
     assert ran[-1] == gold.key and len(ran) == 3
 
 
+def test_a_unit_cancelled_by_a_stopped_driver_is_interrupted_not_failed(tmp_path):
+    # Ctrl-C on the driver cancels its units (KeyboardInterrupt in each): `status` showed them
+    # FAILED, and everything after them BLOCKED, though a resume simply runs them.
+    import os
+    import socket
+    import time
+
+    st = Storage(str(tmp_path / "store"))
+    gold = plan.Unit("gold-normal-x", "gold", {}, outputs=("g.json",))
+    after = plan.Unit("features-normal-x", "features", {}, (gold.key,), ("f.json",))
+    st.write_json(plan.PLAN_FILE, {"units": [gold.to_json(), after.to_json()]})
+
+    def cancelled(u, ctx):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_unit(gold, {"storage": st.root}, cancelled)
+    assert [e["event"] for e in ledger.history(st, gold.key).events] == ["started"]
+    found = sweep_status.status(st.root)
+    assert found["failures"] == {} and found["blocked"] == {}
+    assert found["stages"]["gold"]["pending"] == 1 and found["stages"]["gold"]["running"] == 0
+    st.write_json("driver.json", {"token": "t", "host": socket.gethostname(),
+                                  "pid": os.getpid(), "renewed": time.time()})
+    assert sweep_status.status(st.root)["stages"]["gold"]["running"] == 1  # a live sweep's
+
+
 def test_a_node_that_does_not_see_the_storage_stops_the_sweep_keeping_what_is_done(
         ray_session, tmp_path):
     from taskonomy_ray.sweep.scheduler import Scheduler

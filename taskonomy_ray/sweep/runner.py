@@ -58,6 +58,8 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
     t0 = time.time()
     try:
         info = execute(unit, ctx) or {}
+    except KeyboardInterrupt:  # the driver stopped (Ctrl-C) and cancelled it: not a failure
+        raise  # (its last event stays `started`: interrupted, and the next sweep runs it)
     except BaseException as e:
         ledger.record(storage, unit.key, "failed", error=f"{type(e).__name__}: {e}",
                       deterministic=isinstance(e, TaskonomyError), node_lost=is_node_lost(e),

@@ -33,13 +33,16 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
                            "with `taskonomy-ray sweep CONFIG --storage ...`")
     units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
     found = _look(storage, units, verify)
+    driver = lease.holder(storage)
+    if driver is None:  # started, never ended, and no sweep drives it: interrupted, to resume
+        found["state"].update({k: "pending" for k, s in found["state"].items() if s == "running"})
     blocked = _block(units, found["state"])
     stale = _stale(storage, units, found["state"]) if verify else None
     stages, orders = _count(units, found["state"], found["left_out"])
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
             "failures": found["failures"], "blocked": blocked, "partial": found["partial"],
             "diverged": found["diverged"], "short": found["short"],
-            "driver": lease.holder(storage), "damaged": found["damaged"] if verify else None,
+            "driver": driver, "damaged": found["damaged"] if verify else None,
             "stale": stale}
 
 
@@ -56,7 +59,7 @@ def _look(storage: Storage, units: list[planning.Unit], verify: bool) -> dict[st
     for u in units:
         if not outputs_exist(storage, u):
             h = ledger.history(storage, u.key)
-            # `running` also covers units of a driver that died: they resume on the next run.
+            # `running`: started, not ended (pending instead when no sweep drives the storage).
             state[u.key] = {"done": "pending", "planned": "pending"}.get(h.state, h.state)
             if state[u.key] == "failed":
                 out["failures"][u.key] = h.last_error or ""
