@@ -331,6 +331,9 @@ def read_path(path: str | Path, domain_name: str) -> Any:
 def buildings(root: str | Path) -> list[str]:
     """Sorted building folders under `root` (those holding an `rgb` folder)."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"dataset root {root} is a file, not a folder; give the folder that "
+                        "holds the buildings (each with its rgb/ folder)")
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist; render one with "
                         "`taskonomy-ray synth` or point to a Taskonomy download")

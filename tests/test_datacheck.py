@@ -83,6 +83,8 @@ def test_cli_check_exits_1_on_problems_and_0_on_a_clean_root(root, tmp_path, cap
     assert "PROBLEM" in capsys.readouterr().out
     assert main(["check", str(wf), "--data", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["check", str(wf), "--data", str(wf)]) == 2  # a file where a folder belongs
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_check_of_a_root_still_to_render_says_the_sweep_renders_it(tmp_path, capsys):

@@ -266,6 +266,22 @@ def test_a_sweep_without_an_address_starts_its_own_ray_and_joins_none_running_he
     assert r.stdout.strip().splitlines()[-1] != running
 
 
+def test_an_address_where_no_ray_listens_is_refused_at_once_not_retried_for_minutes():
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: nothing listens there
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConfigError, match=f"cannot reach a Ray cluster at {address}"):
+            driver.check_reachable(address)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        driver.check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    driver.check_reachable("auto")  # (left to Ray)
+
+
 def test_a_gold_runs_own_error_is_found_in_any_workers_failure_and_is_not_retried():
     # Ray Train reports a worker's exception inside WorkerGroupError.worker_failures; found
     # there, fit_gold fails the unit as deterministic (a retry would fail the same way).

@@ -295,6 +295,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -305,6 +307,28 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {e}; "
                           "check --address / RAY_ADDRESS (and RAY_AUTH_MODE=token with a "
                           "token-auth head)") from e
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address (`host:port`, `ray://host:port`) that nothing listens at.
+
+    `ray.init` would retry such an address for minutes, printing warnings about its own
+    connection attempts; `auto` and other forms are left to Ray.
+    """
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
+    if m is None:
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}): start "
+                          "one there (`ray start --head`, `ray up cluster.yaml`) or fix "
+                          "--address / RAY_ADDRESS; without either the sweep starts its own") \
+            from None
 
 
 def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
