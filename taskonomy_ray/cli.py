@@ -122,8 +122,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
                        address=args.address, force_config=args.force_config,
                        progress=False if args.no_progress else None, takeover=args.takeover)
     done = sum(c["done"] for c in result.counts.values())
-    print(f"sweep finished in {result.wall_s:.0f} s: {done} units done, "
-          f"{len(result.failures)} failed; storage {redact(result.storage)}")
+    ran = result.stats.get("units_run", done)
+    print(f"sweep finished in {result.wall_s:.0f} s: {done} units done ({ran} run now, "
+          f"{done - ran} kept from before), {len(result.failures)} failed; storage "
+          f"{redact(result.storage)}")
     for key, err in sorted(result.failures.items()):
         print(f"  FAILED {key}: {err}", file=sys.stderr)
     for key, without in sorted(result.partial.items()):

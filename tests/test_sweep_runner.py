@@ -68,12 +68,13 @@ def test_units_on_a_share_of_a_gpu_run_in_workers_recycled_after_max_calls(ray_s
 
 
 def test_rerun_recomputes_nothing(ray_session, tmp_path):
-    sweep(tmp_path)
+    first = sweep(tmp_path)
     st = Storage(str(tmp_path / "store"))
     keys = [u["key"] for u in st.read_json("plan.json")["units"]]
+    assert first.stats["units_run"] == len(keys)
     before = {k: ledger.history(st, k).attempts for k in keys}
     result = sweep(tmp_path)
-    assert result.ok
+    assert result.ok and result.stats["units_run"] == 0
     assert {k: ledger.history(st, k).attempts for k in keys} == before
 
 

@@ -412,6 +412,7 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
     write_plan(storage, sched)
     result = SweepResult(storage.uri, sched.counts(), sched.failures(), time.time() - t0,
                          {"wall_s": stats.wall_s, "driver_s": stats.driver_s,
+                          "units_run": sum(sched.state.get(k) == "done" for k in stats.ran),
                           "unit_s": stats.unit_s, "stage_span_s": {
                               s: stats.last_end[s] - stats.first_start[s]
                               for s in stats.first_start}},

@@ -42,6 +42,7 @@ class RunStats:
     driver_s: float = 0.0  # time spent in the driver outside ray.wait (scheduling, bookkeeping)
     first_start: dict[str, float] = field(default_factory=dict)
     last_end: dict[str, float] = field(default_factory=dict)
+    ran: set[str] = field(default_factory=set)  # units that finished in this run
 
 
 def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
@@ -347,6 +348,7 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
         sched.failed(unit, error, transient=not deterministic, node_lost=lost)
         return
     sched.succeeded(unit, Version(info.get("digest"), info.get("inputs", {})))
+    stats.ran.add(unit.key)
     stats.unit_s[unit.stage] = stats.unit_s.get(unit.stage, 0.0) + info.get("seconds", 0.0)
     start, end = info.get("start", 0.0), info.get("start", 0.0) + info.get("seconds", 0.0)
     stats.first_start[unit.stage] = min(stats.first_start.get(unit.stage, start), start)
