@@ -52,21 +52,21 @@ def format_taxonomy(result: Taxonomy) -> str:
     weighed = ", ".join(f"{t}={w:g}" for t, w in result.importance.items())
     head = (f"regime {result.regime}, budget {result.budget:g}, max order {result.max_order}, "
             f"weight {result.weight}" + (f", importance {weighed}" if weighed else "")
-            + f"\nobjective {result.objective:.4f}, mean quality "
-            f"{result.quality:.3f}, mean gain {result.gain:.3f}\nsupervised "
+            + f"\nobjective {result.objective:.4f}, mean gain {result.gain:.3f}, mean "
+            f"quality {result.quality:.3f}\nsupervised "
             f"({len(result.supervised)}): {', '.join(result.supervised)}\n")
-    rows = [("target", "served by", "weight", "affinity", "quality", "gain")]
+    rows = [("target", "served by", "weight", "affinity", "gain", "quality")]
     for a in result.transfers:
         rows.append((a.target, "(supervised)" if a.supervised else " + ".join(a.sources),
-                     f"{a.weight:.4f}", f"{a.affinity:.5f}", f"{a.quality:.3f}",
-                     f"{a.gain:.3f}"))
+                     f"{a.weight:.4f}", f"{a.affinity:.5f}", f"{a.gain:.3f}",
+                     f"{a.quality:.3f}"))
     return head + "\n" + _columns(rows)
 
 
 def format_curve(curve: Sequence[Taxonomy]) -> str:
     """A readable table of a budget curve: objective and mean win rates per budget."""
-    rows = [("budget", "objective", "quality", "gain", "supervised")]
-    rows += [(f"{t.budget:g}", f"{t.objective:.4f}", f"{t.quality:.3f}", f"{t.gain:.3f}",
+    rows = [("budget", "objective", "gain", "quality", "supervised")]
+    rows += [(f"{t.budget:g}", f"{t.objective:.4f}", f"{t.gain:.3f}", f"{t.quality:.3f}",
               ", ".join(t.supervised)) for t in curve]
     first = curve[0] if curve else None
     head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}\n\n"
@@ -85,12 +85,12 @@ def curve_json(curve: Sequence[Taxonomy]) -> dict[str, Any]:
 
 def format_novel(found: Sequence[NovelTask], regime: int) -> str:
     """A readable table of `solve --all-for-one`: each novel task's transfer per order."""
-    rows = [("target", "order", "quality", "gain", "served by")]
-    rows += [(n.target, str(n.max_order), f"{n.quality:.3f}", f"{n.gain:.3f}",
+    rows = [("target", "order", "gain", "quality", "served by")]
+    rows += [(n.target, str(n.max_order), f"{n.gain:.3f}", f"{n.quality:.3f}",
               " + ".join(n.sources)) for n in found]
     orders = sorted({n.max_order for n in found})
-    means = "; ".join(f"order <= {k}: quality {_mean(found, k, 'quality'):.3f}, "
-                      f"gain {_mean(found, k, 'gain'):.3f}" for k in orders)
+    means = "; ".join(f"order <= {k}: gain {_mean(found, k, 'gain'):.3f}, "
+                      f"quality {_mean(found, k, 'quality'):.3f}" for k in orders)
     return (f"novel tasks, all-for-one (every other task supervised), regime {regime}\n"
             f"means: {means}\n\n" + _columns(rows))
 
