@@ -234,7 +234,22 @@ def affinity_section(table: pa.Table, regime: int, out: Path) -> dict[str, Any]:
     report_plots.plot_task_tree(sources, tree["icoord"], tree["dcoord"], tree["leaves"],
                                 out / "task_tree.png", f"task similarity tree (regime {regime})")
     return {"note": None, "matrix": "affinity.png", "tree": "task_tree.png",
-            "targets": len(rows), "sources": len(order), "leaf_order": ", ".join(order)}
+            "targets": len(rows), "sources": len(order), "leaf_order": ", ".join(order),
+            "hopeless": hopeless_targets(table, regime)}
+
+
+def hopeless_targets(table: pa.Table, regime: int) -> list[str]:
+    """Targets every transfer of which (any source, any order) lost to gold on every image.
+
+    Then the target's affinities rank nothing and the taxonomy can only supervise it: a sign
+    of a broken transfer (labels far from the transfer's start, a wrong scale), worth a look
+    before trusting the taxonomy.
+    """
+    best: dict[str, float] = {}
+    for r in table.to_pylist():
+        if r["regime"] == regime and r["sources"][0] not in PSEUDO_COLUMNS:
+            best[r["target"]] = max(best.get(r["target"], 0.0), r["quality"] or 0.0)
+    return [t for t, q in best.items() if q == 0.0]
 
 
 # --- steps 4-5: taxonomies, budget curves, significance ------------------------------------

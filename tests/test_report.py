@@ -207,6 +207,26 @@ def test_sweep_report_without_its_dataset_says_so(sweep_storage, tmp_path: Path)
     assert "is not here, so no test images can be shown" in page and "samples_" not in page
 
 
+def test_a_target_that_every_transfer_loses_on_every_image_is_flagged(tmp_path: Path) -> None:
+    # Every transfer into depth lost to gold on every image (a bias out of reach): the report
+    # must say so rather than show a taxonomy that can only supervise depth.
+    from test_taxonomy import SMALL, _table
+
+    table = _table([
+        ("normal", ["self"], 0.5, 0.5, 0.5), ("normal", ["reshading"], 0.3, 0.2, 0.4),
+        ("normal", ["depth_zbuffer"], 0.2, 0.1, 0.3),
+        ("reshading", ["self"], 0.5, 0.5, 0.5), ("reshading", ["normal"], 0.3, 0.3, 0.6),
+        ("reshading", ["depth_zbuffer"], 0.2, 0.1, 0.3),
+        ("depth_zbuffer", ["self"], 0.98, 0.5, 0.5), ("depth_zbuffer", ["normal"], 0.01, 0.0, 0.0),
+        ("depth_zbuffer", ["reshading"], 0.01, 0.0, 0.0),
+    ])
+    assert report.hopeless_targets(table, 1000) == ["depth_zbuffer"]
+    tables.Storage(str(tmp_path)).write_affinities(table)
+    page = report.write_report(tmp_path, tmp_path / "out", **FAST).read_text()
+    assert "Every transfer into depth_zbuffer (from every source" in page
+    assert report.hopeless_targets(SMALL, 1000) == []  # some transfer wins somewhere
+
+
 def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no sweep found in"):
         report.write_report(tmp_path, tmp_path / "out")
