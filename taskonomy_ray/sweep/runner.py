@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,8 +137,12 @@ def _claim_seen(storage: Storage, token: str, tries: int = 3, wait_s: float = 2.
     return held
 
 
-def _node_setup_error(err: BaseException) -> NodeSetupError | None:
-    """The NodeSetupError inside Ray's wrappers of a unit's failure, if that is what it was."""
+def causes(err: BaseException) -> Iterator[BaseException]:
+    """`err` and every error inside it: the chain of causes Ray's wrappers keep.
+
+    (`__cause__`, `__context__`, a RayTaskError's `cause`, a Ray Train run's
+    `worker_failures`.)
+    """
     seen: set[int] = set()
     todo: list[BaseException | None] = [err]
     while todo:
@@ -146,10 +150,16 @@ def _node_setup_error(err: BaseException) -> NodeSetupError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, NodeSetupError):
-            return e
+        yield e
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return None
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += list(failures.values())
+
+
+def _node_setup_error(err: BaseException) -> NodeSetupError | None:
+    """The NodeSetupError inside Ray's wrappers of a unit's failure, if that is what it was."""
+    return next((e for e in causes(err) if isinstance(e, NodeSetupError)), None)
 
 
 def _picklable(err: BaseException) -> bool:
@@ -173,18 +183,8 @@ def is_node_lost(err: BaseException) -> bool:
     Ray Train run reports a dead worker's node through a health check, which `train_runner`
     turns into `NodeLostError`. Follows the chain of causes Ray's wrappers keep.
     """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (ray.exceptions.NodeDiedError, NodeLostError)) or (
-                isinstance(e, ray.exceptions.RayActorError) and e.preempted):
-            return True
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return False
+    return any(isinstance(e, (ray.exceptions.NodeDiedError, NodeLostError)) or (
+        isinstance(e, ray.exceptions.RayActorError) and e.preempted) for e in causes(err))
 
 
 def describe(err: BaseException) -> str:

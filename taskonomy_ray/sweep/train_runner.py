@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..tables import Storage
 from . import config as sweep_config
 from . import plan as planning
-from .runner import NodeLostError
+from .runner import NodeLostError, causes
 
 # How long a failed run waits for Ray to declare a silent worker's node dead (Ray's own health
 # checks take about 15 s by default) before calling the failure a crash.
@@ -149,15 +149,4 @@ def _our_error(error: BaseException) -> BaseException | None:
     """The TaskonomyError inside Ray Train's wrappers, if the loop raised one."""
     from ..errors import TaskonomyError
 
-    seen = set()
-    todo = [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, TaskonomyError):
-            return e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += list(getattr(e, "worker_failures", {}).values() or [])
-    return None
+    return next((e for e in causes(error) if isinstance(e, TaskonomyError)), None)
