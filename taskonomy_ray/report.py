@@ -246,9 +246,10 @@ def hopeless_targets(table: pa.Table, regime: int) -> list[str]:
     before trusting the taxonomy.
     """
     best: dict[str, float] = {}
-    for r in table.to_pylist():
-        if r["regime"] == regime and r["sources"][0] not in PSEUDO_COLUMNS:
-            best[r["target"]] = max(best.get(r["target"], 0.0), r["quality"] or 0.0)
+    for r in table.to_pylist():  # (a quality not measured, None, says nothing either way)
+        if (r["regime"] == regime and r["sources"][0] not in PSEUDO_COLUMNS
+                and r["quality"] is not None):
+            best[r["target"]] = max(best.get(r["target"], 0.0), r["quality"])
     return [t for t, q in best.items() if q == 0.0]
 
 

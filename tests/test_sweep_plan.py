@@ -319,6 +319,7 @@ def run_all(s, fail=None, digest=None):
     while not s.finished:
         ready = s.ready()
         assert ready, "scheduler stuck"
+        assert len(order) < 20 * len(s.units) + 100, "scheduler never finishes"
         for u in ready:
             s.started(u)
             order.append(u.key)
@@ -713,6 +714,30 @@ def test_the_analysis_runs_again_after_a_driver_died_between_a_rerun_and_the_ana
     r, lines = resume(stored)  # (... or one after a run where it succeeded, then died)
     assert [k for k, st in r.state.items() if st == "planned"] == ["analysis"]
     assert lines == [f"analysis runs again: {beam} finished since"]
+
+
+def test_an_analysis_that_read_a_failed_reruns_old_result_does_not_rerun_at_every_resume():
+    # A stale unit's rerun fails for good: its old losses are still in storage, and the
+    # analysis reads them. Noted ABSENT, they looked new when it ended: it ran again without
+    # end in that run, and again at every resume.
+    gold = plan.Unit("x", "gold", {}, (), ("x.pt",))
+    group = plan.Unit("a", "transfer", {}, ("x",), ("losses/a.parquet",))
+    analysis = plan.Unit("analysis", "analysis", {}, (), ("affinities.parquet",), True)
+    stored = {"a": Version("a1", {"x": "x1"}), "analysis": Version("an1", {"x": "x1", "a": "a1"})}
+
+    def resume(done):
+        lines = []
+        s = Scheduler([gold, group, analysis], is_done=done, version=lambda u: stored[u.key],
+                      warn=lines.append, retries=0)
+        run_all(s, digest=lambda u: {"x": "x2", "analysis": "an"}[u.key],
+                fail=lambda u: "DataError: for good" if u.key == "a" else None)
+        return s, lines
+
+    s, _ = resume(lambda u: u.key != "x")  # x reran with another result; a, stale, failed
+    assert s.state["a"] == "failed" and s.read["analysis"]["a"] == "a1"  # what it read
+    stored.update(x=Version("x2", {}), analysis=Version("an", s.read["analysis"]))
+    s, lines = resume(lambda u: True)  # a is stale still and fails again: the analysis waits
+    assert s.tries["analysis"] == 0 and not any(line.startswith("analysis") for line in lines)
 
 
 def test_a_partial_group_a_new_ranking_adds_is_retrained_if_its_missing_source_came_since():

@@ -163,23 +163,26 @@ def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_
                        r"no driver's claim in driver.json"):
         runner.run_unit(gold, ctx, execute)
     st.write_json("driver.json", {"token": "another"})
-    with pytest.raises(NodeSetupError, match="another driver's claim"):
+    with pytest.raises(NodeSetupError, match=r"finds another driver's claim .* if another "
+                       r"sweep took it over \(--takeover\), this one stops here"):
         runner.run_unit(gold, ctx, execute)
     assert ran == [] and ledger.history(st, gold.key).events == []  # not the unit's failure
     st.write_json("driver.json", {"token": "ours"})
     runner.run_unit(render, ctx, execute)  # the render writes the dataset root: not checked
+    beam = plan.Unit("beam-normal-x", "beam", {}, outputs=("b.json",))
+    runner.run_unit(beam, ctx, execute)  # (nor what reads storage only)
     with pytest.raises(NodeSetupError, match=f"sees no dataset root at {tmp_path}/data: check "
                        "--data .*mount the dataset on every node"):
         runner.run_unit(gold, ctx, execute)
     (tmp_path / "data").mkdir()
     runner.run_unit(gold, ctx, execute)
-    assert ran == [render.key, gold.key]
+    assert ran == [render.key, beam.key, gold.key]
     # A network file system that shows the previous driver's claim for a moment: read again.
     st.write_json("driver.json", {"token": "previous"})
     monkeypatch.setattr(runner.time, "sleep",
                         lambda s: st.write_json("driver.json", {"token": "now"}))
     runner.run_unit(gold, {**ctx, "claim": "now"}, execute)
-    assert ran[-1] == gold.key and len(ran) == 3
+    assert ran[-1] == gold.key and len(ran) == 4
 
 
 def test_a_unit_cancelled_by_a_stopped_driver_is_interrupted_not_failed(tmp_path):

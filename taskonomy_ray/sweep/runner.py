@@ -81,6 +81,7 @@ def run_unit(unit: Unit, ctx: dict[str, Any], execute: Execute,
 
 
 _SEEN_NODE_SETUP: set[tuple[str, str, str]] = set()  # what this worker process has checked
+DATA_STAGES = ("gold", "scratch", "features", "transfer")  # the units that read the dataset
 
 
 def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
@@ -88,27 +89,34 @@ def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
 
     The storage must hold the driver's claim (`ctx["claim"]`, its token in `driver.json`): a
     local path that is not on a shared disk is another, empty storage on each node, where units
-    would train and then look lost. A local dataset root must be there for every unit but the
-    render, which writes it. Once per worker process (and claim); raises `NodeSetupError`,
-    which stops the sweep: it names the node, and whatever is done stays done.
+    would train and then look lost. A local dataset root must be there for the units that read
+    it (not the render, which writes it, nor beams and the analysis, which read storage only).
+    Once per worker process (and claim); raises `NodeSetupError`, which stops the sweep: it
+    names the node, and whatever is done stays done.
     """
     token = ctx.get("claim")
     root = ctx.get("data_root") or ""
-    check_root = bool(root) and unit.stage != "render" and "://" not in root
+    check_root = bool(root) and unit.stage in DATA_STAGES and "://" not in root
     key = (ctx["storage"], str(token), root if check_root else "")
     if key in _SEEN_NODE_SETUP:
         return
     node = f"node {socket.gethostname()}"
     if token is not None:
         held = _claim_seen(storage, token)
-        if not isinstance(held, dict) or held.get("token") != token:
-            seen = ("no driver's claim" if held is None else
-                    "another driver's claim: if no sweep took the storage over (--takeover),")
+        shared = ("every node must see the same storage: give --storage as an absolute path "
+                  "on a disk every node mounts, or an s3:// / gs:// URI")
+        if not isinstance(held, dict):
             raise NodeSetupError(
-                f"{node} does not see this sweep's storage {storage.display} (it finds "
-                f"{seen} in {lease.DRIVER_FILE} there): every node must see the same storage, "
-                "so give --storage as an absolute path on a disk every node mounts, or an "
-                "s3:// / gs:// URI; the sweep stopped, and a resume keeps what is done")
+                f"{node} does not see this sweep's storage {storage.display} (it finds no "
+                f"driver's claim in {lease.DRIVER_FILE} there): {shared}; the sweep stopped, "
+                "and a resume keeps what is done")
+        if held.get("token") != token:
+            raise NodeSetupError(
+                f"{node} finds another driver's claim on the storage {storage.display} "
+                f"({lease.DRIVER_FILE}: host {held.get('host')}, pid {held.get('pid')}): if "
+                "another sweep took it over (--takeover), this one stops here; if none did, "
+                f"the node sees another storage than the driver's, and {shared}; a resume "
+                "keeps what is done")
     if check_root and not os.path.isdir(root):
         raise NodeSetupError(
             f"{node} sees no dataset root at {root}: check --data (or the workflow's "

@@ -124,10 +124,11 @@ class Scheduler:
         A barrier (the analysis) reads every other unit's result, and notes the units that had
         none (`ABSENT`, they failed): if one of them finishes later, or another unit runs again
         with another result, and the driver dies before the barrier runs again, the next
-        resume still plans it.
+        resume still plans it. A unit whose rerun failed still has its earlier result in
+        storage, which the barrier reads: its digest is noted, not ABSENT.
         """
         if unit.barrier:
-            return {k: (self.digest.get(k) if self.state[k] == "done" else ABSENT)
+            return {k: (self.digest[k] if k in self.digest else ABSENT)
                     for k, u in self.units.items() if not u.barrier}
         return {d: self.digest.get(d) if self.state[d] == "done" else None for d in unit.deps}
 
