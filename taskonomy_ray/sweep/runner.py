@@ -346,7 +346,9 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
     except Exception as e:  # a RayTaskError wraps the unit's own exception
         setup = _node_setup_error(e)
         if setup is not None:  # the node's fault, not the unit's: stop, and say which node
-            raise NodeSetupError(str(setup)) from None
+            cause = getattr(setup, "cause", None)  # (Ray's wrapper prints a traceback first)
+            raise NodeSetupError(str(cause if isinstance(cause, NodeSetupError) else setup)) \
+                from None
         error, deterministic, lost = describe(e), is_deterministic(e), is_node_lost(e)
         if not isinstance(e, ray.exceptions.RayTaskError):
             # The worker died (killed for memory, a crash, a lost node) before it could record
