@@ -288,8 +288,7 @@ def train_fused(nets: Sequence[TransferNet], target: str, inputs: StackedInputFn
     Heads share no weights, so head i's gradient is that of its own loss alone; Adam's update is
     elementwise, so each head follows the trajectory it would follow trained alone.
     """
-    for net in nets:
-        start_at_label_mean(net, target, labels, n_train, cfg)
+    start_at_label_mean(nets, target, labels, n_train, cfg)
     group = fuse(nets, cfg.fused_backend)
     group.train()
     opt = make_optimiser(group.parameters(), cfg)

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
 from .errors import ConfigError, SolverError, TaskonomyError
-from .tables import AFFINITIES_FILE, REPORT_DIR, REPORT_ERROR, RUN_FILE, Storage
+from .tables import REPORT_DIR, REPORT_ERROR, RUN_FILE, Storage
 from .taxonomy import pick_regime
 
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12)
@@ -87,12 +87,9 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
         return _render(out, table, cfg, f"published Taskonomy results ({Path(source).name})",
                        str(source), None)
     storage = Storage(str(source))
-    if not storage.exists(AFFINITIES_FILE) and not storage.exists(RUN_FILE):
-        raise ConfigError(f"no sweep found in {storage.display} (no {RUN_FILE}): give the "
-                          "storage of a sweep, or --published for the published results")
-    if not storage.exists(AFFINITIES_FILE):
-        raise ConfigError(f"{storage.path(AFFINITIES_FILE)} is missing: the sweep has not reached "
-                          "its analysis stage; finish (or resume) it with `taskonomy-ray sweep`")
+    missing = storage.affinities_missing()
+    if missing:  # (a wrong argument, not damaged storage)
+        raise ConfigError(missing)
     title = _sweep_title(storage)
     if out_dir is not None:
         return _render(Path(out_dir), storage.read_affinities(), cfg, title, storage.display,

@@ -453,13 +453,19 @@ class Storage:
 
     def read_affinities(self) -> pa.Table:
         """The AHP affinities table, schema-checked."""
-        if not self.exists(AFFINITIES_FILE) and not self.exists(RUN_FILE):
-            raise StorageError(f"no sweep found in {self.display!r} (no {RUN_FILE}): give the "
-                               "storage of a sweep (`taskonomy-ray sweep CONFIG --storage ...`), "
-                               "or solve the published results with --published")
-        if not self.exists(AFFINITIES_FILE):
-            raise StorageError(f"{self.path(AFFINITIES_FILE)} not found in storage "
-                               f"{self.display!r}: the sweep has not reached its analysis stage; "
-                               "finish (or resume) it with `taskonomy-ray sweep`, or solve the "
-                               "published results with --published")
+        missing = self.affinities_missing()
+        if missing:
+            raise StorageError(missing)
         return self.read_table(AFFINITIES_FILE, AFFINITIES_SCHEMA)
+
+    def affinities_missing(self) -> str | None:
+        """Why there is no affinities table here, with the fix (None if there is one)."""
+        if self.exists(AFFINITIES_FILE):
+            return None
+        if not self.exists(RUN_FILE):
+            return (f"no sweep found in {self.display!r} (no {RUN_FILE}): give the storage of a "
+                    "sweep (`taskonomy-ray sweep CONFIG --storage ...`), or solve the published "
+                    "results with --published")
+        return (f"{self.path(AFFINITIES_FILE)} not found in storage {self.display!r}: the sweep "
+                "has not reached its analysis stage; finish (or resume) it with `taskonomy-ray "
+                "sweep`, or solve the published results with --published")

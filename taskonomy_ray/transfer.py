@@ -246,16 +246,17 @@ def make_optimiser(params: Any, cfg: TransferConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def start_at_label_mean(net: TransferNet, target: str, labels: Labels, n_train: int,
+def start_at_label_mean(nets: Sequence[TransferNet], target: str, labels: Labels, n_train: int,
                         cfg: TransferConfig) -> None:
-    """Start the decoder's output at the first training batch's mean label, as task nets do.
+    """Start each decoder's output at the first training batch's mean label, as task nets do.
 
     Depth's log-scale labels sit near 7: from a zero bias a transfer spent its steps reaching
     that mean, and every transfer into depth lost to its gold network on every test image,
     whatever its source. (The same batch for every head: fused heads still end as if alone.)
     """
-    first = take(labels, batches(n_train, cfg)[0], net.readout.lo.device)
-    init_output_bias(net.decoder, get_task(target), first)
+    first = take(labels, batches(n_train, cfg)[0], nets[0].readout.lo.device)
+    for net in nets:
+        init_output_bias(net.decoder, get_task(target), first)
 
 
 def train_transfer(net: TransferNet, target: str, inputs: InputFn, labels: Labels, n_train: int,
@@ -265,7 +266,7 @@ def train_transfer(net: TransferNet, target: str, inputs: InputFn, labels: Label
     This is the reference the fused trainer must match, and (with `inputs` running a frozen
     encoder on images) the naive baseline of the benchmark.
     """
-    start_at_label_mean(net, target, labels, n_train, cfg)
+    start_at_label_mean([net], target, labels, n_train, cfg)
     net.train()
     opt = make_optimiser(net.parameters(), cfg)
     g = net.mask_generator()

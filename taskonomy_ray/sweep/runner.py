@@ -166,8 +166,12 @@ def causes(err: BaseException) -> Iterator[BaseException]:
 
 
 def _node_setup_error(err: BaseException) -> NodeSetupError | None:
-    """The NodeSetupError inside Ray's wrappers of a unit's failure, if that is what it was."""
-    return next((e for e in causes(err) if isinstance(e, NodeSetupError)), None)
+    """The NodeSetupError inside Ray's wrappers of a unit's failure, if that is what it was.
+
+    (The node's own, not Ray's wrapper, which is one too but prints a traceback first.)
+    """
+    return next((e for e in causes(err) if isinstance(e, NodeSetupError)
+                 and not isinstance(e, ray.exceptions.RayTaskError)), None)
 
 
 def _picklable(err: BaseException) -> bool:
@@ -346,9 +350,7 @@ def _collect(sched: Scheduler, unit: Unit, ref: ray.ObjectRef, stats: RunStats,
     except Exception as e:  # a RayTaskError wraps the unit's own exception
         setup = _node_setup_error(e)
         if setup is not None:  # the node's fault, not the unit's: stop, and say which node
-            cause = getattr(setup, "cause", None)  # (Ray's wrapper prints a traceback first)
-            raise NodeSetupError(str(cause if isinstance(cause, NodeSetupError) else setup)) \
-                from None
+            raise NodeSetupError(str(setup)) from None
         error, deterministic, lost = describe(e), is_deterministic(e), is_node_lost(e)
         if not isinstance(e, ray.exceptions.RayTaskError):
             # The worker died (killed for memory, a crash, a lost node) before it could record
