@@ -61,7 +61,8 @@ def _peak(q: mp.Queue, target: str, order: int, heads: int, batch: int, evals: i
     import torch
 
     from taskonomy_ray.config import TransferConfig, preset
-    from taskonomy_ray.fused import _head_losses, fuse
+    from taskonomy_ray.fused import _head_losses
+    from taskonomy_ray.grouped import fuse
     from taskonomy_ray.tasks import get_task
     from taskonomy_ray.transfer import build_transfer_net, make_optimiser
 

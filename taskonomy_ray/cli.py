@@ -151,7 +151,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 def _run_check(args: argparse.Namespace) -> int:
     from .sweep import config as sweep_config
     from .sweep.datacheck import check_data
-    from .sweep.driver import data_root
+    from .sweep.guard import data_root
 
     if args.reads < 0:
         raise ConfigError("--reads must be >= 0")

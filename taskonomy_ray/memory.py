@@ -89,7 +89,7 @@ def head_cost(target: str, order: int, model: ModelConfig, out_channels: int) ->
 
 @lru_cache(maxsize=128)
 def _head_cost(target: str, order: int, model: ModelConfig, out_channels: int) -> HeadCost:
-    from .fused import fuse
+    from .grouped import fuse
     from .transfer import build_transfer_net
 
     spec = get_task(target)

@@ -37,6 +37,7 @@ from .models import (
     represent,
 )
 from .models.encoder import random_encoder
+from .replicas import Replica, all_agree, gather_rng_states, mean_over, parallel, replica
 from .tasks import get_task
 
 
@@ -50,26 +51,6 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     train_images: int = 0
-
-
-@dataclass(frozen=True)
-class Replica:
-    """A process's place in a data-parallel training (rank 0 of 1 when training alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-
-def replica() -> Replica:
-    """The data-parallel group this process belongs to: torch.distributed's, when initialised.
-
-    A launcher (Ray Train's TorchTrainer, torchrun) sets up the process group; the loop itself
-    only reads it, so the same function trains alone or as one of several replicas.
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return Replica()
-    return Replica(dist.get_rank(), dist.get_world_size())
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
@@ -124,7 +105,7 @@ class Cursor:
         return cls(*divmod(step, per_epoch))
 
 
-def _forever(data: TaskonomyDataset, cfg: TrainConfig, cursor: Cursor, rep: Replica = Replica()
+def _forever(data: TaskonomyDataset, cfg: TrainConfig, cursor: Cursor, rep: Replica
              ) -> Iterator[dict[str, Any]]:
     """Shuffled batches, epoch after epoch (each epoch's order fixed by seed and epoch).
 
@@ -168,64 +149,6 @@ def _state(net: TaskNetwork, opt: torch.optim.Optimizer, step: int, history: lis
     return {"task": net.spec.name, "model": asdict(model), "channels": channels, "step": step,
             "history": list(history), "network": net.state_dict(), "optimiser": opt.state_dict(),
             "data": asdict(cursor), "rng": _rng_state(device)}
-
-
-def collective_device(device: torch.device) -> torch.device:
-    """Where the loop's small collectives put their tensors (NCCL takes CUDA tensors only).
-
-    The CPU when the process group's backend takes CPU tensors (gloo), else the training device.
-    """
-    config = str(torch.distributed.get_backend_config())  # e.g. "cpu:gloo,cuda:gloo"
-    if ":" in config:
-        types = {part.split(":")[0] for part in config.split(",")}
-    else:
-        types = set(torch.distributed.Backend.backend_capability.get(config, ()))
-    return torch.device("cpu") if "cpu" in types else device
-
-
-def _all_agree(rep: Replica, batch: dict[str, Any], device: torch.device) -> bool:
-    """Whether every replica got at least one sample for this step (one small all-reduce)."""
-    if rep.world == 1:
-        return bool(batch["image"])
-    have = torch.tensor([len(batch["image"])], dtype=torch.int64,
-                        device=collective_device(device))
-    torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
-    return bool(have.item() > 0)
-
-
-def _mean_over_replicas(loss: torch.Tensor, rep: Replica, device: torch.device) -> float:
-    """The step's loss averaged over the replicas (each replica's own when alone)."""
-    value = loss.detach().float().reshape(1)
-    if rep.world > 1:
-        value = value.to(collective_device(device))
-        torch.distributed.all_reduce(value)
-        value /= rep.world
-    return float(value.item())
-
-
-def _replica_rng_states(rep: Replica, device: torch.device) -> dict[str, Any]:
-    """`rng_replicas`: every replica's random state by rank, for rank 0's checkpoint.
-
-    (Alone, the checkpoint's own `rng` is the whole state: nothing to add.)
-    """
-    if rep.world == 1:
-        return {}
-    states: list[Any] = [None] * rep.world
-    torch.distributed.all_gather_object(states, _rng_state(device))
-    return {"rng_replicas": states}
-
-
-def _parallel(net: TaskNetwork, rep: Replica, device: torch.device) -> nn.Module:
-    """`net` for the training step: itself alone, wrapped in DistributedDataParallel otherwise.
-
-    Wrapping broadcasts rank 0's weights and buffers, so replicas start identical (for example
-    after each initialised its output bias from its own share of the first batch); afterwards
-    gradients are averaged every step, so every replica takes the same optimiser step.
-    """
-    if rep.world == 1:
-        return net
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
 def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, *,
@@ -273,18 +196,18 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
     model: nn.Module | None = None
     while step < tc.steps:
         batch = next(it)
-        if not _all_agree(rep, batch, device):
+        if not all_agree(rep, batch, device):
             continue  # a replica's share was all skipped files: every replica skips the step
         if step == 0 and net.decoder is not None:
             init_output_bias(net.decoder, spec, batch)
         if model is None:
-            model = _parallel(net, rep, device)
+            model = parallel(net, rep, device)
         for group in opt.param_groups:
             group["lr"] = tc.lr * lr_factor(tc, step)
         with autocast(tc.amp, device):
             pred = model(_to(network_input(spec, batch), device, tc.channels_last))
         loss = per_image_loss(spec, pred, batch).mean()
-        value = _mean_over_replicas(loss, rep, device)
+        value = mean_over(loss, rep, device)
         if not math.isfinite(value):
             raise TrainingError(f"unit {unit or spec.name}: the {spec.name} loss became "
                                 f"{value} at step {step}; lower train.lr or check the labels")
@@ -297,7 +220,8 @@ def train_network(net: TaskNetwork, data: TaskonomyDataset, cfg: NetworkConfig, 
         history.append(value)
         metrics = {"unit": unit, "task": spec.name, "step": step, "loss": value}
         if step == tc.steps or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
-            rngs = _replica_rng_states(rep, device)  # (a collective: every replica takes part)
+            # (a collective: every replica takes part)
+            rngs = gather_rng_states(rep, _rng_state(device))
             if rep.rank == 0:
                 state = _state(net, opt, step, history, cfg.model, channels, cursor, device)
                 hooks.save({**state, **rngs}, metrics)

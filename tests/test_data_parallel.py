@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from fixtures import make_root
 
-from taskonomy_ray import checkpoints, config, training
+from taskonomy_ray import checkpoints, config, replicas, training
 from taskonomy_ray.dataset import TaskonomyDataset, batches
 from taskonomy_ray.errors import ConfigError
 
@@ -163,7 +163,7 @@ def test_the_loops_collectives_use_a_device_the_process_groups_backend_takes(
     torch.distributed.init_process_group(backend, init_method=f"file://{tmp_path}/rendezvous",
                                          rank=0, world_size=1)
     try:
-        assert training.collective_device(device) == torch.device(expected)
+        assert replicas.collective_device(device) == torch.device(expected)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -13,20 +13,17 @@ from PIL import Image
 
 from taskonomy_ray import layout
 from taskonomy_ray.dataset import (
-    IN_VIEW,
-    ROOM_TOLERANCE_M,
     BadFile,
     SplitConfig,
     TaskonomyDataset,
-    View,
     batches,
-    nonfixated_pairs,
     output_channels,
     regime_dataset,
     split_buildings,
 )
 from taskonomy_ray.derived import colour_bins, image_seed, jigsaw_permutations, relative_pose
 from taskonomy_ray.errors import ConfigError, DataError
+from taskonomy_ray.samples import IN_VIEW, ROOM_TOLERANCE_M, View, nonfixated_pairs
 from taskonomy_ray.tasks import TASKS, get_task
 
 

@@ -8,15 +8,8 @@ from torch.nn import Conv2d
 
 from taskonomy_ray.config import preset
 from taskonomy_ray.errors import ConfigError, TrainingError
-from taskonomy_ray.fused import (
-    GroupedTransfers,
-    VmapTransfers,
-    evaluate_fused,
-    fuse,
-    stacked_inputs,
-    train_fused,
-    train_group,
-)
+from taskonomy_ray.fused import evaluate_fused, stacked_inputs, train_fused, train_group
+from taskonomy_ray.grouped import GroupedTransfers, VmapTransfers, fuse
 from taskonomy_ray.tasks import get_task
 from taskonomy_ray.transfer import TransferConfig, build_transfer_net, evaluate, train_transfer
 

@@ -43,18 +43,18 @@ def test_every_key_changes_with_the_method_version(monkeypatch):
 def test_a_run_of_another_method_version_is_not_resumed_unless_forced(tmp_path):
     import taskonomy_ray
     from taskonomy_ray import tasks
-    from taskonomy_ray.sweep import driver
+    from taskonomy_ray.sweep import guard
     from taskonomy_ray.tables import Storage
 
     st, cfg = Storage(str(tmp_path / "store")), small(data={"root": str(tmp_path / "none")})
-    driver.guard_run(st, cfg)
+    guard.guard_run(st, cfg)
     assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
     old = {k: v for k, v in st.read_json("run.json").items() if k != "method"}
     st.write_json("run.json", {**old, "version": "0.0.9"})  # before versions were recorded: 1
     with pytest.raises(ConfigError, match="computed under method version 1; this taskonomy-ray "
                                           f"computes version {tasks.METHOD_VERSION}.*0.0.9"):
-        driver.guard_run(st, cfg)
-    driver.guard_run(st, cfg, force=True)  # recomputed under this release, which it now names
+        guard.guard_run(st, cfg)
+    guard.guard_run(st, cfg, force=True)  # recomputed under this release, which it now names
     assert st.read_json("run.json")["method"] == tasks.METHOD_VERSION
     assert st.read_json("run.json")["version"] == taskonomy_ray.__version__
 
@@ -170,7 +170,7 @@ def test_execution_only_settings_leave_unit_keys_alone():
 
 
 def test_resume_accepts_new_execution_settings_and_records_them(tmp_path):
-    from taskonomy_ray.sweep.driver import guard_run
+    from taskonomy_ray.sweep.guard import guard_run
     from taskonomy_ray.tables import RUN_FILE, Storage
 
     st = Storage(str(tmp_path))
@@ -184,7 +184,7 @@ def test_resume_accepts_new_execution_settings_and_records_them(tmp_path):
 
 
 def test_a_relative_data_root_read_from_another_directory_is_refused(tmp_path, monkeypatch):
-    from taskonomy_ray.sweep.driver import guard_run
+    from taskonomy_ray.sweep.guard import guard_run
     from taskonomy_ray.tables import RUN_FILE, Storage
 
     st = Storage(str(tmp_path / "store"))
@@ -232,7 +232,7 @@ def test_a_resume_on_a_root_whose_buildings_changed_is_refused_naming_them(tmp_p
 
     from fixtures import make_root
 
-    from taskonomy_ray.sweep.driver import guard_run, record_split
+    from taskonomy_ray.sweep.guard import guard_run, record_split
     from taskonomy_ray.tables import RUN_FILE, Storage
 
     root = make_root(tmp_path / "data", buildings=4, points=2, views=1, size=16)
