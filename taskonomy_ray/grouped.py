@@ -152,7 +152,8 @@ class GroupedTransfers(nn.Module):
         r = [n.readout for n in nets]
         self.register_buffer("lo", _cat(r, "lo", 1))
         self.register_buffer("hi", _cat(r, "hi", 1))
-        self.links += [("readout.lo", self, "lo", "cat1"), ("readout.hi", self, "hi", "cat1")]
+        self.register_buffer("scale", _cat(r, "scale", 1))
+        self.links += [(f"readout.{a}", self, a, "cat1") for a in ("lo", "hi", "scale")]
         self.bn_in = group_layers([x.bn_in for x in r], "readout.bn_in.", self.links)
         self.stream_a = group_layers([x.stream_a for x in r], "readout.stream_a.", self.links)
         self.stream_b = group_layers([x.stream_b for x in r], "readout.stream_b.", self.links)
@@ -165,7 +166,7 @@ class GroupedTransfers(nn.Module):
         self.to(memory_format=self.layout)
 
     def _readout(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn_in(torch.clamp(x, self.lo, self.hi))  # (B, G*8k, h, w)
+        x = self.bn_in(torch.clamp(x, self.lo, self.hi) * self.scale)  # (B, G*8k, h, w)
         a, b = self.stream_a(x), self.stream_b(x)  # (B, G*8k, h, w) each
         n, _, h, w = a.shape
         z = torch.cat([a.reshape(n, self.size, -1, h, w), b.reshape(n, self.size, -1, h, w)], 2)

@@ -42,8 +42,10 @@ METHOD_VERSION = 2
 # The version of how transfers are trained, part of every transfer group's key (and so of the
 # beams' and the analysis' inputs), so a change retrains transfers and keeps the networks and
 # representations. 2: each transfer's output starts at its training labels' mean, as the task
-# networks' do (1 started at zero, out of reach of depth's log-scale labels).
-TRANSFER_VERSION = 2
+# networks' do (1 started at zero, out of reach of depth's log-scale labels). 3: each readout
+# divides its clipped inputs by their training sigma before batch norm (2 let batch norm's eps
+# damp the random encoder's tiny outputs into a near-constant input).
+TRANSFER_VERSION = 3
 
 # The release marks invalid depth as the largest 16-bit values (see layout.py).
 DEPTH_MASK_DOMAIN = "depth_zbuffer"

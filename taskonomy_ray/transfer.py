@@ -49,6 +49,10 @@ class Readout(nn.Module):
         # Fixed clipping bounds per input channel, set from the training set by `set_clip`.
         self.register_buffer("lo", torch.full((1, cin, 1, 1), -torch.inf))
         self.register_buffer("hi", torch.full((1, cin, 1, 1), torch.inf))
+        # 1 / sigma per input channel (`set_clip`), so batch norm's eps is negligible whatever
+        # a source's scale: the random encoder's outputs (sigma ~1e-3, some channels 1e-6) were
+        # damped by it into a near-constant input, which by fitting nothing beat trained sources.
+        self.register_buffer("scale", torch.ones((1, cin, 1, 1)))
         self.bn_in = nn.BatchNorm2d(cin, momentum=momentum)
         self.stream_a = nn.Sequential(*_conv_bn_relu(cin, cout, momentum),
                                       *_conv_bn_relu(cout, cout, momentum))
@@ -57,15 +61,19 @@ class Readout(nn.Module):
         self.bn_out = nn.BatchNorm2d(2 * cout, momentum=momentum)
 
     def set_clip(self, x: torch.Tensor, sigma: float) -> None:
-        """Clip bounds mean +/- sigma std per channel over training inputs (N, [V,] C, h, w)."""
+        """Clip bounds mean +/- sigma std, and scale 1/std, per channel of training inputs.
+
+        `x` is (N, [V,] C, h, w); a constant channel keeps scale 1.
+        """
         x = x.reshape(-1, *x.shape[-3:]).float()
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True)
         self.lo.copy_(mean - sigma * std)
         self.hi.copy_(mean + sigma * std)
+        self.scale.copy_(torch.where(std > 0, 1 / std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn_in(torch.clamp(x, self.lo, self.hi))  # (B, 8k, h, w)
+        x = self.bn_in(torch.clamp(x, self.lo, self.hi) * self.scale)  # (B, 8k, h, w)
         return self.bn_out(torch.cat([self.stream_a(x), self.stream_b(x)], 1))  # (B, 16k, h, w)
 
 

@@ -61,6 +61,23 @@ def test_inputs_are_clipped_to_five_sigma_of_the_training_representations():
     torch.testing.assert_close(r(outlier), r(capped))
 
 
+
+def test_a_readout_reads_a_tiny_scale_source_as_it_reads_a_unit_scale_one():
+    # The random encoder's outputs have sigma ~1e-3 (some channels 1e-6): below batch norm's
+    # eps they were damped into a near-constant input, and that source, fitting nothing, won
+    # every sparse target of the demo. Standardised first, the scale no longer matters.
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 4, 4) * torch.logspace(0, -6, 8)[None, :, None, None]  # 1 .. 1e-6
+    unit = x / x.std((0, 2, 3), keepdim=True)
+    tiny, plain = Readout(1), Readout(1)
+    plain.load_state_dict(tiny.state_dict())
+    tiny.set_clip(x, 5.0)
+    plain.set_clip(unit, 5.0)
+    torch.testing.assert_close(tiny(x), plain(unit), rtol=1e-4, atol=1e-4)  # (training mode)
+    constant = Readout(1)
+    constant.set_clip(torch.ones(8, 8, 4, 4), 5.0)  # no spread: left unscaled, never inf
+    assert torch.isfinite(constant(torch.ones(8, 8, 4, 4))).all()
+
 def test_a_transfer_into_depth_starts_at_its_labels_mean_alone_and_fused():
     # Log-depth labels sit near 7: from a zero output a few hundred steps are spent reaching
     # that mean, and every transfer into depth lost to its gold network whatever the source.
