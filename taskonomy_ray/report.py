@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, evaluate, plots, report_plots, tasks, taxonomy
+from . import __version__, evaluate, plots, report_flags, report_plots, tasks, taxonomy
 from .errors import ConfigError, SolverError, TaskonomyError
+from .report_flags import PSEUDO_COLUMNS
 from .tables import REPORT_DIR, REPORT_ERROR, RUN_FILE, Storage
 from .taxonomy import pick_regime
 
@@ -35,7 +36,6 @@ TEMPLATE = "report.html.j2"
 # Every file name the report writes besides index.html.
 FIGURES = ("affinity.png", "task_tree.png", "budget_curve.png", "taxonomy_o*_b*.png",
            "novel_tasks.png", "samples_*.png")
-PSEUDO_COLUMNS = ("self", "pixels")  # not transfer sources: kept out of the matrices
 
 
 @dataclass(frozen=True)
@@ -232,22 +232,8 @@ def affinity_section(table: pa.Table, regime: int, out: Path) -> dict[str, Any]:
                                 out / "task_tree.png", f"task similarity tree (regime {regime})")
     return {"note": None, "matrix": "affinity.png", "tree": "task_tree.png",
             "targets": len(rows), "sources": len(order), "leaf_order": ", ".join(order),
-            "hopeless": hopeless_targets(table, regime)}
-
-
-def hopeless_targets(table: pa.Table, regime: int) -> list[str]:
-    """Targets every transfer of which (any source, any order) lost to gold on every image.
-
-    Then the target's affinities rank nothing and the taxonomy can only supervise it: a sign
-    of a broken transfer (labels far from the transfer's start, a wrong scale), worth a look
-    before trusting the taxonomy.
-    """
-    best: dict[str, float] = {}
-    for r in table.to_pylist():  # (a quality not measured, None, says nothing either way)
-        if (r["regime"] == regime and r["sources"][0] not in PSEUDO_COLUMNS
-                and r["quality"] is not None):
-            best[r["target"]] = max(best.get(r["target"], 0.0), r["quality"])
-    return [t for t, q in best.items() if q == 0.0]
+            "hopeless": report_flags.hopeless_targets(table, regime),
+            "random_led": report_flags.random_led_targets(table, regime)}
 
 
 # --- steps 4-5: taxonomies, budget curves, significance ------------------------------------

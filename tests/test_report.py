@@ -23,6 +23,7 @@ from taskonomy_ray import (
     cli,
     evaluate,
     report,
+    report_flags,
     tables,
     taxonomy,
     training,
@@ -220,11 +221,33 @@ def test_a_target_that_every_transfer_loses_on_every_image_is_flagged(tmp_path: 
         ("depth_zbuffer", ["self"], 0.98, 0.5, 0.5), ("depth_zbuffer", ["normal"], 0.01, 0.0, 0.0),
         ("depth_zbuffer", ["reshading"], 0.01, 0.0, 0.0),
     ])
-    assert report.hopeless_targets(table, 1000) == ["depth_zbuffer"]
+    assert report_flags.hopeless_targets(table, 1000) == ["depth_zbuffer"]
     tables.Storage(str(tmp_path)).write_affinities(table)
     page = report.write_report(tmp_path, tmp_path / "out", **FAST).read_text()
     assert "Every transfer into depth_zbuffer (from every source" in page
-    assert report.hopeless_targets(SMALL, 1000) == []  # some transfer wins somewhere
+    assert report_flags.hopeless_targets(SMALL, 1000) == []  # some transfer wins somewhere
+
+
+def test_a_target_the_random_encoder_leads_is_flagged(tmp_path: Path) -> None:
+    # The untrained encoder is the baseline every useful source should beat: where its transfer
+    # ranks first, no learned representation helps and the target's edges say little.
+    from test_taxonomy import _table
+
+    def table(random_into_keypoints):
+        return _table([
+            ("normal", ["self"], 0.5, 0.5, 0.5), ("normal", ["reshading"], 0.3, 0.3, 0.6),
+            ("normal", ["random"], 0.2, 0.1, 0.3),
+            ("keypoints2d", ["self"], 0.3, 0.5, 0.5), ("keypoints2d", ["normal"], 0.1, 0.2, 0.4),
+            ("keypoints2d", ["random"], random_into_keypoints, 0.3, 0.5),
+            ("reshading", ["self"], 0.5, 0.5, 0.5), ("reshading", ["normal"], 0.5, 0.4, 0.6),
+        ])
+
+    st = tables.Storage(str(tmp_path))
+    for random_affinity, flagged in ((0.6, ["keypoints2d"]), (0.05, [])):
+        assert report_flags.random_led_targets(table(random_affinity), 1000) == flagged
+        st.write_affinities(table(random_affinity))
+        page = report.write_report(tmp_path, tmp_path / "out", **FAST).read_text()
+        assert ("Into keypoints2d the untrained <code>random</code>" in page) == bool(flagged)
 
 
 def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: Path) -> None:
