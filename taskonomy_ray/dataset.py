@@ -23,7 +23,6 @@ from .derived import (
     centre_masked,
     colorize,
     colour_bins,
-    image_seed,
     jigsaw,
     jigsaw_permutations,
     noisy,
@@ -32,7 +31,16 @@ from .derived import (
     vanishing_point_label,
 )
 from .errors import ConfigError, DataError
-from .samples import PAIRING, Sample, View, matches, nonfixated_pairs, same_point, sample_id
+from .samples import (
+    PAIRING,
+    Sample,
+    View,
+    image_seed,
+    matches,
+    nonfixated_pairs,
+    same_point,
+    sample_id,
+)
 from .splits import SPLITS, SplitConfig, split_buildings
 from .tasks import DEPTH_MASK_DOMAIN, TaskSpec, get_task
 

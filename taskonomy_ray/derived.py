@@ -7,7 +7,6 @@ two views for the multi-view tasks.
 
 from __future__ import annotations
 
-import zlib
 from functools import lru_cache
 from typing import Any
 
@@ -21,11 +20,6 @@ NOISE_STD = 0.1  # denoising: Gaussian noise on [0, 1] RGB, seeded per image
 CURVATURE_MEAN = (123.572, 120.1)
 CURVATURE_STD = (31.922, 21.658)
 AB_GRID = 10.0  # colorization: ab bins on a 10-unit grid, kept where sRGB reaches (Zhang et al.)
-
-
-def image_seed(image: str, seed: int) -> int:
-    """A per-image seed: the same image draws the same noise, tiles or view mate every time."""
-    return zlib.crc32(f"{seed}:{image}".encode())
 
 
 @lru_cache(maxsize=1)

@@ -116,7 +116,8 @@ def source_view(source: str) -> View | None:
 
         return lambda x, ids: torch.from_numpy(lightness(x.numpy()))
     if derived == "denoise":
-        from .derived import image_seed, noisy
+        from .derived import noisy
+        from .samples import image_seed
 
         return lambda x, ids: torch.stack([noisy(xi, image_seed(str(i), 0))
                                            for xi, i in zip(x, ids, strict=True)])

@@ -1,17 +1,22 @@
 """Which views make one sample: image ids, and each multi-view task's pairing rule.
 
-Pure (numpy only); `dataset.TaskonomyDataset` scans the views and reads the point_info these use.
+Pure (numpy, no torch); `dataset.TaskonomyDataset` scans the views and reads their point_info.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .derived import image_seed
+
+def image_seed(image: str, seed: int) -> int:
+    """A per-image seed: the same image draws the same noise, tiles or view mate every time."""
+    return zlib.crc32(f"{seed}:{image}".encode())
+
 
 ROOM_TOLERANCE_M = 0.25  # two views share a room when their room boxes agree within this
 IN_VIEW = "nonfixated_points_in_view"  # point_info: other points whose surface the view sees

@@ -21,9 +21,9 @@ from taskonomy_ray.dataset import (
     regime_dataset,
     split_buildings,
 )
-from taskonomy_ray.derived import colour_bins, image_seed, jigsaw_permutations, relative_pose
+from taskonomy_ray.derived import colour_bins, jigsaw_permutations, relative_pose
 from taskonomy_ray.errors import ConfigError, DataError
-from taskonomy_ray.samples import IN_VIEW, ROOM_TOLERANCE_M, View, nonfixated_pairs
+from taskonomy_ray.samples import IN_VIEW, ROOM_TOLERANCE_M, View, image_seed, nonfixated_pairs
 from taskonomy_ray.tasks import TASKS, get_task
 
 

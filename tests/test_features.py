@@ -169,7 +169,8 @@ def test_denoising_and_inpainting_encode_the_corrupted_images_they_were_trained_
         tmp_path, source):
     # As in Taskonomy's extraction: the denoiser is shown noisy images (one seeded draw per
     # image, the same on every run), the inpainter images with their centre hidden.
-    from taskonomy_ray.derived import NOISE_STD, centre_masked, image_seed, noisy
+    from taskonomy_ray.derived import NOISE_STD, centre_masked, noisy
+    from taskonomy_ray.samples import image_seed
 
     keys = {source: f"gold-{source}-abc"}
     enc, samples = CountingEncoder(), _samples(6)
