@@ -47,10 +47,13 @@ def render(root: Path, points: int, views: int, size: int, buildings: int, seed:
 
 
 def label_statistics(spec: TaskSpec, data: TaskonomyDataset, channels: int) -> torch.Tensor:
-    """The best constant prediction's parameters from the training split: per-channel mean of
-    regressions (valid pixels), class / bin frequencies, mean distribution."""
+    """The best constant prediction's parameters from the training split, per channel: the
+    median of an L1 regression's valid pixels (L1's best constant: on sparse maps such as
+    keypoints it is far below the mean), the mean of an L2 one's, class / bin frequencies, the
+    mean distribution."""
     total = torch.zeros(channels, dtype=torch.float64)
     count = torch.zeros(channels, dtype=torch.float64)
+    values: list[list[torch.Tensor]] = [[] for _ in range(channels)]  # L1: valid values
     for b in batches(data, 64):
         y = b[spec.name]
         if spec.loss in ("l1", "l2"):
@@ -59,6 +62,8 @@ def label_statistics(spec: TaskSpec, data: TaskonomyDataset, channels: int) -> t
             w = m.flatten(2).float() if m is not None else torch.ones_like(x[:, :1])
             total += (x * w).sum((0, 2)).double()
             count += w.sum((0, 2)).double().expand(channels)
+            for c in range(channels if spec.loss == "l1" else 0):
+                values[c].append(x[:, c][w[:, 0] > 0].float())
         elif spec.loss == "kl":
             total += y.sum(0).double()
             count += len(y)
@@ -69,6 +74,8 @@ def label_statistics(spec: TaskSpec, data: TaskonomyDataset, channels: int) -> t
         if "segment_semantic" in spec.domains:
             total[0] = 0  # uncertain pixels are never scored
         return torch.log(total / total.sum() + EPS).float()
+    if spec.loss == "l1":
+        return torch.stack([torch.cat(v).median() for v in values])
     stat = (total / count.clamp_min(1)).float()
     return torch.log(stat + EPS) if spec.loss == "kl" else stat
 
@@ -130,8 +137,9 @@ def write_markdown(rows: list[dict[str, Any]], out: Path, meta: str) -> None:
         "",
         "Win rate = share of test images on which the gold network's loss is strictly lower",
         "than the baseline's.",
-        "Trivial = the training split's mean label (per channel, valid pixels) or class",
-        "frequencies as a constant prediction (equal embeddings for segment_unsup*); random =",
+        "Trivial = the best constant prediction from the training split: per channel the",
+        "median (L1 tasks) or mean (L2) label on valid pixels, or the class frequencies (equal",
+        "embeddings for segment_unsup*); random =",
         "the fixed-seed random encoder, frozen, with the task's decoder trained the same way.",
         "",
         "| task | test images | gold loss | trivial loss | random-encoder loss | "

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from .report import ReportConfig
 
 SUMMARY_FILE = "sweep.json"  # written by sweep.driver
-TRIVIAL_NOTE = ("The trivial constant-prediction baseline (the training split's mean label) is not "
+TRIVIAL_NOTE = ("The trivial constant-prediction baseline (the training split's best constant: "
+                "median label under L1, mean under L2, class frequencies) is not "
                 "measured by a sweep, so it is not available here; "
                 "`benchmarks/sanity_gold.py` measures it and writes docs/sanity.md.")
 SANITY_ABOUT = ("Fraction of test images on which each target's gold network (full training set) "
