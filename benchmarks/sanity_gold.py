@@ -3,8 +3,9 @@
 Run: `.venv/bin/python benchmarks/sanity_gold.py` (7-15 minutes on 2 CPU cores, rendering
 included). Renders a mini-Taskonomy set with `taskonomy-ray synth`'s library call (or reads
 `--root`), trains each task's mini gold network, and scores it per test image against two
-baselines: the trivial one (the training split's mean label, or its class frequencies, as a
-constant prediction) and the random-encoder network (the fixed-seed random encoder, frozen, with
+baselines: the trivial one (the best constant prediction over the training split: per channel
+the median label under L1, the mean under L2, or the class frequencies) and the random-encoder
+network (the fixed-seed random encoder, frozen, with
 the task's decoder trained the same way). Writes docs/sanity.md; prints one JSON line of the win
 rates.
 """

@@ -63,14 +63,17 @@ class Readout(nn.Module):
     def set_clip(self, x: torch.Tensor, sigma: float) -> None:
         """Clip bounds mean +/- sigma std, and scale 1/std, per channel of training inputs.
 
-        `x` is (N, [V,] C, h, w); a constant channel keeps scale 1.
+        `x` is (N, [V,] C, h, w). A channel constant but for rounding (sigma below 1e-5 of its
+        mean) or with a subnormal sigma keeps scale 1: its noise is not blown up to unit size.
         """
         x = x.reshape(-1, *x.shape[-3:]).float()
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True)
         self.lo.copy_(mean - sigma * std)
         self.hi.copy_(mean + sigma * std)
-        self.scale.copy_(torch.where(std > 0, 1 / std, torch.ones_like(std)))
+        inv = 1 / std
+        spread = (std > 1e-5 * mean.abs()) & torch.isfinite(inv)
+        self.scale.copy_(torch.where(spread, inv, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn_in(torch.clamp(x, self.lo, self.hi) * self.scale)  # (B, 8k, h, w)

@@ -17,6 +17,7 @@ MODEL = preset("mini").model  # 64 px -> 4x4x8 representations
 CFG = TransferConfig(steps=3, batch_size=4, lr=1e-3)
 SOURCES = [("autoencoding",), ("depth_zbuffer",), ("random",)]
 N_TRAIN, N_TEST = 8, 4
+SCALES = {"autoencoding": 1.0, "depth_zbuffer": 1e-2, "random": 1e-6}
 
 
 def _labels(target, n, g, dtype):
@@ -37,7 +38,9 @@ def _group(target, channels, dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
     views = get_task(target).views
     shape = (8, 4, 4) if views == 1 else (views, 8, 4, 4)
-    feats = {s: torch.randn(n, *shape, generator=g).half()
+    # Sources at their own scales (random's outputs are ~1e-3 of a trained encoder's), so a
+    # head reading another head's input scale would show.
+    feats = {s: torch.randn(n, *shape, generator=g).half().float() * SCALES[s]
              for s, n in [(s[0], N_TRAIN + N_TEST) for s in SOURCES]}
     train = {s: f[:N_TRAIN] for s, f in feats.items()}
     test = {s: f[N_TRAIN:] for s, f in feats.items()}

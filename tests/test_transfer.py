@@ -61,7 +61,6 @@ def test_inputs_are_clipped_to_five_sigma_of_the_training_representations():
     torch.testing.assert_close(r(outlier), r(capped))
 
 
-
 def test_a_readout_reads_a_tiny_scale_source_as_it_reads_a_unit_scale_one():
     # The random encoder's outputs have sigma ~1e-3 (some channels 1e-6): below batch norm's
     # eps they were damped into a near-constant input, and that source, fitting nothing, won
@@ -74,9 +73,12 @@ def test_a_readout_reads_a_tiny_scale_source_as_it_reads_a_unit_scale_one():
     tiny.set_clip(x, 5.0)
     plain.set_clip(unit, 5.0)
     torch.testing.assert_close(tiny(x), plain(unit), rtol=1e-4, atol=1e-4)  # (training mode)
-    constant = Readout(1)
-    constant.set_clip(torch.ones(8, 8, 4, 4), 5.0)  # no spread: left unscaled, never inf
-    assert torch.isfinite(constant(torch.ones(8, 8, 4, 4))).all()
+    for flat in (torch.ones(8, 8, 4, 4),  # no spread, a subnormal one, rounding noise only
+                 torch.randn(8, 8, 4, 4) * 1e-39, 1 + torch.randn(8, 8, 4, 4) * 1e-7):
+        constant = Readout(1)
+        constant.set_clip(flat, 5.0)
+        assert torch.equal(constant.scale, torch.ones_like(constant.scale))  # left unscaled
+        assert torch.isfinite(constant(flat)).all()
 
 def test_a_transfer_into_depth_starts_at_its_labels_mean_alone_and_fused():
     # Log-depth labels sit near 7: from a zero output a few hundred steps are spent reaching
