@@ -55,9 +55,9 @@ def fake_execute(unit, ctx):
         synth = units.render_config(config.from_dict(ctx["config"]), ctx["data_root"])
         layout.write_info(ctx["data_root"], {**dataset_info(synth), "complete": True})
     if unit.stage == "transfer":  # as run_transfer: train what has its sources, record the rest
-        from taskonomy_ray.sweep import config, units
+        from taskonomy_ray.sweep import config, partial
 
-        kept, record = units.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
+        kept, record = partial.trainable_sets(unit, config.from_dict(ctx["config"]), storage)
     # What the result depends on: a transfer group's losses, on the sources it trained; any
     # unit's, on the time when it is told to vary (a retraining that is not bit-identical).
     content = unit.key + (f" {kept}" if unit.stage == "transfer" else "")
@@ -70,7 +70,7 @@ def fake_execute(unit, ctx):
         else:
             storage.write_bytes(out, stand_in(out, content))
     if unit.stage == "transfer":
-        units.record_partial(storage, unit, record)
+        partial.record_partial(storage, unit, record)
     return {"pid": os.getpid()}
 
 

@@ -9,7 +9,7 @@ from fixtures import make_root
 
 from taskonomy_ray.dataset import TaskonomyDataset
 from taskonomy_ray.errors import ConfigError
-from taskonomy_ray.sweep import config, plan, units
+from taskonomy_ray.sweep import config, partial, plan, units
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +114,12 @@ def test_a_transfer_group_trains_what_has_its_sources_and_records_what_it_left_o
     # one is written: a crash in between leaves no table that looks more complete than it is.
     older = {"without": ["features-x"], "left_out": [["x"]], "sources": ["x"]}
     storage.write_json(plan.partial_path(group.key), older)
-    kept, new = units.trainable_sets(group, cfg, storage)
+    kept, new = partial.trainable_sets(group, cfg, storage)
     assert kept == [["random"]] and new == record
     stored = storage.read_json(plan.partial_path(group.key))
     assert stored["sources"] == ["normal", "x"] and ["x"] in stored["left_out"]
     assert "features-x" in stored["without"] and set(record["without"]) <= set(stored["without"])
-    units.record_partial(storage, group, new)  # the new table written: exactly what it lacks
+    partial.record_partial(storage, group, new)  # the new table written: exactly what it lacks
     assert storage.read_json(plan.partial_path(group.key)) == record
     # A group none of whose transfers can train fails naming the missing sources.
     pair = plan.transfer_unit(cfg, "normal", 8, 2, [["normal", "random"]])

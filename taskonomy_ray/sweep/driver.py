@@ -135,7 +135,7 @@ def went_without(storage: Storage):
     A transfer group's partial record; a beam's own output, which names what the first-order
     group it ranked lacked.
     """
-    from .units import read_partial
+    from .partial import read_partial
 
     def without(unit: planning.Unit) -> list[str]:
         if unit.stage == "beam":

@@ -6,6 +6,7 @@ A resume must compute what the run started computing; `guard_run` refuses one th
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .. import __version__
 from ..errors import ConfigError
@@ -29,8 +30,8 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
     buildings added to or removed from the root would move images between the splits under
     the same unit keys.
     """
-    new = {"config": cfg.to_json(), "version": __version__, "data_root": data_root(cfg),
-           "method": METHOD_VERSION}
+    new: dict[str, Any] = {"config": cfg.to_json(), "version": __version__,
+                           "data_root": data_root(cfg), "method": METHOD_VERSION}
     split = resolved_split(cfg)
     if split is not None:
         new["splits"] = split

@@ -51,7 +51,7 @@ def _look(storage: Storage, units: list[planning.Unit], verify: bool) -> dict[st
 
     (On an object store each look is a request.)
     """
-    from .units import read_partial
+    from .partial import read_partial
 
     out: dict[str, dict] = {k: {} for k in ("state", "failures", "partial", "diverged", "short",
                                             "left_out", "damaged")}
