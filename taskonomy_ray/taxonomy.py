@@ -7,8 +7,6 @@ maximising the summed importance x transfer weight under a supervision budget.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +17,10 @@ import pyarrow as pa
 
 from . import tasks
 from .errors import ConfigError, SolverError, unknown_name
+from .solvers import DEFAULT_BACKEND, run_model
 from .tables import AFFINITIES_SCHEMA, check_schema
 
 WEIGHTS = ("sqrt_affinity", "affinity", "quality", "gain")
-# HiGHS (in-process through highspy) is ~10x faster than CBC (a subprocess per solve) on these
-# problems: see benchmarks/bench_solver.py and docs/benchmarks.md.
-BACKENDS = ("highs", "cbc")
-DEFAULT_BACKEND = "highs"
 DEFAULT_MAX_ORDER = 4  # the paper's beam search trains transfers up to order 4
 SQRT_CLIP = (1e-5, 1.0)  # the published solver's clip of affinities before the square root
 EXCLUDED_SOURCES = frozenset({"self", "pixels"})
@@ -309,7 +304,7 @@ def budget_curve(problem: Problem, budgets: Sequence[float],
     out = []
     for budget in budgets:
         model.get_constraint_by_name("budget").changeRHS(budget)
-        if _run(model, backend) == "Infeasible":
+        if run_model(model, backend) == "Infeasible":
             need = min_budget(problem, backend)
             raise SolverError(f"budget {budget:g} cannot serve all {len(problem.targets)} "
                               f"targets: the smallest budget that can is {need:g}; raise "
@@ -324,7 +319,7 @@ def min_budget(problem: Problem, backend: str = DEFAULT_BACKEND) -> float:
     """The smallest supervision cost that can serve every target (raises if none can)."""
     model, sup, _ = _model(problem, maximise=False)
     model.setObjective(pulp.lpSum(problem.costs[n] * sup[n] for n in problem.supervisable))
-    if _run(model, backend) == "Infeasible":  # pragma: no cover - build_problem checks targets
+    if run_model(model, backend) == "Infeasible":  # pragma: no cover - build_problem checks targets
         raise SolverError("no supervision policy serves every target; allow more sources")
     return float(sum(problem.costs[n] for n in problem.supervisable if sup[n].varValue > 0.5))
 
@@ -357,52 +352,6 @@ def _model(problem: Problem, maximise: bool
         model += pulp.lpSum(served) == 1  # exactly one incoming transfer, or supervised
     model.setObjective(pulp.lpSum(objective))
     return model, sup, pick
-
-
-def _run(model: pulp.LpProblem, backend: str) -> str:
-    """Solve with zero optimality gap; returns 'Optimal' or 'Infeasible', raises otherwise."""
-    if backend == "highs":
-        _silence_highs_banner()
-        solver: Any = pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0)
-    elif backend == "cbc":
-        solver = pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0)
-    else:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    try:
-        model.solve(solver)
-    except pulp.PulpSolverError as e:
-        raise SolverError(f"the {backend} solver failed: {e}; try the other backend") from e
-    status = pulp.LpStatus[model.status]
-    if status not in ("Optimal", "Infeasible"):
-        raise SolverError(f"the {backend} solver ended with status {status!r}; try the other "
-                          "backend")
-    return status
-
-
-_BANNER_SHOWN = False
-
-
-def _silence_highs_banner() -> None:
-    """Create the process's first HiGHS instance with stdout closed.
-
-    HiGHS prints a copyright banner from C++ the first time an instance is made, before any
-    option can turn output off; it would corrupt `solve --json` on stdout.
-    """
-    global _BANNER_SHOWN
-    if _BANNER_SHOWN:
-        return
-    import highspy
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    _BANNER_SHOWN = True
 
 
 def assemble(problem: Problem, budget: float, chosen: frozenset[str],

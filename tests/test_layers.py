@@ -9,8 +9,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "taskonomy_ray"
 # Pure layers: no torch, no Ray. `data` layer modules may use torch but never Ray.
 PURE = ["tasks", "errors", "layout", "point_info", "splits", "samples", "tables", "digests",
-        "affinity", "taxonomy", "solve_text", "evaluate", "published", "beam", "plots", "report",
-        "report_flags", "config", "sweep.config", "sweep.lease", "sweep.guard",
+        "affinity", "taxonomy", "solvers", "solve_text", "evaluate", "published", "beam", "plots",
+        "report", "report_flags", "config", "sweep.config", "sweep.lease", "sweep.guard",
         "sweep.partial"]
 NO_RAY = ["dataset", "derived", "config", "models", "training", "replicas", "features",
           "transfer", "labels", "grouped", "fused", "memory", "render"]
