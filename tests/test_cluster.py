@@ -4,6 +4,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,18 @@ def test_cluster_yaml_holds_no_credentials():
         assert word not in text
 
 
+def _free_ports(n):
+    """n distinct TCP ports free on 127.0.0.1 now (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.fixture
 def local_head():
     """A real `ray start --head` on 127.0.0.1 with token auth (its own token, not ~/.ray).
@@ -79,11 +92,16 @@ def local_head():
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
     # A short temp dir: Ray's socket paths must stay under the 107-byte AF_UNIX limit.
     temp = Path(tempfile.mkdtemp(prefix="trh", dir="/tmp"))
-    port = 26379 + os.getpid() % 1000
-    dash = 28265 + os.getpid() % 1000
+    # Every port the head binds is a free one: the test session's own Ray instance holds Ray's
+    # fixed defaults (the dashboard agent's 52365 among them), and a head that cannot bind its
+    # agent's port starts without it and never takes a job.
+    port, dash, agent, agent_grpc, metrics, runtime_env, client = _free_ports(7)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+         f"--ray-client-server-port={client}",
          "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
