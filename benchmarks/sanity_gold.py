@@ -5,9 +5,8 @@ included). Renders a mini-Taskonomy set with `taskonomy-ray synth`'s library cal
 `--root`), trains each task's mini gold network, and scores it per test image against two
 baselines: the trivial one (the best constant prediction over the training split: per channel
 the median label under L1, the mean under L2, or the class frequencies) and the random-encoder
-network (the fixed-seed random encoder, frozen, with
-the task's decoder trained the same way). Writes docs/sanity.md; prints one JSON line of the win
-rates.
+network (the fixed-seed random encoder, frozen, with the task's decoder trained the same way).
+Writes docs/sanity.md; prints one JSON line of the win rates.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ def test_a_readout_reads_a_tiny_scale_source_as_it_reads_a_unit_scale_one():
         assert torch.equal(constant.scale, torch.ones_like(constant.scale))  # left unscaled
         assert torch.isfinite(constant(flat)).all()
 
+
 def test_a_transfer_into_depth_starts_at_its_labels_mean_alone_and_fused():
     # Log-depth labels sit near 7: from a zero output a few hundred steps are spent reaching
     # that mean, and every transfer into depth lost to its gold network whatever the source.
