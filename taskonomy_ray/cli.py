@@ -115,12 +115,15 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .sweep.driver import run_sweep
+    from .sweep.driver import disconnect, run_sweep
     from .tables import redact
 
-    result = run_sweep(args.config, storage_uri=args.storage, data_root=args.data,
-                       address=args.address, force_config=args.force_config,
-                       progress=False if args.no_progress else None, takeover=args.takeover)
+    try:
+        result = run_sweep(args.config, storage_uri=args.storage, data_root=args.data,
+                           address=args.address, force_config=args.force_config,
+                           progress=False if args.no_progress else None, takeover=args.takeover)
+    finally:
+        disconnect()
     done = sum(c["done"] for c in result.counts.values())
     ran = result.stats.get("units_run", done)
     print(f"sweep finished in {result.wall_s:.0f} s: {done} units done ({ran} run now, "

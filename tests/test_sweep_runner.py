@@ -270,6 +270,42 @@ def test_a_sweep_without_an_address_starts_its_own_ray_and_joins_none_running_he
     assert r.stdout.strip().splitlines()[-1] != running
 
 
+def test_the_sweep_command_ends_only_the_ray_it_started_deaf_to_ctrl_c_while_ray_shuts_down(
+        monkeypatch):
+    # A Ctrl-C during Ray's own exit-hook shutdown printed a KeyboardInterrupt traceback under
+    # the sweep's summary; a test's or a notebook's Ray must outlive the sweep.
+    import signal
+
+    import ray
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.append(signal.getsignal(signal.SIGINT)))
+    monkeypatch.setattr(driver, "_STARTED_RAY", False)
+    driver.disconnect()
+    assert seen == []  # not ours: left running
+    monkeypatch.setattr(driver, "_STARTED_RAY", True)
+    before = signal.getsignal(signal.SIGINT)
+    driver.disconnect()
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before
+    driver.disconnect()
+    assert len(seen) == 1  # once only
+
+
+def test_the_sweep_command_disconnects_from_ray_when_the_sweep_is_interrupted_too(monkeypatch):
+    from taskonomy_ray import cli
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_sweep", interrupted)
+    monkeypatch.setattr(driver, "disconnect", lambda: calls.append("disconnect"))
+    assert cli.main(["sweep", "workflows/smoke.yaml"]) == 130
+    assert calls == ["disconnect"]
+
+
 def test_an_address_where_no_ray_listens_is_refused_at_once_not_retried_for_minutes():
     import socket
 

@@ -7,6 +7,7 @@ adopted from storage, half-trained networks resume from their last checkpoint).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -169,8 +170,12 @@ def make_context(cfg: sweep_config.SweepConfig, storage: Storage) -> dict[str, A
             "data_root": root}
 
 
+_STARTED_RAY = False  # whether `connect` called ray.init here (then `disconnect` ends it)
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to a Ray cluster (`--address`, RAY_ADDRESS) or start a local instance."""
+    global _STARTED_RAY
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -185,10 +190,31 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         else:  # "local": a new instance; with no address Ray joins any Ray running here
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False)
+        _STARTED_RAY = True
     except (ConnectionError, RuntimeError) as e:
         raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {e}; "
                           "check --address / RAY_ADDRESS (and RAY_AUTH_MODE=token with a "
                           "token-auth head)") from e
+
+
+def disconnect() -> None:
+    """End the Ray connection `connect` made, with Ctrl-C ignored for that second or two.
+
+    Everything is in storage by then. Left to Ray's exit hook, a Ctrl-C that lands during its
+    shutdown prints a KeyboardInterrupt traceback over the sweep's summary. Ray that this
+    process did not start (a test's, a notebook's) is left running.
+    """
+    global _STARTED_RAY
+    import ray
+
+    if not (_STARTED_RAY and ray.is_initialized()):
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STARTED_RAY = False
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
