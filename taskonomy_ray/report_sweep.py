@@ -178,7 +178,7 @@ def samples(storage: Storage, run: dict[str, Any] | None, units: list[dict[str, 
                            "it was written by another version") from e
     # The absolute root run.json recorded: the config's may be relative to where the sweep ran.
     root = cfg.data_root or run.get("data_root") or swept.data.root
-    if "://" not in root and not os.path.isdir(root):
+    if not os.path.isdir(root):
         return {**empty, "note": f"the dataset root {root!r} of this sweep is not here, so no "
                                  "test images can be shown; pass the dataset with "
                                  "`taskonomy-ray report STORAGE --data DIR`"}

@@ -172,7 +172,7 @@ def test_a_unit_on_a_node_that_does_not_see_the_drivers_storage_or_data_refuses_
     beam = plan.Unit("beam-normal-x", "beam", {}, outputs=("b.json",))
     runner.run_unit(beam, ctx, execute)  # (nor what reads storage only)
     with pytest.raises(NodeSetupError, match=f"sees no dataset root at {tmp_path}/data: check "
-                       "--data .*mount the dataset on every node"):
+                       "--data .*mount the dataset at that path on every node"):
         runner.run_unit(gold, ctx, execute)
     (tmp_path / "data").mkdir()
     runner.run_unit(gold, ctx, execute)

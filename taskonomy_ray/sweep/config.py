@@ -74,10 +74,11 @@ class DataConfig:
     buildings: dict[str, tuple[str, ...]] | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
-        if self.render is not None and "://" in self.root:
-            raise ConfigError(f"data.root {self.root!r} is a URI, but the renderer writes a local "
-                              "folder: give a local path (a shared file system on a cluster), or "
-                              "drop data.render to read a dataset already there")
+        if "://" in self.root:
+            raise ConfigError(f"data.root {self.root!r} is a URI, but a dataset is read (and "
+                              "rendered) as a local folder of many small files: mount it on "
+                              "every node (FSx for Lustre, EFS, mountpoint-s3, gcsfuse; "
+                              "cluster.yaml's initialization_commands) and give the mount's path")
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ConfigError(f"data.split must be three positive fractions summing to 1 "
                               f"(train, val, test), got {list(self.split)}")

@@ -274,7 +274,7 @@ def check_lasting(storage: Storage, data_root: str, cwd: str | Path | None = Non
     if not any(part.startswith(JOB_COPY) for part in here.parts):
         return
     paths = [("storage", storage.root, "--storage") if storage.local else None,
-             None if "://" in data_root else ("dataset root", data_root, "--data")]
+             ("dataset root", data_root, "--data")]
     for what, path, option in filter(None, paths):
         full = Path(path).resolve()
         if full == here or here in full.parents:

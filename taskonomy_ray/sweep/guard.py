@@ -16,9 +16,8 @@ from . import config as sweep_config
 
 
 def data_root(cfg: sweep_config.SweepConfig) -> str:
-    """The workflow's data root as units see it: absolute (a local path) or a URI."""
-    root = cfg.data.root
-    return root if "://" in root else os.path.abspath(root)
+    """The workflow's data root as units see it: an absolute path."""
+    return os.path.abspath(cfg.data.root)
 
 
 def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = False) -> None:
@@ -95,7 +94,7 @@ def resolved_split(cfg: sweep_config.SweepConfig) -> dict[str, list[str]] | None
     from .units import render_config, splits
 
     root = data_root(cfg)
-    if "://" in root or not os.path.isdir(root):
+    if not os.path.isdir(root):
         return None
     if cfg.data.render is not None:
         from ..render.synth import render_state

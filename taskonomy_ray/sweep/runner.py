@@ -96,7 +96,7 @@ def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
     """
     token = ctx.get("claim")
     root = ctx.get("data_root") or ""
-    check_root = bool(root) and unit.stage in DATA_STAGES and "://" not in root
+    check_root = bool(root) and unit.stage in DATA_STAGES
     key = (ctx["storage"], str(token), root if check_root else "")
     if key in _SEEN_NODE_SETUP:
         return
@@ -120,9 +120,9 @@ def check_node(unit: Unit, ctx: dict[str, Any], storage: Storage) -> None:
     if check_root and not os.path.isdir(root):
         raise NodeSetupError(
             f"{node} sees no dataset root at {root}: check --data (or the workflow's "
-            "data.root); on a cluster, mount the dataset on every node (cluster.yaml's "
-            "initialization_commands) or give --data a URI every node can read; the sweep "
-            "stopped, and a resume keeps what is done")
+            "data.root); on a cluster, mount the dataset at that path on every node "
+            "(cluster.yaml's initialization_commands); the sweep stopped, and a resume keeps "
+            "what is done")
     _SEEN_NODE_SETUP.add(key)
 
 
