@@ -114,6 +114,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                    help="no progress bars (nor, off a terminal, progress lines)")
 
 
+BLOCKED_SHOWN = 5  # units not run for want of a failed unit's result, listed one per line
+
+
 def _run_sweep(args: argparse.Namespace) -> int:
     from .sweep.driver import disconnect, run_sweep
     from .tables import redact
@@ -126,11 +129,20 @@ def _run_sweep(args: argparse.Namespace) -> int:
         disconnect()
     done = sum(c["done"] for c in result.counts.values())
     ran = result.stats.get("units_run", done)
+    blocked = [k for k in result.blocked if k in result.failures]
+    failed = sorted(k for k in result.failures if k not in blocked)
     print(f"sweep finished in {result.wall_s:.0f} s: {done} units done ({ran} run now, "
-          f"{done - ran} kept from before), {len(result.failures)} failed; storage "
-          f"{redact(result.storage)}")
-    for key, err in sorted(result.failures.items()):
-        print(f"  FAILED {key}: {err}", file=sys.stderr)
+          f"{done - ran} kept from before), {len(failed)} failed"
+          + (f", {len(blocked)} not run for want of their inputs" if blocked else "")
+          + f"; storage {redact(result.storage)}")
+    for key in failed:
+        print(f"  FAILED {key}: {result.failures[key]}", file=sys.stderr)
+    for key in blocked[:BLOCKED_SHOWN]:
+        print(f"  NOT RUN {key}: {result.failures[key].removeprefix('not run: ')}",
+              file=sys.stderr)
+    if len(blocked) > BLOCKED_SHOWN:
+        print(f"  ... and {len(blocked) - BLOCKED_SHOWN} more not run; `taskonomy-ray status "
+              f"{redact(result.storage)}` lists them all", file=sys.stderr)
     for key, without in sorted(result.partial.items()):
         print(f"  PARTIAL {key}: ran without {', '.join(without)} (failed); a resume that "
               "completes them trains it again, whole", file=sys.stderr)

@@ -579,6 +579,33 @@ def test_higher_orders_chosen_by_a_beam_that_then_fails_are_not_run():
     assert s.state[old] == "failed" and s.errors[old] == f"not run: {beam}, which chose it, failed"
 
 
+def test_a_failed_render_blocks_every_other_unit_instead_of_running_them_only_to_fail():
+    # Transfer groups (every dep optional) and the analysis (a barrier) used to run anyway and
+    # fail on missing inputs: one bad data root read as dozens of failures.
+    s = Scheduler(plan.build(small()), is_done=lambda u: False)
+    order = run_all(s, fail=lambda u: "DataError: bad root" if u.stage == "render" else None)
+    (render,) = [k for k, u in s.units.items() if u.stage == "render"]
+    assert order == [render]
+    assert set(s.failures()) == set(s.units)
+    assert set(s.blocked_units()) == set(s.units) - {render}
+    transfers = [k for k, u in s.units.items() if u.stage == "transfer"]
+    assert transfers and all(s.errors[k].startswith("not run: every input failed (the first: "
+                                                    "features-") for k in transfers)
+    assert s.errors["analysis"] == "not run: no other unit of the sweep succeeded"
+    stages = [s.units[k].stage for k in s.blocked_units()]
+    assert stages == sorted(stages, key=plan.STAGES.index)  # nearest the cause first
+
+
+def test_a_transfer_group_with_one_source_left_still_runs():
+    cfg = small()
+    gold = {plan.gold_key(cfg, t) for t in ("normal", "depth_zbuffer")}
+    s = Scheduler(plan.build(cfg), is_done=lambda u: False)
+    order = run_all(s, fail=lambda u: "TrainingError: diverged" if u.key in gold else None)
+    group = plan.transfer_key(cfg, "reshading", 16, 1, [[t] for t in cfg.sources])
+    assert group in order and s.state[group] == "done"  # from reshading itself and random
+    assert group not in s.blocked_units() and not set(gold) & set(s.blocked_units())
+
+
 @pytest.mark.parametrize("redo", ["group", "gold"])
 def test_the_choice_of_a_done_beam_whose_input_fails_on_rerun_still_runs(redo):
     # A resume retrains the beam's first-order group (or gold network), whose file was set
@@ -837,6 +864,26 @@ def test_status_shows_a_beam_that_failed_ranking_again_as_failed_and_its_choice_
     status = sweep_status.status(str(tmp_path))
     assert status["failures"][beam.key] == "DataError: no gold losses"
     assert status["blocked"][chosen.key] == f"not run: {beam.key}, which chose it, failed"
+
+
+def test_status_calls_a_group_whose_every_source_failed_and_the_analysis_blocked(tmp_path):
+    from taskonomy_ray.sweep import ledger
+    from taskonomy_ray.sweep import status as sweep_status
+    from taskonomy_ray.tables import Storage
+
+    cfg = small()
+    st = Storage(str(tmp_path))
+    units = plan.build(cfg)
+    st.write_json(plan.PLAN_FILE, {"units": [u.to_json() for u in units]})
+    (render,) = [u.key for u in units if u.stage == "render"]
+    ledger.record(st, render, "started")
+    ledger.record(st, render, "failed", error="DataError: bad root")
+    status = sweep_status.status(str(tmp_path))
+    assert status["failures"] == {render: "DataError: bad root"}
+    assert set(status["blocked"]) == {u.key for u in units} - {render}
+    assert status["blocked"]["analysis"] == "not run: no other unit of the sweep succeeded"
+    assert status["stages"]["transfer"]["blocked"] == 3 and status["stages"]["analysis"] == {
+        **status["stages"]["analysis"], "blocked": 1, "pending": 0}
 
 
 def _versions(cfg, digest):

@@ -306,6 +306,28 @@ def test_the_sweep_command_disconnects_from_ray_when_the_sweep_is_interrupted_to
     assert calls == ["disconnect"]
 
 
+def test_the_sweep_summary_names_the_failure_apart_from_the_units_it_left_unrun(
+        monkeypatch, capsys):
+    from taskonomy_ray import cli
+
+    blocked = [f"gold-t{i}" for i in range(7)]
+    result = driver.SweepResult(
+        "/s", {"gold": {"planned": 0, "running": 0, "done": 0, "failed": 7}}, {
+            "render-1": "DataError: bad root",
+            **{k: "not run: its dependency render-1 failed" for k in blocked}}, 2.0,
+        {"units_run": 0}, blocked=blocked)
+    monkeypatch.setattr(driver, "run_sweep", lambda *a, **k: result)
+    monkeypatch.setattr(driver, "disconnect", lambda: None)
+    assert cli.main(["sweep", "workflows/smoke.yaml"]) == 1
+    out, err = capsys.readouterr()
+    assert "0 units done (0 run now, 0 kept from before), 1 failed, 7 not run for want of " \
+        "their inputs; storage /s" in out
+    lines = err.splitlines()
+    assert lines[0] == "  FAILED render-1: DataError: bad root"
+    assert lines[1] == "  NOT RUN gold-t0: its dependency render-1 failed"
+    assert len(lines) == 1 + cli.BLOCKED_SHOWN + 1 and "and 2 more not run" in lines[-1]
+
+
 def test_an_address_where_no_ray_listens_is_refused_at_once_not_retried_for_minutes():
     import socket
 

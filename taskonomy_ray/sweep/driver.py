@@ -39,6 +39,8 @@ class SweepResult:
     stats: dict[str, Any]
     # Units that ran without some optional deps (failed): unit key -> those deps' keys.
     partial: dict[str, list[str]] = field(default_factory=dict)
+    # The failed units that never ran: another unit's failure left them nothing to run on.
+    blocked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -324,10 +326,11 @@ def _drive(cfg: sweep_config.SweepConfig, storage: Storage, claim: lease.Lease, 
                           "unit_s": stats.unit_s, "stage_span_s": {
                               s: stats.last_end[s] - stats.first_start[s]
                               for s in stats.first_start}},
-                         {k: v for k, v in sched.partial.items() if sched.state[k] == "done"})
+                         {k: v for k, v in sched.partial.items() if sched.state[k] == "done"},
+                         sched.blocked_units())
     storage.write_json(SUMMARY_FILE, {"counts": result.counts, "failures": result.failures,
-                                      "partial": result.partial, "wall_s": result.wall_s,
-                                      "stats": result.stats})
+                                      "blocked": result.blocked, "partial": result.partial,
+                                      "wall_s": result.wall_s, "stats": result.stats})
     if report and sched.state.get("analysis") == "done":  # shows the run facts just written
         claim.renew(now=True)
         write_sweep_report(storage, ctx, result)

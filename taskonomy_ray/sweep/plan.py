@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,27 @@ class Unit:
         """Inverse of `to_json` (plans written before `optional` existed have none)."""
         return cls(d["key"], d["stage"], d["params"], tuple(d["deps"]), tuple(d["outputs"]),
                    d["barrier"], tuple(d.get("optional", ())))
+
+
+def blocked_reason(unit: Unit, bad: Callable[[str], str | None], chooser: str | None = None,
+                   nothing_else_done: bool = False) -> str | None:
+    """Why `unit` cannot run now that some units failed, or None if it still can.
+
+    `bad(key)` is "failed" or "blocked" for a unit that failed or will not run, else None;
+    `chooser` is the beam that added the unit. A unit whose deps are all optional needs one of
+    them (a transfer group with no source left has nothing to train), and a barrier needs some
+    other unit done (`nothing_else_done`: every other unit failed or will not run).
+    """
+    hit = [d for d in unit.required if bad(d)]
+    if hit:
+        return f"not run: its dependency {hit[0]} {bad(hit[0])}"
+    if chooser and bad(chooser):
+        return f"not run: {chooser}, which chose it, {bad(chooser)}"
+    if unit.optional and not unit.required and all(bad(d) for d in unit.optional):
+        return f"not run: every input {bad(unit.optional[0])} (the first: {unit.optional[0]})"
+    if unit.barrier and nothing_else_done:
+        return "not run: no other unit of the sweep succeeded"
+    return None
 
 
 def imagesets(target: str, regime: int) -> tuple[str, str]:

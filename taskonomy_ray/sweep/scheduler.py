@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .plan import PRIORITY, STAGES, Unit
+from .plan import PRIORITY, STAGES, Unit, blocked_reason
 
 STATES = ("planned", "running", "done", "failed")
 ABSENT = "absent"  # a barrier's input that had no result when it ran (`Scheduler.inputs_of`)
@@ -55,6 +55,7 @@ class Scheduler:
         # unit runs again once those succeed, in a later run.
         self.partial: dict[str, list[str]] = {}
         self.expanded: dict[str, list[str]] = {}  # unit key -> the keys its result added
+        self.blocked: set[str] = set()  # failed without running: a failure left them nothing
         # The content digest of each done unit's outputs, and the digests of the inputs it read
         # (None: not known, e.g. a run of an older version): a dependent whose inputs changed
         # since (an input ran again, with another result) runs again.
@@ -203,27 +204,32 @@ class Scheduler:
         return sorted(out, key=lambda u: PRIORITY.index(u.stage))
 
     def _fail_orphans(self) -> None:
+        """Fail, unrun, the planned units that a failure leaves nothing to run on (`blocked`)."""
+
+        def bad(key: str) -> str | None:
+            return "failed" if self.state.get(key) == "failed" else None
+
         changed = True
         while changed:
             changed = False
             chosen_by = {k: c for c, added in self.expanded.items() for k in added}
+            others = [k for k, u in self.units.items() if not u.barrier]
+            none_done = all(self.state[k] == "failed" for k in others)
             for key, u in self.units.items():
                 if self.state[key] != "planned":
                     continue
-                bad = [d for d in u.required if self.state[d] == "failed"]
-                chooser = chosen_by.get(key)
-                if bad:
-                    self.errors[key] = f"not run: its dependency {bad[0]} failed"
-                elif chooser in self.state and self.state[chooser] == "failed":
-                    self.errors[key] = f"not run: {chooser}, which chose it, failed"
-                else:
+                why = blocked_reason(u, bad, chosen_by.get(key), none_done)
+                if why is None:
                     continue
+                self.errors[key] = why
                 self.state[key] = "failed"
+                self.blocked.add(key)
                 changed = True
 
     def started(self, unit: Unit) -> None:
         """The runner submitted `unit` (without whichever optional deps failed)."""
         self.state[unit.key] = "running"
+        self.blocked.discard(unit.key)
         self.tries[unit.key] += 1
         without = [d for d in unit.optional if self.state[d] == "failed"]
         if without:
@@ -308,5 +314,10 @@ class Scheduler:
         return out
 
     def failures(self) -> dict[str, str]:
-        """The error of every failed unit."""
+        """The error of every failed unit (those blocked by another's failure included)."""
         return {k: self.errors.get(k, "") for k, s in self.state.items() if s == "failed"}
+
+    def blocked_units(self) -> list[str]:
+        """The failed units that never ran: another unit's failure left them nothing to run on."""
+        keys = [k for k in self.blocked if self.state.get(k) == "failed"]
+        return sorted(keys, key=lambda k: (STAGES.index(self.units[k].stage), k))

@@ -90,20 +90,22 @@ def _look(storage: Storage, units: list[planning.Unit], verify: bool) -> dict[st
 def _block(units: list[planning.Unit], state: dict[str, str]) -> dict[str, str]:
     """Mark pending units waiting on a failed one `blocked` (until a resume runs it again)."""
     blocked: dict[str, str] = {}
+
+    def bad(key: str) -> str | None:
+        s = state.get(key)
+        return s if s in ("failed", "blocked") else None
+
     changed = True
     while changed:
         changed = False
+        none_done = all(bad(o.key) for o in units if not o.barrier)
         for u in units:
             if state[u.key] != "pending":
                 continue
-            bad = [d for d in u.required if state.get(d) in ("failed", "blocked")]
-            chooser = str(u.params.get("chosen_by"))
-            if bad:
-                blocked[u.key] = f"not run: its dependency {bad[0]} {state[bad[0]]}"
-            elif state.get(chooser, "") in ("failed", "blocked"):
-                blocked[u.key] = f"not run: {chooser}, which chose it, {state[chooser]}"
-            else:
+            why = planning.blocked_reason(u, bad, u.params.get("chosen_by"), none_done)
+            if why is None:
                 continue
+            blocked[u.key] = why
             state[u.key] = "blocked"
             changed = True
     return blocked
