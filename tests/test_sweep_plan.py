@@ -579,6 +579,26 @@ def test_higher_orders_chosen_by_a_beam_that_then_fails_are_not_run():
     assert s.state[old] == "failed" and s.errors[old] == f"not run: {beam}, which chose it, failed"
 
 
+def test_an_analysis_of_another_plan_runs_again_though_every_unit_is_adopted():
+    # A --force-config resume to config B, then back to A: A's units are all in storage, and
+    # the analysis adopted as done held B's affinities.
+    units = plan.build(small())
+    others = [u.key for u in units if not u.barrier]
+
+    def adopted(read):
+        warns = []
+        s = Scheduler(units, is_done=lambda u: True, warn=warns.append,
+                      version=lambda u: Version("d", read if u.barrier else {}))
+        return s.state["analysis"], warns
+
+    assert adopted(dict.fromkeys(others, "d")) == ("done", [])
+    state, warns = adopted(dict.fromkeys([*others[1:], "transfer-of-plan-b"], "d"))
+    assert state == "planned"
+    assert warns == ["analysis runs again: the plan has 1 units it did not read and lacks 1 it "
+                     "read (the config changed since)"]
+    assert adopted({})[0] == "done"  # an older run's analysis, with no record: not judged
+
+
 def test_a_failed_render_blocks_every_other_unit_instead_of_running_them_only_to_fail():
     # Transfer groups (every dep optional) and the analysis (a barrier) used to run anyway and
     # fail on missing inputs: one bad data root read as dozens of failures.

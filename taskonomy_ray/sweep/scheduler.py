@@ -109,7 +109,20 @@ class Scheduler:
         return changed_inputs(self.read.get(key, {}), self.digest)
 
     def _unless_changed(self, key: str) -> None:
-        """Plan done unit `key` again if an input it read has changed since."""
+        """Plan done unit `key` again if an input it read has changed since.
+
+        A barrier also runs again when the plan's units are not those it read (a config
+        change, then a change back, can leave every unit adopted and the analysis of another
+        plan in place); one with no record of what it read (an older run) is not judged.
+        """
+        if self.units[key].barrier and self.read.get(key):
+            now = {k for k, u in self.units.items() if not u.barrier}
+            added, gone = now - set(self.read[key]), set(self.read[key]) - now
+            if added or gone:
+                self._warn(f"{key} runs again: the plan has {len(added)} units it did not read "
+                           f"and lacks {len(gone)} it read (the config changed since)")
+                self.state[key] = "planned"
+                return
         changed = self.changed_inputs(key)
         if changed:
             self._warn(f"{key} runs again: {changed[0]}"
