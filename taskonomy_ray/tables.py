@@ -298,14 +298,20 @@ class Storage:
         """
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         dest = f"{DAMAGED_DIR}/{rel}.{stamp}"
+        self.move(rel, dest, "the damaged")
+        return dest
+
+    def move(self, rel: str, dest: str, what: str = "") -> None:
+        """Move the file at `rel` to `dest` (replacing a file there); StorageError if it fails."""
         _WRITTEN.pop(self.uri_for(rel), None)
+        _WRITTEN.pop(self.uri_for(dest), None)
         try:
             self.fs.create_dir(self.path(posixpath.dirname(dest)), recursive=True)
             self.fs.move(self.path(rel), self.path(dest))
         except OSError as e:
-            raise StorageError(f"cannot move the damaged {self.path(rel)} aside in storage "
-                               f"{self.display!r}: {e}; delete it by hand and resume") from e
-        return dest
+            raise StorageError(f"cannot move {what + ' ' if what else ''}{self.path(rel)} to "
+                               f"{self.path(dest)} in storage {self.display!r}: {e}; check the "
+                               "storage's permissions, or move it by hand, and resume") from e
 
     def write_json(self, rel: str, obj: Any) -> None:
         """Write a JSON document atomically."""

@@ -416,9 +416,34 @@ def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
     # as well, they would count every transfer twice.
     from test_affinity import _run
 
-    _, info = _analyse(tmp_path, _run("normal"), stale=True)
+    st, info = _analyse(tmp_path, _run("normal"), stale=True)
     assert info["transfers"] == 6  # 5 transfers into normal and its gold row, once each
     assert "normal" not in info["left_out"]  # the workflow's other targets have no losses here
+    # ... and `losses/`, which users read whole (pandas, duckdb), then holds the plan's only:
+    # the replaced ones are kept under superseded/.
+    current = {f"{k}.parquet" for k in st.read_losses().column("unit").to_pylist()}
+    assert set(st.list("losses")) == current and not any(k.endswith("-old") for k in current)
+    assert set(st.list("superseded/losses")) == {n.replace(".parquet", "-old.parquet")
+                                                 for n in current}
+
+
+def test_a_unit_planned_again_takes_its_superseded_table_back_instead_of_training(tmp_path):
+    # A --force-config resume back to an earlier config plans the unit of the same key again.
+    from test_affinity import _run
+
+    from taskonomy_ray.sweep import config, superseded
+
+    st = Storage(str(tmp_path))
+    unit = plan.Unit("transfer-normal-x", "transfer", {},
+                     outputs=(plan.losses_path("transfer-normal-x"),))
+    table = _run("normal")
+    st.write_losses(unit.key, table)
+    assert superseded.set_aside_superseded(st, ["another"]) == [unit.outputs[0]]
+    assert not st.exists(unit.outputs[0])
+    is_done = driver.done_check(st, config.from_dict({"name": "t", "tasks": ["normal"]}), "x")
+    assert is_done(unit)
+    assert st.read_losses([unit.key]).equals(table) and st.list("superseded/losses") == []
+    assert not superseded.take_back(st, unit)  # (nothing left to take back)
 
 
 def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):

@@ -23,6 +23,7 @@ from . import plan as planning
 from .guard import data_root, guard_run, record_split
 from .plan import PLAN_FILE
 from .scheduler import Scheduler
+from .superseded import take_back
 
 SUMMARY_FILE = "sweep.json"
 REPORT_INDEX = "report/index.html"
@@ -111,7 +112,8 @@ def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str,
     """
 
     def is_done(unit: planning.Unit) -> bool:
-        if not outputs_exist(storage, unit):
+        if not outputs_exist(storage, unit) and not (
+                take_back(storage, unit) and outputs_exist(storage, unit)):
             return False
         moved = set_aside_damaged(storage, unit)
         for line in moved:

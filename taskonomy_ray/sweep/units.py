@@ -16,6 +16,7 @@ from ..tables import LOSSES_SCHEMA, Storage
 from . import config as sweep_config
 from . import plan as planning
 from .partial import read_partial, record_partial, trainable_sets
+from .superseded import set_aside_superseded
 
 # A checkpoint that training may resume from, kept in storage next to the final weights.
 RESUME_FILE = "checkpoint.pt"
@@ -324,8 +325,9 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     # plan.json is complete here (the analysis waits for every beam): read only its units'
     # losses, not those of units that a changed config replaced.
     plan = storage.read_json(planning.PLAN_FILE)["units"]
-    losses = storage.read_losses([u["key"] for u in plan
-                                  if planning.losses_path(u["key"]) in u["outputs"]])
+    current = [u["key"] for u in plan if planning.losses_path(u["key"]) in u["outputs"]]
+    set_aside_superseded(storage, current)  # `losses/` then holds this run's tables only
+    losses = storage.read_losses(current)
     # A target whose gold or scratch network failed cannot be ranked; the others still can
     # (the sweep lists the failures, and a resume that completes them redoes this analysis).
     kinds = losses.group_by(["target", "kind", "regime"]).aggregate([]).to_pylist()
