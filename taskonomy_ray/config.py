@@ -198,7 +198,8 @@ class TransferConfig:
         for k in d:
             if k not in known:
                 raise unknown_name("transfer setting", k, sorted(known))
-        return cls(**d)
+        defaults = cls()
+        return cls(**{k: _coerce(v, getattr(defaults, k), f"transfer.{k}") for k, v in d.items()})
 
 
 PRESETS: dict[str, NetworkConfig] = {
@@ -274,12 +275,34 @@ def from_dict(d: dict[str, Any] | None, base: str | NetworkConfig = "mini") -> N
     return _override(cfg, d, "network")
 
 
+def read_yaml(text: str) -> Any:
+    """Parse YAML with only true/false as booleans (YAML 1.2), so `amp: on` stays "on".
+
+    PyYAML follows YAML 1.1, which also reads on/off/yes/no as booleans: the documented
+    `train.amp: on` would arrive as True and be refused as not a mode.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader with fewer booleans)
+
+
 def load_yaml(path: str | Path, base: str | NetworkConfig = "mini") -> NetworkConfig:
     """Read a YAML file of overrides (see `from_dict`)."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     except yaml.YAMLError as e:

@@ -108,6 +108,21 @@ def test_a_workflow_without_a_name_or_not_a_mapping_is_refused(tmp_path):
         config.load(listed)
 
 
+def test_on_and_off_in_a_workflow_are_the_documented_modes_not_yaml_booleans(tmp_path):
+    # PyYAML reads YAML 1.1, where on/off/yes/no are booleans: `train.amp: on`, as the docs
+    # write it, arrived as True and was refused ("should be a str, got True").
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: t\ntasks: [normal]\nregimes: [8]\nmax_order: 1\n"
+                  "network: {train: {amp: on, channels_last: true}}\ntransfer: {amp: off}\n")
+    cfg = config.load(wf)
+    assert cfg.gold_network().train.amp == "on" and cfg.gold_network().train.channels_last is True
+    assert cfg.transfer_config().amp == "off"
+    wf.write_text("name: t\ntasks: [normal]\nnetwork: {train: {channels_last: yes}}\n")
+    with pytest.raises(ConfigError, match="network.train.channels_last should be a bool, got "
+                                          "'yes'"):
+        config.load(wf)
+
+
 def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
     # Read by the feature and transfer units only, after every gold network has trained.
     with pytest.raises(UnknownNameError, match="did you mean 'steps'"):

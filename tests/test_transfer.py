@@ -135,6 +135,12 @@ def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match="batch norm"):
         TransferConfig(batch_size=1)
     assert TransferConfig.from_dict({"steps": 3}).steps == 3
+    # A value of the wrong type names its key (it was Python's "'>=' not supported ...").
+    with pytest.raises(ConfigError, match="transfer.steps should be a int, got 'abc'"):
+        TransferConfig.from_dict({"steps": "abc"})
+    with pytest.raises(ConfigError, match="transfer.amp should be a str, got True"):
+        TransferConfig.from_dict({"amp": True})  # (YAML's `on`)
+    assert TransferConfig.from_dict({"lr": 1}).lr == 1.0  # an int stands for a float
 
 
 def _cache(tmp_path: Path, root: Path, sources, imagesets) -> features.FeatureCache:

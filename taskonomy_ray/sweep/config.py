@@ -18,7 +18,7 @@ import yaml
 from .. import config as network_config
 from .. import tasks as registry
 from ..beam import BeamConfig
-from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only
+from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only, read_yaml
 from ..errors import ConfigError, unknown_name
 from ..splits import SPLITS, check_lists, read_split_file
 
@@ -352,7 +352,7 @@ def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:
     """Load a workflow YAML; `data_root` (the --data option) overrides `data.root`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"workflow file {path} not found; see workflows/ for examples") from None
     except yaml.YAMLError as e:
