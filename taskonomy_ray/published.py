@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 
 from . import tasks
 from .errors import DataError, UnknownNameError
-from .tables import AFFINITIES_SCHEMA, rows_table
+from .tables import AFFINITIES_SCHEMA, bad_scores, rows_table
 
 # A source of the published table outside the 26-task dictionary: object classification trained
 # on a selected subset of classes. Kept as a name the solver accepts only through --sources.
@@ -42,10 +42,13 @@ def task_name(name: str) -> str:
 def load_published(path: str | Path) -> pa.Table:
     """The affinities table of a published `transfers.csv` or of a clone's `results/` folder."""
     p = Path(path)
-    if p.is_dir():
-        return read_results_dir(p)
-    if p.is_file():
-        return read_published_csv(p)
+    if p.is_dir() or p.is_file():
+        table = read_results_dir(p) if p.is_dir() else read_published_csv(p)
+        bad = bad_scores(table)
+        if bad:
+            raise DataError(f"{p}: {bad}; correct it there (the published values are "
+                            "affinities >= 0 and win rates in [0, 1], one row per transfer)")
+        return table
     raise DataError(f"{p} does not exist; pass the published transfers.csv or the results/ "
                     "folder of a StanfordVL/taskonomy clone")
 
@@ -59,7 +62,10 @@ def read_published_csv(path: str | Path) -> pa.Table:
              "order": pa.int8(), "affinity": pa.float64(), "wins_vs_task": pa.float64(),
              "wins_vs_pixels": pa.float64()}
     try:
-        raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+        # Only an empty cell is missing: Arrow's default also reads "nan", "NA" and "null" as
+        # null, which would pass a damaged value as an unranked transfer.
+        raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types=types, null_values=[""]))
     except (OSError, pa.ArrowInvalid) as e:
         raise DataError(f"cannot read the published table {path}: {e}") from e
     missing = [c for c in types if c not in raw.column_names]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import posixpath
 import re
 import time
@@ -87,6 +88,30 @@ def check_schema(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise StorageError(f"{what}: columns have the wrong types ({e}); expected {schema}") from e
+
+
+def bad_scores(table: pa.Table) -> str | None:
+    """The first row of an affinities table whose scores cannot be right, said; None if none is.
+
+    A score may be missing (null: the published table's unranked transfers), but one that is
+    there must be finite, an affinity >= 0 and a win rate (quality, gain) within [0, 1]; a
+    transfer (regime, target, sources) appears once. The solver would skip or use such a row
+    as it is, and answer otherwise without a word.
+    """
+    seen: set[tuple] = set()
+    for i, r in enumerate(table.select(
+            ["regime", "target", "sources", "affinity", "quality", "gain"]).to_pylist()):
+        name = f"row {i + 1} ({r['regime']}, {'+'.join(r['sources'])} -> {r['target']})"
+        for col, top in (("affinity", math.inf), ("quality", 1.0), ("gain", 1.0)):
+            v = r[col]
+            if v is not None and not (math.isfinite(v) and 0.0 <= v <= top):
+                return f"{name} has {col} {v}, outside " + (
+                    "[0, 1]" if top == 1.0 else "the finite non-negative numbers")
+        key = (r["regime"], r["target"], tuple(r["sources"]))
+        if key in seen:
+            return f"{name} is listed twice"
+        seen.add(key)
+    return None
 
 
 def losses_table(unit: str, kind: str, target: str, sources: Sequence[str], regime: int,
@@ -384,7 +409,13 @@ class Storage:
         missing = self.affinities_missing()
         if missing:
             raise StorageError(missing)
-        return self.read_table(AFFINITIES_FILE, AFFINITIES_SCHEMA)
+        table = self.read_table(AFFINITIES_FILE, AFFINITIES_SCHEMA)
+        bad = bad_scores(table)
+        if bad:
+            raise StorageError(f"{self.path(AFFINITIES_FILE)}: {bad}; delete it and taxonomy.json "
+                               "and resume the sweep, whose analysis computes them again from "
+                               "the per-image losses")
+        return table
 
     def affinities_missing(self) -> str | None:
         """Why there is no affinities table here, with the fix (None if there is one)."""

@@ -62,6 +62,32 @@ def test_a_beam_without_its_choice_is_not_done(tmp_path):
     assert "no 'chosen' higher orders" in lines[0]
 
 
+def test_an_analysis_with_impossible_scores_or_a_taxonomy_of_the_wrong_shape_is_not_done(
+        tmp_path, published_csv):
+    # Whole files both: `[]` as taxonomy.json failed every report for good (the fix it named,
+    # retrying the report, failed the same way), and a NaN affinity changed solves silently.
+    import pyarrow as pa
+
+    from taskonomy_ray.published import load_published
+
+    st = Storage(str(tmp_path))
+    table = load_published(published_csv)
+    st.write_affinities(table)
+    st.write_json("taxonomy.json", {"supervised": ["normal"]})
+    unit = plan.Unit("analysis", "analysis", {}, (), ("affinities.parquet", "taxonomy.json"),
+                     barrier=True)
+    assert driver.damaged_files(st, unit) == []
+    st.write_json("taxonomy.json", [])
+    st.write_affinities(table.set_column(5, "quality", pa.array(
+        [1.5] + table.column("quality").to_pylist()[1:], pa.float64())))
+    found = dict(driver.damaged_files(st, unit))
+    assert found["taxonomy.json"] == "not a taxonomy (a JSON object)"
+    assert "has quality 1.5, outside [0, 1]" in found["affinities.parquet"]
+    lines: list[str] = []
+    assert not driver.done_check(st, None, "", warn=lines.append)(unit)
+    assert len(lines) == 2 and not st.exists("taxonomy.json")
+
+
 def test_damaged_checkpoints_and_feature_entries_name_the_file_and_the_fix(tmp_path):
     st = Storage(str(tmp_path))
     files = _whole_files(st)

@@ -6,11 +6,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
 from taskonomy_ray import published, tables
-from taskonomy_ray.errors import DataError, UnknownNameError
+from taskonomy_ray.errors import DataError, StorageError, UnknownNameError
 
 
 def _key(row):
@@ -132,6 +133,43 @@ def test_an_unknown_task_in_the_published_csv_names_the_file_and_line(published_
     with pytest.raises(DataError, match=r"transfers.csv, line 4: unknown task name 'normals'; "
                                         r"did you mean 'normal'"):
         published.read_published_csv(bad)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("affinity", "nan", r"has affinity nan, outside the finite non-negative numbers"),
+    ("affinity", "inf", r"has affinity inf"),
+    ("affinity", "-0.5", r"has affinity -0.5"),
+    ("wins_vs_task", "1.7", r"has quality 1.7, outside \[0, 1\]"),
+    ("wins_vs_pixels", "nan", r"has gain nan"),
+])
+def test_a_score_that_cannot_be_right_is_refused_not_skipped(published_csv, tmp_path, column,
+                                                             value, message):
+    # A NaN row used to be dropped without a word, and `solve` then supervised another task.
+    lines = published_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index(column)] = value
+    lines[3] = ",".join(cells)
+    bad = tmp_path / "transfers.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"transfers.csv: row 3 \(.*\) " + message):
+        published.load_published(bad)
+
+
+def test_a_transfer_listed_twice_is_refused_and_a_stored_bad_score_names_the_fix(
+        published_csv, tmp_path):
+    lines = published_csv.read_text().splitlines()
+    twice = tmp_path / "transfers.csv"
+    twice.write_text("\n".join([*lines, lines[5]]) + "\n")
+    with pytest.raises(DataError, match=r"row \d+ \(.*\) is listed twice"):
+        published.load_published(twice)
+    table = published.load_published(published_csv)
+    st = tables.Storage(str(tmp_path / "run"))
+    st.write_affinities(table.set_column(4, "affinity", pa.array(
+        [float("nan")] + table.column("affinity").to_pylist()[1:], pa.float64())))
+    with pytest.raises(StorageError, match=r"affinities.parquet: row 1 .* has affinity nan.*"
+                                           r"delete it and taxonomy.json and resume the sweep"):
+        st.read_affinities()
 
 
 def test_missing_paths_and_empty_folders_are_clear_errors(tmp_path):

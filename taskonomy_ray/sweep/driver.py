@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StorageError, TaskonomyError
-from ..tables import REPORT_ERROR, Storage
+from ..tables import AFFINITIES_FILE, AFFINITIES_SCHEMA, REPORT_ERROR, Storage, bad_scores
 from . import config as sweep_config
 from . import lease, ledger
 from . import plan as planning
@@ -90,11 +90,23 @@ def damaged_files(storage: Storage, unit: planning.Unit) -> list[tuple[str, str]
     found = []
     for rel in files:
         why = storage.damage(rel)
-        if unit.stage == "beam" and why is None and not _has_chosen(storage.read_json(rel)):
-            why = "no 'chosen' higher orders"
+        if why is None:
+            why = _content_damage(storage, unit, rel)
         if why is not None and why != "missing":
             found.append((rel, why))
     return found
+
+
+def _content_damage(storage: Storage, unit: planning.Unit, rel: str) -> str | None:
+    """What is wrong inside a whole file that its unit's readers rely on, or None."""
+    if unit.stage == "beam" and not _has_chosen(storage.read_json(rel)):
+        return "no 'chosen' higher orders"
+    if unit.stage == "analysis" and rel == AFFINITIES_FILE:
+        return bad_scores(storage.read_table(rel, AFFINITIES_SCHEMA))
+    if unit.stage == "analysis" and rel.endswith(".json") and not isinstance(
+            storage.read_json(rel), dict):
+        return "not a taxonomy (a JSON object)"
+    return None
 
 
 def _has_chosen(doc: Any) -> bool:
