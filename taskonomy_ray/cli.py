@@ -53,17 +53,24 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def writable(path: str | None, option: str, folder: bool = False) -> None:
+def writable(path: str | None, option: str, folder: bool = False, suffix: str = "") -> None:
     """Refuse an output `path` (a file's, or with `folder` a folder's) that cannot be written.
 
     Checked by writing a probe file before any work, so a long solve or render does not end in
-    a traceback; the folder is created if missing, as the writers would.
+    a traceback; the folder is created if missing, as the writers would. A file's path must not
+    name a folder, and ends in `suffix` where the writer picks its format by the name.
     """
     if path is None:
         return
     import tempfile
 
     where = Path(path).expanduser()
+    if not folder and (where.is_dir() or path.endswith(("/", os.sep))):
+        raise ConfigError(f"{option} {path} is a folder; give a file name in it, e.g. "
+                          f"{where / ('FILE' + suffix)}")
+    if not folder and suffix and where.suffix.lower() != suffix:
+        raise ConfigError(f"{option} {path}: give a {suffix} file name (the format follows "
+                          f"it), e.g. {where.with_suffix(suffix)}")
     where = where if folder else where.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from .render.synth import render_state
 
     writable(args.out, "OUT", folder=True)
-    writable(args.preview, "--preview")
+    writable(args.preview, "--preview", suffix=".png")
 
     cfg = SynthConfig(args.out, points=args.points, views=args.views, size=args.size,
                       seed=args.seed, buildings=args.buildings, workers=args.workers,
@@ -202,8 +209,9 @@ def _run_solve(args: argparse.Namespace) -> int:
         raise ConfigError("--dot and --draw draw one taxonomy: use them with --budget")
     if args.budgets is None and args.plot:
         raise ConfigError("--plot draws a budget curve: use it with --budgets")
-    for path, option in ((args.draw, "--draw"), (args.dot, "--dot"), (args.plot, "--plot")):
-        writable(path, option)
+    for path, option, suffix in ((args.draw, "--draw", ".png"), (args.dot, "--dot", ""),
+                                 (args.plot, "--plot", ".png")):
+        writable(path, option, suffix=suffix)
     table = published.load_affinities(args.storage, args.published)
     spec = taxonomy.ProblemSpec(
         max_order=taxonomy.DEFAULT_MAX_ORDER if args.max_order is None else args.max_order,
@@ -239,6 +247,13 @@ def _run_solve(args: argparse.Namespace) -> int:
         left = ", ".join(f"{b:g}" for b in budgets if b not in feasible)
         print(f"left out budgets {left}: below {need:g}, the smallest that serves all "
               f"{len(problem.targets)} targets", file=sys.stderr)
+    most = len(problem.supervisable)
+    if any(b > most for b in feasible):  # (every task supervised: the same taxonomy)
+        left = ", ".join(f"{b:g}" for b in feasible if b > most)
+        print(f"left out budgets {left}: above {most}, the number of tasks that may be "
+              "supervised, they give the taxonomy of budget "
+              f"{most}{'' if most in feasible else ', solved instead'}", file=sys.stderr)
+        feasible = sorted({*(b for b in feasible if b <= most), float(most)})
     curve = taxonomy.budget_curve(problem, feasible)
     print(json.dumps(solve_text.curve_json(curve), indent=1) if args.json
           else solve_text.format_curve(curve))
@@ -316,6 +331,12 @@ def _run_report(args: argparse.Namespace) -> int:
     if (args.storage is None) == (args.published is None):
         raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")
     writable(args.out, "--out", folder=True)
+    if args.out is None and args.storage is not None and "://" not in args.storage \
+            and Path(args.storage).is_dir():  # the default: the storage's report/ folder
+        try:
+            writable(str(Path(args.storage) / "report"), "the storage's report/", folder=True)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or pass --out DIR to write the report elsewhere") from None
     t0 = time.perf_counter()
     index = write_report(args.published or args.storage, args.out,
                          published=args.published is not None,

@@ -303,7 +303,7 @@ def load_yaml(path: str | Path, base: str | NetworkConfig = "mini") -> NetworkCo
 
     try:
         data = read_yaml(Path(path).read_text())
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e

@@ -56,8 +56,11 @@ class ReportConfig:
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
         if not self.budgets or any(not (math.isfinite(b) and b >= 0) for b in self.budgets):
             raise ConfigError(f"report budgets must be finite numbers >= 0, got {self.budgets}")
-        if any(b < 0 for b in self.drawn):
-            raise ConfigError(f"drawn budgets must be >= 0, got {self.drawn}")
+        if any(not (math.isfinite(b) and b >= 0) for b in self.drawn):
+            raise ConfigError(f"drawn budgets must be finite numbers >= 0, got {self.drawn}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0 (it seeds the random policies), got "
+                              f"{self.seed}")
         if not self.orders or min(self.orders) < 1:
             raise ConfigError(f"report orders must be integers >= 1, got {self.orders}")
         if self.random_policies < 1 or self.samples < 0:

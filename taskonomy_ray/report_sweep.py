@@ -38,7 +38,7 @@ SANITY_ABOUT = ("Fraction of test images on which each target's gold network (fu
 def sweep_sections(storage: Storage, cfg: ReportConfig, out: Path) -> dict[str, Any]:
     """The three sweep sections of the page (samples, sanity, run facts) as template data."""
     units = _plan_units(storage)
-    run = storage.read_json(RUN_FILE) if storage.exists(RUN_FILE) else None
+    run = storage.read_record(RUN_FILE, "config") if storage.exists(RUN_FILE) else None
     return {"run": run_facts(storage, run, units),
             "sanity": {"about": SANITY_ABOUT, "trivial": TRIVIAL_NOTE,
                        "rows": sanity_rows(storage, units)},
@@ -46,7 +46,7 @@ def sweep_sections(storage: Storage, cfg: ReportConfig, out: Path) -> dict[str, 
 
 
 def _plan_units(storage: Storage) -> list[dict[str, Any]]:
-    return storage.read_json(PLAN_FILE)["units"] if storage.exists(PLAN_FILE) else []
+    return storage.read_record(PLAN_FILE, "units")["units"] if storage.exists(PLAN_FILE) else []
 
 
 # --- run facts -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,26 +10,35 @@ from .errors import ConfigError
 from .evaluate import NovelTask
 from .taxonomy import Taxonomy
 
+MAX_BUDGETS = 1000  # budgets one spec may name: above the task count, budgets change nothing
+
 
 def parse_budgets(spec: str) -> list[float]:
     """Budgets from '1-8' (inclusive range), '1,2,5' or a mix such as '1-3,8'."""
     out: list[float] = []
-    backwards: list[str] = []
+    problems: list[str] = []
     try:
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            if "-" in part[1:]:
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                problems.append("an empty entry (two commas, or one at an end)")
+            elif "-" in part[1:]:
                 lo, hi = (int(b) for b in part.split("-", 1))
                 if hi < lo:
-                    backwards.append(f"the range {part} runs backwards; write {hi}-{lo}")
-                out.extend(float(b) for b in range(lo, hi + 1))
+                    problems.append(f"the range {part} runs backwards; write {hi}-{lo}")
+                elif hi - lo >= MAX_BUDGETS:
+                    problems.append(f"the range {part} names {hi - lo + 1} budgets, more than "
+                                    f"{MAX_BUDGETS}; budgets above the number of tasks (26 in "
+                                    "the full dictionary) give the same taxonomy")
+                else:
+                    out.extend(float(b) for b in range(lo, hi + 1))
             else:
                 out.append(float(part))
     except ValueError:
         raise ConfigError(f"cannot read budgets {spec!r}; write e.g. '1-8' or '1,2,5'") from None
-    if backwards:
-        raise ConfigError(f"budgets {spec!r}: {backwards[0]}")
-    if not out or any(b < 0 for b in out):
-        raise ConfigError(f"budgets {spec!r}: give at least one budget, all >= 0")
+    if problems:
+        raise ConfigError(f"budgets {spec!r}: {problems[0]}")
+    if not out or any(not (math.isfinite(b) and b >= 0) for b in out):
+        raise ConfigError(f"budgets {spec!r}: give at least one budget, all finite and >= 0")
     return sorted(set(out))
 
 

@@ -351,6 +351,18 @@ class Storage:
             raise StorageError(f"corrupt JSON {self.path(rel)}: {e}; delete it and resume the "
                                "sweep, which writes it again") from e
 
+    def read_record(self, rel: str, *keys: str) -> dict[str, Any]:
+        """Read a JSON object that holds `keys`; anything else is damage, named with the fix."""
+        doc = self.read_json(rel)
+        lacks = [k for k in keys if k not in doc] if isinstance(doc, dict) else None
+        if lacks is None or lacks:
+            kind = {list: "array", str: "string", bool: "boolean", int: "number",
+                    float: "number", type(None): "null"}.get(type(doc), type(doc).__name__)
+            got = f"an object without {lacks}" if lacks else f"a JSON {kind}, not an object"
+            raise StorageError(f"{self.path(rel)} is damaged ({got}); delete it and resume the "
+                               "sweep, which writes it again")
+        return doc
+
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet table atomically."""
         sink = pa.BufferOutputStream()

@@ -124,6 +124,9 @@ def test_a_curve_leaves_out_budgets_too_small_and_says_so(tmp_path, capsys):
                             "--json")
     assert code == 0 and [p["budget"] for p in json.loads(out)["curve"]] == [1, 2]
     assert "left out budgets 0: below 1" in err
+    code, out, err = _solve(capsys, tmp_path, "--budgets", "2,50", "--json")
+    top = [p["budget"] for p in json.loads(out)["curve"]][-1]  # every task may be supervised
+    assert code == 0 and "left out budgets 50: above" in err and top < 50
 
 
 def test_a_reader_that_stops_early_gets_no_traceback():
@@ -249,3 +252,35 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_pa
     out, err = capsys.readouterr()
     assert "cannot write in" in err and "choose a path in a folder you can write" in err
     assert out == ""  # refused before solving or printing anything
+
+
+@pytest.mark.parametrize("option, path, says", [
+    ("--draw", "", "is a folder; give a file name in it"),
+    ("--draw", "x/", "is a folder"),
+    ("--draw", "t.txt", "give a .png file name (the format follows it)"),
+    ("--dot", "", "is a folder"),
+])
+def test_a_drawing_path_that_names_a_folder_or_another_format_is_refused(tmp_path, capsys,
+                                                                        option, path, says):
+    # A folder crashed (IsADirectoryError) after the solve, `x/` wrote a file named x, and
+    # `.txt` failed in matplotlib.
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, err = _solve(capsys, tmp_path, "--budget", "1", option, f"{tmp_path}/{path}")
+    assert code == 2 and says in err and out == ""
+
+
+def test_a_report_whose_default_folder_cannot_be_written_says_to_pass_out(tmp_path, capsys):
+    # (Read-only storage raised PermissionError from inside the report's staging.)
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    (tmp_path / "report").write_text("a file where the report/ folder goes")
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write in" in err and "or pass --out DIR to write the report elsewhere" in err
+
+
+def test_a_synth_preview_that_is_not_a_png_is_refused_before_rendering(tmp_path, capsys):
+    # PIL refused the name only after the whole render had run.
+    assert cli.main(["synth", str(tmp_path / "data"), "--points", "2",
+                     "--preview", str(tmp_path / "p.txt")]) == 2
+    assert "--preview" in capsys.readouterr().err
+    assert list((tmp_path / "data").iterdir()) == []  # (made by the probe only) nothing rendered

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,24 @@ def test_an_analysis_with_impossible_scores_or_a_taxonomy_of_the_wrong_shape_is_
     lines: list[str] = []
     assert not driver.done_check(st, None, "", warn=lines.append)(unit)
     assert len(lines) == 2 and not st.exists("taxonomy.json")
+
+
+@pytest.mark.parametrize("doc, says", [(None, "a JSON null, not an object"),
+                                        ([1, 2], "a JSON array, not an object"),
+                                        ({}, "an object without ['config']")])
+def test_a_run_json_of_the_wrong_shape_is_named_damaged_not_a_traceback(tmp_path, doc, says):
+    # null or a list crashed the resume (AttributeError); {} read as "method version 1".
+    from taskonomy_ray.sweep import config, guard
+
+    st = Storage(str(tmp_path))
+    st.write_json("run.json", doc)
+    cfg = config.from_dict({"name": "t", "tasks": ["normal"], "data": {"root": str(tmp_path)}})
+    fix = "delete it and resume the sweep, which writes it again"
+    with pytest.raises(StorageError, match=re.escape(f"run.json is damaged ({says}); {fix}")):
+        guard.guard_run(st, cfg)
+    st.write_json("plan.json", [])
+    with pytest.raises(StorageError, match=r"plan.json is damaged \(a JSON array"):
+        sweep_status.status(str(tmp_path))
 
 
 def test_damaged_checkpoints_and_feature_entries_name_the_file_and_the_fix(tmp_path):

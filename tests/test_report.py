@@ -262,6 +262,10 @@ def test_missing_affinities_and_bad_settings_are_refused_with_the_fix(tmp_path: 
         report.ReportConfig(random_policies=0)
     with pytest.raises(ConfigError, match="budgets must be finite"):
         report.ReportConfig(budgets=(float("nan"),))
+    with pytest.raises(ConfigError, match="drawn budgets must be finite"):  # (was accepted)
+        report.ReportConfig(drawn=(float("nan"),))
+    with pytest.raises(ConfigError, match="--seed must be >= 0"):  # (numpy's ValueError)
+        report.ReportConfig(seed=-1)
 
 
 def test_report_command_writes_the_published_page(published_csv: Path, tmp_path: Path,

@@ -106,6 +106,11 @@ def test_a_workflow_without_a_name_or_not_a_mapping_is_refused(tmp_path):
     listed.write_text("- normal\n- reshading\n")
     with pytest.raises(ConfigError, match=r"workflow file .*wf\.yaml must hold a mapping"):
         config.load(listed)
+    listed.write_bytes(b"\xff\xfename: t\n")  # (a traceback before)
+    with pytest.raises(ConfigError, match=r"wf\.yaml is not UTF-8 text .*give a workflow YAML"):
+        config.load(listed)
+    with pytest.raises(ConfigError, match=r"cannot read workflow file .*: Is a directory"):
+        config.load(tmp_path)
 
 
 def test_on_and_off_in_a_workflow_are_the_documented_modes_not_yaml_booleans(tmp_path):

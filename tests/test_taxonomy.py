@@ -300,6 +300,12 @@ def test_parse_budgets_and_importance():
     assert solve_text.parse_budgets("2,1") == [1, 2]
     with pytest.raises(ConfigError):
         solve_text.parse_budgets("one")
+    # Budgets that slipped through: a NaN (dropped or misread), an empty entry, and a range
+    # that made `solve --budgets 1-1000000` run for minutes (or exhaust memory).
+    for spec, says in (("nan", "all finite and >= 0"), ("1,nan", "all finite"),
+                       ("1,,2", "an empty entry"), ("1-1000000", "names 1000000 budgets")):
+        with pytest.raises(ConfigError, match=says):
+            solve_text.parse_budgets(spec)
     assert solve_text.parse_importance(["normal=2", "depth_zbuffer=0.5"]) == {
         "normal": 2.0, "depth_zbuffer": 0.5}
     with pytest.raises(ConfigError, match="TASK=WEIGHT"):

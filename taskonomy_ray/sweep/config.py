@@ -355,6 +355,12 @@ def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:
         raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"workflow file {path} not found; see workflows/ for examples") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"workflow file {path} is not UTF-8 text ({e.reason} at byte "
+                          f"{e.start}): give a workflow YAML, e.g. workflows/mini.yaml") from None
+    except OSError as e:  # a folder, no permission
+        raise ConfigError(f"cannot read workflow file {path}: {e.strerror or e}; give a "
+                          "workflow YAML file, e.g. workflows/mini.yaml") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"workflow file {path} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):

@@ -35,7 +35,7 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
     if split is not None:
         new["splits"] = split
     if storage.exists(RUN_FILE):
-        old = storage.read_json(RUN_FILE)
+        old = storage.read_record(RUN_FILE, "config")
         was_method = old.get("method", 1)
         if was_method != METHOD_VERSION and not force:
             raise ConfigError(
@@ -125,7 +125,7 @@ def split_changes(old: dict[str, list[str]] | None, new: dict[str, list[str]] | 
 
 def record_split(storage: Storage, cfg: sweep_config.SweepConfig) -> None:
     """After the render: record the split the run trains on, if run.json lacks it."""
-    run = storage.read_json(RUN_FILE)
+    run = storage.read_record(RUN_FILE, "config")
     split = resolved_split(cfg)
     if "splits" not in run and split is not None:
         storage.write_json(RUN_FILE, {**run, "splits": split})

@@ -31,7 +31,7 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     if not storage.exists(PLAN_FILE):
         raise StorageError(f"no sweep found in {storage.display} ({PLAN_FILE} missing); start one "
                            "with `taskonomy-ray sweep CONFIG --storage ...`")
-    units = [planning.Unit.from_json(u) for u in storage.read_json(PLAN_FILE)["units"]]
+    units = [planning.Unit.from_json(u) for u in storage.read_record(PLAN_FILE, "units")["units"]]
     found = _look(storage, units, verify)
     driver = lease.holder(storage)
     if driver is None:  # started, never ended, and no sweep drives it: interrupted, to resume

@@ -324,7 +324,7 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
     storage.delete("taxonomy.json")
     # plan.json is complete here (the analysis waits for every beam): read only its units'
     # losses, not those of units that a changed config replaced.
-    plan = storage.read_json(planning.PLAN_FILE)["units"]
+    plan = storage.read_record(planning.PLAN_FILE, "units")["units"]
     current = [u["key"] for u in plan if planning.losses_path(u["key"]) in u["outputs"]]
     set_aside_superseded(storage, current)  # `losses/` then holds this run's tables only
     losses = storage.read_losses(current)
