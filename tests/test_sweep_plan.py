@@ -128,6 +128,22 @@ def test_on_and_off_in_a_workflow_are_the_documented_modes_not_yaml_booleans(tmp
         config.load(wf)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"tasks": []}, r"tasks is an empty list: .* leave `tasks` out for the full dictionary"),
+    ({"targets": []}, r"targets is an empty list"),
+    ({"tasks": ["normal", "normal", "reshading"]}, r"tasks lists 'normal' more than once"),
+    ({"tasks": ["colorization", "jigsaw"]}, r"no task in `tasks` \(colorization, jigsaw\) can be "
+                                            r"a target: .* are source-only"),
+    ({"name": "../../elsewhere"}, r"name '../../elsewhere' names the default storage folder"),
+])
+def test_a_task_list_or_name_that_would_surprise_is_refused_at_load(setting, message):
+    # Before: [] meant the full 26-task sweep, duplicates merged silently, source-only tasks
+    # trained for an analysis that then failed, and a name could put runs/<name> elsewhere.
+    raw = {"name": "t", "tasks": ["normal", "reshading"], "regimes": [8], "max_order": 1}
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict({**raw, **setting})
+
+
 def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
     # Read by the feature and transfer units only, after every gold network has trained.
     with pytest.raises(UnknownNameError, match="did you mean 'steps'"):
@@ -218,8 +234,15 @@ def test_a_relative_data_root_read_from_another_directory_is_refused(tmp_path, m
     guard_run(st, cfg)  # the same place: a resume
     monkeypatch.chdir(tmp_path / "b")  # the same keys would now read another folder
     with pytest.raises(ConfigError, match=f"data root {tmp_path / 'a'}/data/mini.*--data "
-                                          f"{tmp_path / 'a'}/data/mini.*--force-config"):
+                                          f"{tmp_path / 'a'}/data/mini.*--force-config to "
+                                          "continue with it .* everything done is kept"):
         guard_run(st, cfg)
+    # --data elsewhere changes the root as written, and with it every unit's key: the advice
+    # is a link at the old path, not --force-config (which, followed, reran all 32 units).
+    moved = small(data={"root": str(tmp_path / "b" / "data")})
+    with pytest.raises(ConfigError, match=f"ln -s {tmp_path / 'b'}/data {tmp_path / 'a'}/data/"
+                                          "mini.*--force-config would .* every unit would run"):
+        guard_run(st, moved)
     guard_run(st, cfg, force=True)  # the user says it is the same dataset, moved
     assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "b" / "data" / "mini")
 

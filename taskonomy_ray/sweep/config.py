@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,10 @@ class SweepConfig:
         if missing:
             raise ConfigError(f"targets {missing} are not in `tasks`: a target needs its gold "
                               "network; add them to `tasks`")
+        if not targets:
+            only = ", ".join(sorted(registry.SOURCE_ONLY))
+            raise ConfigError(f"no task in `tasks` ({', '.join(trained)}) can be a target: "
+                              f"{only} are source-only; add a task to transfer to, e.g. normal")
         object.__setattr__(self, "targets", tuple(targets))
         if not self.regimes or min(self.regimes) < 1 or len(set(self.regimes)) != len(self.regimes):
             raise ConfigError(f"regimes must be distinct positive image counts, got {self.regimes}")
@@ -335,6 +340,19 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     raw = dict(raw)
     if "name" not in raw:
         raise ConfigError("the workflow needs a `name`")
+    name = raw["name"]
+    if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"name {name!r} names the default storage folder runs/<name>: use "
+                          "letters, digits, '.', '_' and '-' (no path separators), e.g. mini-2")
+    for key, unset in (("tasks", "the full dictionary"), ("targets", "every task trained")):
+        names = raw.get(key)
+        if isinstance(names, list) and not names:  # (an absent key is the default)
+            raise ConfigError(f"{key} is an empty list: name tasks, e.g. [normal, reshading], "
+                              f"or leave `{key}` out for {unset}")
+        twice = sorted({n for n in names if names.count(n) > 1}) \
+            if isinstance(names, list) and all(isinstance(n, str) for n in names) else []
+        if twice:
+            raise ConfigError(f"{key} lists {twice[0]!r} more than once")
     data = dict(raw.get("data") or {})
     if "split_file" in data:  # read now: units see the lists, wherever they run
         if data.get("buildings") is not None:

@@ -53,8 +53,14 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
             raise ConfigError(
                 f"storage {storage.display} holds a run on the data root {was}; data.root "
                 f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
-                f"the run started in, or pass --data {was}; if the data there is the same "
-                "dataset, moved, pass --force-config to continue with it")
+                f"the run started in, or pass --data {was}. If the data is the same dataset, "
+                + ("moved, pass --force-config to continue with it (the keys hold the root as "
+                   "written, which has not changed: everything done is kept)"
+                   if _written_root(old) == cfg.data.root else
+                   f"moved, link the old path to it (`ln -s {new['data_root']} {was}`) and "
+                   f"pass --data {was}: everything done is kept. --force-config would continue "
+                   "on the new path, but unit keys hold the data root as written, so every "
+                   "unit would run again"))
         if was_method == METHOD_VERSION:  # the release that started it, unless recomputed
             new["version"] = old.get("version", new["version"])
         if split is None and "splits" in old:
@@ -121,6 +127,12 @@ def split_changes(old: dict[str, list[str]] | None, new: dict[str, list[str]] | 
             more = len(a ^ b) - len(delta)
             out.append(f"{s}: {' '.join(delta)}" + (f" and {more} more" if more > 0 else ""))
     return out
+
+
+def _written_root(run: dict[str, Any]) -> str | None:
+    """The data root as the stored run's config wrote it (what its unit keys hold)."""
+    data = run["config"].get("data") if isinstance(run["config"], dict) else None
+    return data.get("root") if isinstance(data, dict) else None
 
 
 def record_split(storage: Storage, cfg: sweep_config.SweepConfig) -> None:
