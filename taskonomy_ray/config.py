@@ -276,10 +276,11 @@ def from_dict(d: dict[str, Any] | None, base: str | NetworkConfig = "mini") -> N
 
 
 def read_yaml(text: str) -> Any:
-    """Parse YAML with only true/false as booleans (YAML 1.2), so `amp: on` stays "on".
+    """Parse YAML with YAML 1.2's booleans and floats: `amp: on` stays "on", `1e-4` is a float.
 
-    PyYAML follows YAML 1.1, which also reads on/off/yes/no as booleans: the documented
-    `train.amp: on` would arrive as True and be refused as not a mode.
+    PyYAML follows YAML 1.1, which also reads on/off/yes/no as booleans (the documented
+    `train.amp: on` arrived as True and was refused as not a mode) and reads `1e-4`, a float
+    without a dot, as a string.
     """
     import re
 
@@ -288,13 +289,16 @@ def read_yaml(text: str) -> Any:
     class Loader(yaml.SafeLoader):
         pass
 
-    bool_tag = "tag:yaml.org,2002:bool"
+    bool_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
     Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (bool_tag, float_tag)]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader with fewer booleans)
+    Loader.add_implicit_resolver(float_tag, re.compile(  # (after int: "12" stays an int)
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader, other scalars)
 
 
 def load_yaml(path: str | Path, base: str | NetworkConfig = "mini") -> NetworkConfig:

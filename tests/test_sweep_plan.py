@@ -113,7 +113,7 @@ def test_a_workflow_without_a_name_or_not_a_mapping_is_refused(tmp_path):
         config.load(tmp_path)
 
 
-def test_on_and_off_in_a_workflow_are_the_documented_modes_not_yaml_booleans(tmp_path):
+def test_a_workflow_reads_on_off_and_1e_3_as_yaml_1_2_does(tmp_path):
     # PyYAML reads YAML 1.1, where on/off/yes/no are booleans: `train.amp: on`, as the docs
     # write it, arrived as True and was refused ("should be a str, got True").
     wf = tmp_path / "wf.yaml"
@@ -122,6 +122,10 @@ def test_on_and_off_in_a_workflow_are_the_documented_modes_not_yaml_booleans(tmp
     cfg = config.load(wf)
     assert cfg.gold_network().train.amp == "on" and cfg.gold_network().train.channels_last is True
     assert cfg.transfer_config().amp == "off"
+    wf.write_text("name: t\ntasks: [normal]\nregimes: [8]\nmax_order: 1\n"
+                  "network: {train: {lr: 2e-3, steps: 12}}\n")  # (1e-3 was a string)
+    assert (cfg := config.load(wf)).gold_network().train.lr == 2e-3
+    assert cfg.gold_network().train.steps == 12
     wf.write_text("name: t\ntasks: [normal]\nnetwork: {train: {channels_last: yes}}\n")
     with pytest.raises(ConfigError, match="network.train.channels_last should be a bool, got "
                                           "'yes'"):

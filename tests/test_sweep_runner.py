@@ -306,6 +306,30 @@ def test_the_sweep_command_disconnects_from_ray_when_the_sweep_is_interrupted_to
     assert calls == ["disconnect"]
 
 
+def test_a_data_root_that_is_a_file_is_refused_before_ray_starts(tmp_path):
+    # It started Ray, then the render failed on a bare FileExistsError and blocked the rest.
+    (tmp_path / "data").write_text("not a dataset")
+
+    def never(unit, ctx):
+        raise AssertionError("no unit may run")
+
+    with pytest.raises(ConfigError, match=f"dataset root {tmp_path}/data is a file, not a "
+                                          "folder: give --data"):
+        driver.run_sweep(workflow(tmp_path), storage_uri=str(tmp_path / "store"),
+                         execute=never, report=False)
+    assert not (tmp_path / "store" / "plan.json").exists()
+
+
+def test_a_sweep_whose_analysis_or_report_failed_points_to_no_earlier_report(tmp_path):
+    st = Storage(str(tmp_path))
+    st.write_bytes("report/index.html", b"<html>an earlier run's</html>")
+    ok = driver.SweepResult(st.uri, {}, {}, 1.0, {})
+    assert ok.report_path == st.path("report/index.html")
+    for failed in ("analysis", "report"):
+        assert driver.SweepResult(st.uri, {}, {failed: "DataError: x"}, 1.0, {}).report_path \
+            is None
+
+
 def test_the_sweep_summary_names_the_failure_apart_from_the_units_it_left_unrun(
         monkeypatch, capsys):
     from taskonomy_ray import cli

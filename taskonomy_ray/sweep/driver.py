@@ -20,7 +20,7 @@ from ..tables import AFFINITIES_FILE, AFFINITIES_SCHEMA, REPORT_ERROR, Storage, 
 from . import config as sweep_config
 from . import lease, ledger
 from . import plan as planning
-from .guard import data_root, guard_run, record_split
+from .guard import check_root_kind, data_root, guard_run, record_split
 from .plan import PLAN_FILE
 from .scheduler import Scheduler
 from .superseded import take_back
@@ -50,7 +50,9 @@ class SweepResult:
 
     @property
     def report_path(self) -> str | None:
-        """The report's index.html, when the sweep wrote one."""
+        """The report's index.html, when this sweep wrote one (not an earlier run's, left over)."""
+        if "analysis" in self.failures or "report" in self.failures:
+            return None
         st = Storage(self.storage)
         return st.path(REPORT_INDEX) if st.exists(REPORT_INDEX) else None
 
@@ -265,6 +267,7 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     gone before its claim lapses.
     """
     cfg = sweep_config.load(config_path, data_root=data_root)
+    check_root_kind(cfg)  # before Ray starts and every unit fails on it
     storage = Storage(storage_uri or f"runs/{cfg.name}")
     check_lasting(storage, cfg.data.root)
     storage.ensure_writable()

@@ -20,6 +20,15 @@ def data_root(cfg: sweep_config.SweepConfig) -> str:
     return os.path.abspath(cfg.data.root)
 
 
+def check_root_kind(cfg: sweep_config.SweepConfig) -> None:
+    """Refuse a data root that is a file: neither a dataset nor a place to render one."""
+    root = data_root(cfg)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"the dataset root {root} is a file, not a folder: give --data (or "
+                          "data.root) the folder that holds the buildings, or a new folder for "
+                          "the workflow's render to write")
+
+
 def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = False) -> None:
     """Write run.json, or check that an existing one has the same config (resume).
 
