@@ -77,7 +77,11 @@ def writable(path: str | None, option: str, folder: bool = False, suffix: str = 
         with tempfile.NamedTemporaryFile(dir=where, prefix=".write-probe-"):
             pass
     except OSError as e:
-        raise ConfigError(f"{option} {path}: cannot write in {where} ({e.strerror or e}); "
+        import errno
+
+        why = ("a part of it is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR)
+               else e.strerror or e)
+        raise ConfigError(f"{option} {path}: cannot write in {where} ({why}); "
                           "choose a path in a folder you can write") from None
 
 

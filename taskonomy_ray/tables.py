@@ -312,7 +312,9 @@ class Storage:
             raise StorageError(f"cannot read {self.path(rel)} in storage {self.display!r}: {e}; "
                                "fix its permissions") from e
         except (OSError, ValueError, zipfile.BadZipFile) as e:  # ArrowInvalid is a ValueError
-            return f"{type(e).__name__}: {e}"
+            what = {"json": "not valid JSON", "parquet": "not a whole Parquet file"}.get(
+                kind, "not a whole zip archive")
+            return f"{what} ({type(e).__name__}: {e})"
         return None
 
     def set_aside(self, rel: str) -> str:

@@ -177,12 +177,16 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
     for name in spec.costs:  # a cost only counts when a task is supervised
         if name not in supervisable:
             raise unknown_name("supervisable task of this problem", name, supervisable)
+    if all(spec.importance.get(t, 1.0) == 0 for t in targets):
+        raise ConfigError("every target's importance is 0, so every policy scores 0 and the "
+                          "solve chooses nothing; give some target a positive importance")
     edges, supervision = _edges(rows, spec, set(targets), set(supervisable))
     for t in targets:
         if t in supervisable and t not in supervision:
             raise SolverError(f"target {t!r} has no `self` row in regime {regime}, so its own "
-                              "supervision has no score; add its gold-standard results or mark "
-                              "it novel (--novel)")
+                              "supervision has no score; add its gold-standard results (a "
+                              "sweep's: resume it, and its analysis writes them) or mark it "
+                              "novel (--novel)")
         if t not in supervisable and not any(e.target == t for e in edges):
             raise SolverError(f"target {t!r} cannot be supervised and no transfer of order <= "
                               f"{spec.max_order} reaches it from the allowed sources; allow more "

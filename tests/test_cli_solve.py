@@ -251,6 +251,7 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_pa
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert "cannot write in" in err and "choose a path in a folder you can write" in err
+    assert "(a part of it is a file, not a folder)" in err  # (not "File exists")
     assert out == ""  # refused before solving or printing anything
 
 

@@ -34,6 +34,18 @@ def test_a_claim_not_renewed_for_the_lease_lapses(tmp_path):
     assert st.read_json(lease.DRIVER_FILE)["token"] == new.token
 
 
+def test_a_claim_dated_in_the_future_says_the_clocks_differ_not_a_negative_age(tmp_path):
+    # The message read "last renewed -98203641057 s ago ... wait 98203641177 s".
+    st = Storage(str(tmp_path))
+    held = lease.claim(st)
+    claim = st.read_json(lease.DRIVER_FILE)
+    st.write_json(lease.DRIVER_FILE, {**claim, "renewed": claim["renewed"] + 3600})
+    with pytest.raises(ConfigError, match=r"renewal dated 3600 s ahead of this host's clock: "
+                                          r"the hosts' clocks differ.*pass --takeover$"):
+        lease.claim(st)
+    held.release()
+
+
 def test_a_claim_of_a_process_of_this_host_that_is_gone_is_taken_at_once(tmp_path):
     st = Storage(str(tmp_path))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

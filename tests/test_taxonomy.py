@@ -181,6 +181,9 @@ def test_importance_can_make_a_target_worth_supervising():
     heavy = taxonomy.solve(taxonomy.build_problem(
         SMALL, taxonomy.ProblemSpec(importance={"depth_zbuffer": 10.0})), 1)
     assert plain.supervised == ("normal",) and heavy.supervised == ("depth_zbuffer",)
+    targets = sorted(set(SMALL.column("target").to_pylist()))
+    with pytest.raises(ConfigError, match="every target's importance is 0"):  # (was solved)
+        taxonomy.build_problem(SMALL, taxonomy.ProblemSpec(importance=dict.fromkeys(targets, 0)))
 
 
 def test_novel_targets_are_never_supervised_nor_sources():

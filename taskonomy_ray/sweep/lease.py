@@ -127,11 +127,14 @@ def claim(storage: Storage, takeover: bool = False) -> Lease:
         held = lease._read()
         if held is not None and not takeover and _live(held):
             age = _age(held)
+            when, lapse = (f"last renewed {age:.0f} s ago", f"wait {LEASE_S - age:.0f} s for "
+                           "its claim to lapse or pass --takeover") if age >= 0 else (
+                f"its last renewal dated {-age:.0f} s ahead of this host's clock: the hosts' "
+                "clocks differ, or the file was edited", "pass --takeover")
             raise ConfigError(
                 f"another sweep drives storage {storage.display} (host {held.get('host')}, pid "
-                f"{held.get('pid')}, last renewed {age:.0f} s ago): two would train the same "
-                f"units twice. Wait for it to end, stop it, or, if it is gone, wait "
-                f"{LEASE_S - age:.0f} s for its claim to lapse or pass --takeover")
+                f"{held.get('pid')}, {when}): two would train the same units twice. Wait for "
+                f"it to end, stop it, or, if it is gone, {lapse}")
         if held is not None or storage.exists(DRIVER_FILE):  # lapsed, dead, damaged or taken
             lease._write()
         elif not lease._create():  # another driver created it a moment ago: look again
