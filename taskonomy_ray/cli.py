@@ -98,8 +98,12 @@ def _run_synth(args: argparse.Namespace) -> int:
                       preview=args.preview)
     state, why = render_state(cfg)
     if state == "other":  # the same render again (finished or not) just rewrites its own files
-        raise DataError(f"{why}; rendering into it would mix the two: choose an empty or new "
-                        "--out folder, or delete this one first")
+        raise DataError(f"{why}; rendering into it would mix the two: give OUT an empty or new "
+                        "folder, or delete this one first")
+    if args.views < 3:
+        print(f"note: --views {args.views}: a sweep needs 3 views per point (egomotion reads "
+              "triples); this dataset serves the single-view tasks"
+              + (" and the two-view ones" if args.views == 2 else ""), file=sys.stderr)
     r = synthesize(cfg, progress=not args.no_progress)
     print(f"wrote {r.views} views of {len(r.buildings)} buildings to {r.out} in {r.seconds:.1f} s "
           f"({r.views / max(r.seconds, 1e-9):.1f} views/s, {r.bytes / max(r.views, 1) / 1024:.1f} "
@@ -334,6 +338,12 @@ def _run_report(args: argparse.Namespace) -> int:
 
     if (args.storage is None) == (args.published is None):
         raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")
+    if args.data is not None and args.published:
+        raise ConfigError("--data shows a sweep's test images: use it with a sweep's STORAGE, "
+                          "not --published")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder; give the dataset root the sweep "
+                          "ran on (or leave --data out to use the one run.json records)")
     writable(args.out, "--out", folder=True)
     if args.out is None and args.storage is not None and "://" not in args.storage \
             and Path(args.storage).is_dir():  # the default: the storage's report/ folder

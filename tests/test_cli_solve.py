@@ -285,3 +285,12 @@ def test_a_synth_preview_that_is_not_a_png_is_refused_before_rendering(tmp_path,
                      "--preview", str(tmp_path / "p.txt")]) == 2
     assert "--preview" in capsys.readouterr().err
     assert list((tmp_path / "data").iterdir()) == []  # (made by the probe only) nothing rendered
+
+
+def test_a_report_data_option_that_cannot_serve_is_refused(tmp_path, capsys, published_csv):
+    # A missing --data gave only a note in the page, and --published ignored it.
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    assert cli.main(["report", str(tmp_path), "--data", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert cli.main(["report", "--published", str(published_csv), "--data", str(tmp_path)]) == 2
+    assert "use it with a sweep's STORAGE" in capsys.readouterr().err

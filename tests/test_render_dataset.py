@@ -279,14 +279,17 @@ def test_synth_command_writes_a_dataset_and_a_preview(tmp_path, capsys):
     code = main(["synth", str(out), "--points", "1", "--views", "2", "--size", "24",
                  "--buildings", "1", "--workers", "1", "--preview", str(sheet), "--no-progress"])
     assert code == 0 and sheet.stat().st_size > 0
-    assert "wrote 2 views of 1 buildings" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote 2 views of 1 buildings" in printed.out
+    assert "note: --views 2: a sweep needs 3 views per point" in printed.err  # (was silent)
     assert len(list(layout.scan(out, "mini0000"))) == 2
     # The same render again is fine; another one into the same folder would mix the two.
     again = ["synth", str(out), "--points", "1", "--views", "2", "--size", "24",
              "--buildings", "1", "--workers", "1", "--no-progress"]
     assert main(again) == 0
     assert main([*again[:3], "2", *again[4:]]) == 2
-    assert "holds another render (points 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds another render (points 1" in err and "give OUT an empty or new folder" in err
     assert len(list(layout.scan(out, "mini0000"))) == 2
 
 

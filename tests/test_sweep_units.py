@@ -88,7 +88,7 @@ def test_the_render_unit_renders_adopts_its_own_render_and_refuses_other_data(tm
     assert sorted(p.name for p in real.iterdir()) == ["mybuilding"]
     other = sweep(data, data={"root": str(data), "render": {"points": 3, "views": 3, "size": 16,
                                                            "buildings": 3}})
-    with pytest.raises(DataError, match="another render \\(points 2, where this workflow's has 3"):
+    with pytest.raises(DataError, match="another render \\(points 2, where this one has 3"):
         units.run_render(unit, {**ctx, "config": other.to_json()})
 
 

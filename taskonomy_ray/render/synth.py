@@ -214,7 +214,7 @@ def render_state(cfg: SynthConfig) -> tuple[str, str]:
               if info.get(k) != want[k]]
     if differ:
         have = ", ".join(f"{k} {info.get(k)!r}" for k in differ)
-        return "other", (f"{root} holds another render ({have}, where this workflow's has "
+        return "other", (f"{root} holds another render ({have}, where this one has "
                          f"{', '.join(repr(want[k]) for k in differ)})")
     if info.get("complete") is False:
         return "partial", f"{root} holds this render, interrupted"
