@@ -84,7 +84,15 @@ def stand_in(rel: str, key: str) -> bytes:
 
     if rel.endswith(".parquet"):
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.table({"unit": [key]}), sink)
+        if rel == "affinities.parquet":  # (a resume reads its scores): one row, keyed
+            from taskonomy_ray.tables import AFFINITIES_SCHEMA
+
+            table = pa.table({"regime": [8], "target": [key], "sources": [["self"]], "order": [1],
+                              "affinity": [0.5], "quality": [0.5], "gain": [0.5]}
+                             ).cast(AFFINITIES_SCHEMA)
+        else:
+            table = pa.table({"unit": [key]})
+        pq.write_table(table, sink)
         return sink.getvalue().to_pybytes()
     if rel.endswith((".npz", ".pt")):
         buf = io.BytesIO()

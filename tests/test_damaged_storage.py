@@ -90,6 +90,8 @@ def test_an_analysis_with_impossible_scores_or_a_taxonomy_of_the_wrong_shape_is_
     lines: list[str] = []
     assert not driver.done_check(st, None, "", warn=lines.append)(unit)
     assert len(lines) == 2 and not st.exists("taxonomy.json")
+    st.write_table("affinities.parquet", pa.table({"unit": ["x"]}))  # another version's columns
+    assert "missing columns" in dict(driver.damaged_files(st, unit))["affinities.parquet"]
 
 
 @pytest.mark.parametrize("doc, says", [(None, "a JSON null, not an object"),

@@ -104,7 +104,10 @@ def _content_damage(storage: Storage, unit: planning.Unit, rel: str) -> str | No
     if unit.stage == "beam" and not _has_chosen(storage.read_json(rel)):
         return "no 'chosen' higher orders"
     if unit.stage == "analysis" and rel == AFFINITIES_FILE:
-        return bad_scores(storage.read_table(rel, AFFINITIES_SCHEMA))
+        try:
+            return bad_scores(storage.read_table(rel, AFFINITIES_SCHEMA))
+        except StorageError as e:  # another version's columns: computed again, like damage
+            return str(e).split(": ", 1)[-1]
     if unit.stage == "analysis" and rel.endswith(".json") and not isinstance(
             storage.read_json(rel), dict):
         return "not a taxonomy (a JSON object)"
