@@ -138,11 +138,12 @@ class TransferConfig:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     fused_backend: str = "auto"  # grouped (grouped convolutions), vmap, or auto (grouped if it can)
     # How representations are cached: float32 by default, since float16 moved mean test losses
-    # by 0.3-1.6% in benchmarks/bench_transfers.py (docs/benchmarks.md); float16 halves storage.
+    # by 0.5-2.9%, 1.6-2.6x the float32 rounding floor, in benchmarks/bench_transfers.py
+    # (docs/benchmarks.md); float16 halves storage.
     feature_dtype: str = "float32"
     # Mixed precision (bf16 autocast) for the readout and decoder: off by default, since in
-    # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.6-2.7% and pairwise win
-    # rates (the AHP input) by up to 0.5, 2-30x the float32 rounding floor; `on` made dense heads
+    # benchmarks/bench_transfers.py bf16 moved mean test losses by 0.4-6.4% and pairwise win
+    # rates (the AHP input) by up to 0.42, 1.5-6x the float32 rounding floor; `on` made dense heads
     # 1.3-1.5x faster on a CPU with native bf16 (AVX512-BF16) and 5x slower on one without
     # (AVX2: emulated), `auto` = on for CUDA only. The grouped backend honours it; torch.func's
     # vmap runs float32 on the CPU whatever is asked.
@@ -278,6 +279,8 @@ def from_dict(d: dict[str, Any] | None, base: str | NetworkConfig = "mini") -> N
 def read_yaml(text: str) -> Any:
     """Parse YAML with YAML 1.2's booleans and floats: `amp: on` stays "on", `1e-4` is a float.
 
+    (Other scalars as PyYAML reads them: `0123` is still octal, `08` a string.)
+
     PyYAML follows YAML 1.1, which also reads on/off/yes/no as booleans (the documented
     `train.amp: on` arrived as True and was refused as not a mode) and reads `1e-4`, a float
     without a dot, as a string.
@@ -295,8 +298,9 @@ def read_yaml(text: str) -> Any:
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
-    Loader.add_implicit_resolver(float_tag, re.compile(  # (after int: "12" stays an int)
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    # A dot or an exponent makes a float ("12" stays an int, "0801" a string as before).
+    Loader.add_implicit_resolver(float_tag, re.compile(
+        r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
     return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader, other scalars)
 

@@ -44,7 +44,7 @@ def load_published(path: str | Path) -> pa.Table:
     p = Path(path)
     if p.is_dir() or p.is_file():
         table = read_results_dir(p) if p.is_dir() else read_published_csv(p)
-        bad = bad_scores(table)
+        bad = bad_scores(table, None if p.is_dir() else 2)  # (CSV: line 1 is the header)
         if bad:
             raise DataError(f"{p}: {bad}; correct it there (the published values are "
                             "affinities >= 0 and win rates in [0, 1], one row per transfer)")

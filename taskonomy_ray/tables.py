@@ -90,18 +90,20 @@ def check_schema(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         raise StorageError(f"{what}: columns have the wrong types ({e}); expected {schema}") from e
 
 
-def bad_scores(table: pa.Table) -> str | None:
+def bad_scores(table: pa.Table, first_line: int | None = None) -> str | None:
     """The first row of an affinities table whose scores cannot be right, said; None if none is.
 
     A score may be missing (null: the published table's unranked transfers), but one that is
     there must be finite, an affinity >= 0 and a win rate (quality, gain) within [0, 1]; a
     transfer (regime, target, sources) appears once. The solver would skip or use such a row
-    as it is, and answer otherwise without a word.
+    as it is, and answer otherwise without a word. `first_line`: name rows by the line of a
+    file they came from (a CSV's first row is its line 2), not by their place in the table.
     """
     seen: set[tuple] = set()
     for i, r in enumerate(table.select(
             ["regime", "target", "sources", "affinity", "quality", "gain"]).to_pylist()):
-        name = f"row {i + 1} ({r['regime']}, {'+'.join(r['sources'])} -> {r['target']})"
+        where = f"row {i + 1}" if first_line is None else f"line {i + first_line}"
+        name = f"{where} ({r['regime']}, {'+'.join(r['sources'])} -> {r['target']})"
         for col, top in (("affinity", math.inf), ("quality", 1.0), ("gain", 1.0)):
             v = r[col]
             if v is not None and not (math.isfinite(v) and 0.0 <= v <= top):

@@ -92,6 +92,12 @@ def test_an_analysis_with_impossible_scores_or_a_taxonomy_of_the_wrong_shape_is_
     assert len(lines) == 2 and not st.exists("taxonomy.json")
     st.write_table("affinities.parquet", pa.table({"unit": ["x"]}))  # another version's columns
     assert "missing columns" in dict(driver.damaged_files(st, unit))["affinities.parquet"]
+    # On an object store only the analysis is looked inside (other units: existence only).
+    st.local = False
+    st.write_bytes("losses/u.parquet", b"cut short")
+    gold = plan.Unit("gold-x", "gold", {}, (), ("losses/u.parquet",))
+    assert driver.set_aside_damaged(st, gold) == []
+    assert len(driver.set_aside_damaged(st, unit)) == 1 and not st.exists("affinities.parquet")
 
 
 @pytest.mark.parametrize("doc, says", [(None, "a JSON null, not an object"),

@@ -152,7 +152,7 @@ def test_a_score_that_cannot_be_right_is_refused_not_skipped(published_csv, tmp_
     lines[3] = ",".join(cells)
     bad = tmp_path / "transfers.csv"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"transfers.csv: row 3 \(.*\) " + message):
+    with pytest.raises(DataError, match=r"transfers.csv: line 4 \(.*\) " + message):
         published.load_published(bad)
 
 
@@ -161,7 +161,7 @@ def test_a_transfer_listed_twice_is_refused_and_a_stored_bad_score_names_the_fix
     lines = published_csv.read_text().splitlines()
     twice = tmp_path / "transfers.csv"
     twice.write_text("\n".join([*lines, lines[5]]) + "\n")
-    with pytest.raises(DataError, match=r"row \d+ \(.*\) is listed twice"):
+    with pytest.raises(DataError, match=f"line {len(lines) + 1} \\(.*\\) is listed twice"):
         published.load_published(twice)
     table = published.load_published(published_csv)
     st = tables.Storage(str(tmp_path / "run"))

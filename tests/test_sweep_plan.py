@@ -138,14 +138,22 @@ def test_a_workflow_reads_on_off_and_1e_3_as_yaml_1_2_does(tmp_path):
     ({"tasks": ["normal", "normal", "reshading"]}, r"tasks lists 'normal' more than once"),
     ({"tasks": ["colorization", "jigsaw"]}, r"no task in `tasks` \(colorization, jigsaw\) can be "
                                             r"a target: .* are source-only"),
-    ({"name": "../../elsewhere"}, r"name '../../elsewhere' names the default storage folder"),
 ])
 def test_a_task_list_or_name_that_would_surprise_is_refused_at_load(setting, message):
-    # Before: [] meant the full 26-task sweep, duplicates merged silently, source-only tasks
-    # trained for an analysis that then failed, and a name could put runs/<name> elsewhere.
+    # Before: [] meant the full 26-task sweep, duplicates merged silently, and source-only
+    # tasks trained for an analysis that then failed.
     raw = {"name": "t", "tasks": ["normal", "reshading"], "regimes": [8], "max_order": 1}
     with pytest.raises(ConfigError, match=message):
         config.from_dict({**raw, **setting})
+
+
+def test_a_name_may_not_put_the_default_storage_outside_runs_but_old_names_still_load():
+    raw = {"tasks": ["normal", "reshading"], "regimes": [8], "max_order": 1}
+    with pytest.raises(ConfigError, match=r"name '../../elsewhere' would put the default "
+                                          r"storage runs/<name> elsewhere: give --storage"):
+        config.default_storage(config.from_dict({**raw, "name": "../../elsewhere"}))
+    stored = config.from_dict({**raw, "name": "mini v2 (bf16)"}).to_json()  # as run.json holds
+    assert config.default_storage(config.from_dict(stored)) == "runs/mini v2 (bf16)"
 
 
 def test_bad_transfer_section_is_refused_at_load_not_on_a_worker():
@@ -237,16 +245,25 @@ def test_a_relative_data_root_read_from_another_directory_is_refused(tmp_path, m
     assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "a" / "data" / "mini")
     guard_run(st, cfg)  # the same place: a resume
     monkeypatch.chdir(tmp_path / "b")  # the same keys would now read another folder
-    with pytest.raises(ConfigError, match=f"data root {tmp_path / 'a'}/data/mini.*--data "
-                                          f"{tmp_path / 'a'}/data/mini.*--force-config to "
+    with pytest.raises(ConfigError, match=f"data root {tmp_path / 'a'}/data/mini.*Run from "
+                                          "the directory the run started in.*--force-config to "
                                           "continue with it .* everything done is kept"):
         guard_run(st, cfg)
     # --data elsewhere changes the root as written, and with it every unit's key: the advice
     # is a link at the old path, not --force-config (which, followed, reran all 32 units).
     moved = small(data={"root": str(tmp_path / "b" / "data")})
-    with pytest.raises(ConfigError, match=f"ln -s {tmp_path / 'b'}/data {tmp_path / 'a'}/data/"
-                                          "mini.*--force-config would .* every unit would run"):
+    with pytest.raises(ConfigError, match=f"run from the directory the run started in with "
+                                          f"data.root 'data/mini' and no --data.*ln -s "
+                                          f"{tmp_path / 'b'}/data {tmp_path / 'a'}/data/mini.*"
+                                          "every unit would run again"):
         guard_run(st, moved)
+    # Following it keeps the run: the old path links to the data, the root reads as before.
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    (tmp_path / "a" / "data").mkdir()
+    (tmp_path / "a" / "data" / "mini").symlink_to(tmp_path / "b" / "data")
+    monkeypatch.chdir(tmp_path / "a")
+    guard_run(st, cfg)
+    monkeypatch.chdir(tmp_path / "b")
     guard_run(st, cfg, force=True)  # the user says it is the same dataset, moved
     assert st.read_json(RUN_FILE)["data_root"] == str(tmp_path / "b" / "data" / "mini")
 
@@ -644,6 +661,20 @@ def test_an_analysis_of_another_plan_runs_again_though_every_unit_is_adopted():
     assert warns == ["analysis runs again: the plan has 1 units it did not read and lacks 1 it "
                      "read (the config changed since)"]
     assert adopted({})[0] == "done"  # an older run's analysis, with no record: not judged
+    # Higher orders that adopted beams add back are units it read too: a plain resume keeps it.
+    cfg = small()
+
+    def expand(u):
+        return plan.expand_beam(cfg, u, {"2": [["depth_zbuffer", "random"]]}) \
+            if u.stage == "beam" else []
+
+    def resume(read):
+        return Scheduler(plan.build(cfg), is_done=lambda u: True, expand=expand,
+                         version=lambda u: Version("d", read if u.barrier else {}))
+
+    every = [k for k, u in resume({}).units.items() if not u.barrier]
+    assert any(resume({}).units[k].params.get("order") == 2 for k in every)
+    assert resume(dict.fromkeys(every, "d")).state["analysis"] == "done"
 
 
 def test_a_failed_render_blocks_every_other_unit_instead_of_running_them_only_to_fail():
@@ -658,9 +689,15 @@ def test_a_failed_render_blocks_every_other_unit_instead_of_running_them_only_to
     transfers = [k for k, u in s.units.items() if u.stage == "transfer"]
     assert transfers and all(s.errors[k].startswith("not run: every input failed (the first: "
                                                     "features-") for k in transfers)
-    assert s.errors["analysis"] == "not run: no other unit of the sweep succeeded"
+    assert s.errors["analysis"] == "not run: no unit that writes per-image losses succeeded"
     stages = [s.units[k].stage for k in s.blocked_units()]
     assert stages == sorted(stages, key=plan.STAGES.index)  # nearest the cause first
+    # With the render kept from before and every network failing, the analysis still has
+    # nothing to read: blocked too, not run only to fail.
+    s = Scheduler(plan.build(small()), is_done=lambda u: u.stage == "render")
+    run_all(s, fail=lambda u: "TrainingError: diverged" if u.stage in ("gold", "scratch")
+            or u.key.startswith("features-random") else None)
+    assert "analysis" in s.blocked_units()
 
 
 def test_a_transfer_group_with_one_source_left_still_runs():
@@ -948,7 +985,8 @@ def test_status_calls_a_group_whose_every_source_failed_and_the_analysis_blocked
     status = sweep_status.status(str(tmp_path))
     assert status["failures"] == {render: "DataError: bad root"}
     assert set(status["blocked"]) == {u.key for u in units} - {render}
-    assert status["blocked"]["analysis"] == "not run: no other unit of the sweep succeeded"
+    assert status["blocked"]["analysis"] == ("not run: no unit that writes per-image losses "
+                                             "succeeded")
     assert status["stages"]["transfer"]["blocked"] == 3 and status["stages"]["analysis"] == {
         **status["stages"]["analysis"], "blocked": 1, "pending": 0}
 

@@ -340,10 +340,6 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     raw = dict(raw)
     if "name" not in raw:
         raise ConfigError("the workflow needs a `name`")
-    name = raw["name"]
-    if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ConfigError(f"name {name!r} names the default storage folder runs/<name>: use "
-                          "letters, digits, '.', '_' and '-' (no path separators), e.g. mini-2")
     for key, unset in (("tasks", "the full dictionary"), ("targets", "every task trained")):
         names = raw.get(key)
         if isinstance(names, list) and not names:  # (an absent key is the default)
@@ -364,6 +360,14 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
     raw["resources"] = _build(Resources, raw.get("resources") or {}, "resources")
     raw["solve"] = _build(SolveConfig, raw.get("solve") or {}, "solve")
     return _build(SweepConfig, raw, "the workflow")
+
+
+def default_storage(cfg: SweepConfig) -> str:
+    """`runs/<name>`, the storage of a sweep run without --storage; the name must be a folder's."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ +()-]*", cfg.name) or ".." in cfg.name:
+        raise ConfigError(f"name {cfg.name!r} would put the default storage runs/<name> "
+                          "elsewhere: give --storage, or a name without path separators or '..'")
+    return f"runs/{cfg.name}"
 
 
 def load(path: str | Path, *, data_root: str | None = None) -> SweepConfig:

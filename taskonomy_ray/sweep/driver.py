@@ -68,9 +68,11 @@ def set_aside_damaged(storage: Storage, unit: planning.Unit) -> list[str]:
     On a local storage a file can be cut short outside the sweep's atomic writes (a copy of the
     run that stopped half-way, a disk fault): such a unit is not done, and runs again instead of
     every unit reading it failing on every resume. The file is renamed, not deleted. Object stores
-    make an object visible only whole, so there existence suffices (and costs one request).
+    make an object visible only whole, so there existence suffices (and costs one request), but
+    for the analysis, whose two files are also checked inside (impossible scores, a taxonomy
+    that is not an object).
     """
-    if not storage.local:
+    if not storage.local and unit.stage != "analysis":
         return []
     moved = []
     for rel, why in damaged_files(storage, unit):
@@ -271,7 +273,7 @@ def run_sweep(config_path: str | Path, *, storage_uri: str | None = None,
     """
     cfg = sweep_config.load(config_path, data_root=data_root)
     check_root_kind(cfg)  # before Ray starts and every unit fails on it
-    storage = Storage(storage_uri or f"runs/{cfg.name}")
+    storage = Storage(storage_uri or sweep_config.default_storage(cfg))
     check_lasting(storage, cfg.data.root)
     storage.ensure_writable()
     claim = lease.claim(storage, takeover)

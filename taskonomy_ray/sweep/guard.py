@@ -59,17 +59,10 @@ def guard_run(storage: Storage, cfg: sweep_config.SweepConfig, force: bool = Fal
         if was != new["data_root"] and not force:
             # Unit keys hold data.root as written: a relative root read from another directory
             # would silently be another (or no) dataset under the same keys.
-            raise ConfigError(
-                f"storage {storage.display} holds a run on the data root {was}; data.root "
-                f"{cfg.data.root!r} now resolves to {new['data_root']}. Run from the directory "
-                f"the run started in, or pass --data {was}. If the data is the same dataset, "
-                + ("moved, pass --force-config to continue with it (the keys hold the root as "
-                   "written, which has not changed: everything done is kept)"
-                   if _written_root(old) == cfg.data.root else
-                   f"moved, link the old path to it (`ln -s {new['data_root']} {was}`) and "
-                   f"pass --data {was}: everything done is kept. --force-config would continue "
-                   "on the new path, but unit keys hold the data root as written, so every "
-                   "unit would run again"))
+            raise ConfigError(f"storage {storage.display} holds a run on the data root {was}; "
+                              f"data.root {cfg.data.root!r} now resolves to {new['data_root']}. "
+                              + _moved_root_advice(_written_root(old), cfg.data.root, was,
+                                                   new["data_root"]))
         if was_method == METHOD_VERSION:  # the release that started it, unless recomputed
             new["version"] = old.get("version", new["version"])
         if split is None and "splits" in old:
@@ -136,6 +129,24 @@ def split_changes(old: dict[str, list[str]] | None, new: dict[str, list[str]] | 
             more = len(a ^ b) - len(delta)
             out.append(f"{s}: {' '.join(delta)}" + (f" and {more} more" if more > 0 else ""))
     return out
+
+
+def _moved_root_advice(written: str | None, now: str, was: str, resolved: str) -> str:
+    """How to resume on a data root that resolves elsewhere, keeping what is done.
+
+    Unit keys hold data.root as written: the same words from another directory keep them, a
+    different root (an absolute --data for a relative root among them) changes every key.
+    """
+    if written == now:
+        return ("Run from the directory the run started in; if the data is the same dataset, "
+                "moved, pass --force-config to continue with it (unit keys hold data.root as "
+                "written, which is unchanged: everything done is kept)")
+    where = (f"run from the directory the run started in with data.root {written!r} and no "
+             "--data" if written and not os.path.isabs(written) else f"pass --data {written}")
+    return (f"To keep everything done, {where} (unit keys hold data.root as written); if the "
+            f"data moved, first link its old path to it (`ln -s {resolved} {was}`, with {was} "
+            "gone). --force-config would continue on the new root, but every unit would run "
+            "again")
 
 
 def _written_root(run: dict[str, Any]) -> str | None:

@@ -63,7 +63,7 @@ def blocked_reason(unit: Unit, bad: Callable[[str], str | None], chooser: str | 
     `bad(key)` is "failed" or "blocked" for a unit that failed or will not run, else None;
     `chooser` is the beam that added the unit. A unit whose deps are all optional needs one of
     them (a transfer group with no source left has nothing to train), and a barrier needs some
-    other unit done (`nothing_else_done`: every other unit failed or will not run).
+    unit's losses (`nothing_else_done`: every unit that writes losses failed or will not run).
     """
     hit = [d for d in unit.required if bad(d)]
     if hit:
@@ -73,7 +73,7 @@ def blocked_reason(unit: Unit, bad: Callable[[str], str | None], chooser: str | 
     if unit.optional and not unit.required and all(bad(d) for d in unit.optional):
         return f"not run: every input {bad(unit.optional[0])} (the first: {unit.optional[0]})"
     if unit.barrier and nothing_else_done:
-        return "not run: no other unit of the sweep succeeded"
+        return "not run: no unit that writes per-image losses succeeded"
     return None
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .plan import PRIORITY, STAGES, Unit, blocked_reason
+from .plan import PRIORITY, STAGES, Unit, blocked_reason, losses_path
 
 STATES = ("planned", "running", "done", "failed")
 ABSENT = "absent"  # a barrier's input that had no result when it ran (`Scheduler.inputs_of`)
@@ -216,6 +216,11 @@ class Scheduler:
                 out.append(u)
         return sorted(out, key=lambda u: PRIORITY.index(u.stage))
 
+    @property
+    def _loss_writers(self) -> list[str]:
+        """The units that write per-image losses: what a barrier (the analysis) reads."""
+        return [k for k, u in self.units.items() if not u.barrier and losses_path(k) in u.outputs]
+
     def _fail_orphans(self) -> None:
         """Fail, unrun, the planned units that a failure leaves nothing to run on (`blocked`)."""
 
@@ -226,8 +231,9 @@ class Scheduler:
         while changed:
             changed = False
             chosen_by = {k: c for c, added in self.expanded.items() for k in added}
-            others = [k for k, u in self.units.items() if not u.barrier]
-            none_done = all(self.state[k] == "failed" for k in others)
+            # (A failed unit's earlier result, still in storage, is read: `inputs_of`.)
+            none_done = all(self.state[k] == "failed" and k not in self.digest
+                            for k in self._loss_writers)
             for key, u in self.units.items():
                 if self.state[key] != "planned":
                     continue

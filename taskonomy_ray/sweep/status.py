@@ -6,6 +6,7 @@ the done units' files as a resume would (moving nothing) and finds the ones left
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import StorageError, TaskonomyError
@@ -36,7 +37,8 @@ def status(storage_uri: str, verify: bool = False) -> dict[str, Any]:
     driver = lease.holder(storage)
     if driver is None:  # started, never ended, and no sweep drives it: interrupted, to resume
         found["state"].update({k: "pending" for k, s in found["state"].items() if s == "running"})
-    blocked = _block(units, found["state"])
+    blocked = _block(units, found["state"],
+                     lambda key: storage.exists(planning.losses_path(key)))
     stale = _stale(storage, units, found["state"]) if verify else None
     stages, orders = _count(units, found["state"], found["left_out"])
     return {"storage": storage.display, "stages": stages, "transfer_orders": orders,
@@ -87,8 +89,12 @@ def _look(storage: Storage, units: list[planning.Unit], verify: bool) -> dict[st
     return out
 
 
-def _block(units: list[planning.Unit], state: dict[str, str]) -> dict[str, str]:
-    """Mark pending units waiting on a failed one `blocked` (until a resume runs it again)."""
+def _block(units: list[planning.Unit], state: dict[str, str],
+           has_losses: Callable[[str], bool]) -> dict[str, str]:
+    """Mark pending units waiting on a failed one `blocked` (until a resume runs it again).
+
+    `has_losses(key)`: whether a unit's losses are in storage (a failed rerun's earlier ones).
+    """
     blocked: dict[str, str] = {}
 
     def bad(key: str) -> str | None:
@@ -98,7 +104,9 @@ def _block(units: list[planning.Unit], state: dict[str, str]) -> dict[str, str]:
     changed = True
     while changed:
         changed = False
-        none_done = all(bad(o.key) for o in units if not o.barrier)
+        writers = [o.key for o in units
+                   if not o.barrier and planning.losses_path(o.key) in o.outputs]
+        none_done = all(bad(k) for k in writers) and not any(map(has_losses, writers))
         for u in units:
             if state[u.key] != "pending":
                 continue
