@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 # fixed so that a head started later does not disagree with an earlier client.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Token mode needs a token. A fresh machine has none (~/.ray/auth_token is written by the first
+# local `ray.init()`), and a head started without `ray.init()` (ray.cluster_utils' simulated
+# cluster) aborts its GCS instead: the session's Ray instances share one token of their own, and
+# the tests leave the user's ~/.ray alone.
+if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 # A Ray head started while the session's Ray is busy (the simulated cluster of the node-removal
 # test, the job-submit head) waited past Ray's default 30 s for its GCS port on a loaded 2-core
 # machine, failing the test before it began; every Ray these tests start inherits this.
