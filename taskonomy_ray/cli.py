@@ -177,7 +177,8 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", metavar="CSV_OR_RESULTS_DIR",
                    help="the published transfers.csv, or the results/ folder of a "
                    "StanfordVL/taskonomy clone, instead of a run's storage")
-    p.add_argument("--budget", type=float, help="how many tasks may be supervised")
+    p.add_argument("--budget", type=float, help="how many tasks may be supervised (with --cost: "
+                   "what their summed supervision cost may be)")
     p.add_argument("--budgets", metavar="SPEC",
                    help="solve a budget curve instead: '1-8' or '1,2,5'")
     p.add_argument("--max-order", type=int, help="largest transfer order (default 4)")
@@ -187,6 +188,10 @@ def _add_solve(sub: argparse._SubParsersAction) -> None:
                    help="tasks that may be supervised (default: every task of the dictionary)")
     p.add_argument("--importance", nargs="+", default=[], metavar="TASK=W",
                    help="per-target importance (default 1)")
+    p.add_argument("--cost", nargs="+", default=[], metavar="TASK=C",
+                   help="supervision cost of a task (default 1): the budget then limits the "
+                   "supervised tasks' summed cost, e.g. segment_semantic=3 for a task whose "
+                   "labels are dear to collect")
     p.add_argument("--weight", default="sqrt_affinity",
                    choices=("sqrt_affinity", "affinity", "quality", "gain"),  # taxonomy.WEIGHTS
                    help="transfer weight in the objective (default: sqrt_affinity, as published)")
@@ -227,7 +232,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         targets=tuple(args.targets) if args.targets else None,
         sources=tuple(args.sources) if args.sources else None,
         importance=solve_text.parse_importance(args.importance), weight=args.weight,
-        novel=tuple(args.novel))
+        novel=tuple(args.novel), costs=solve_text.parse_costs(args.cost))
     problem = taxonomy.build_problem(table, spec)
     top = taxonomy.largest_order(table, problem.regime)
     if args.max_order is not None and args.max_order > top:  # (asked for, not the default)
@@ -255,13 +260,15 @@ def _run_solve(args: argparse.Namespace) -> int:
         left = ", ".join(f"{b:g}" for b in budgets if b not in feasible)
         print(f"left out budgets {left}: below {need:g}, the smallest that serves all "
               f"{len(problem.targets)} targets", file=sys.stderr)
-    most = len(problem.supervisable)
-    if any(b > most for b in feasible):  # (every task supervised: the same taxonomy)
-        left = ", ".join(f"{b:g}" for b in feasible if b > most)
-        print(f"left out budgets {left}: above {most}, the number of tasks that may be "
-              "supervised, they give the taxonomy of budget "
-              f"{most}{'' if most in feasible else ', solved instead'}", file=sys.stderr)
-        feasible = sorted({*(b for b in feasible if b <= most), float(most)})
+    most = sum(problem.costs.values())  # every task supervised: more changes nothing
+    if any(b > most + 1e-9 for b in feasible):
+        left = ", ".join(f"{b:g}" for b in feasible if b > most + 1e-9)
+        what = ("the summed cost of the tasks that may be supervised" if args.cost
+                else "the number of tasks that may be supervised")
+        print(f"left out budgets {left}: above {most:g}, {what}, they give the taxonomy of "
+              f"budget {most:g}{'' if most in feasible else ', solved instead'}",
+              file=sys.stderr)
+        feasible = sorted({*(b for b in feasible if b <= most + 1e-9), float(most)})
     curve = taxonomy.budget_curve(problem, feasible)
     print(json.dumps(solve_text.curve_json(curve), indent=1) if args.json
           else solve_text.format_curve(curve))
@@ -279,6 +286,7 @@ def _run_all_for_one(args: argparse.Namespace) -> int:
 
     clash = [f for f, v in (("--budget", args.budget), ("--budgets", args.budgets),
                             ("--sources", args.sources), ("--importance", args.importance or None),
+                            ("--cost", args.cost or None),
                             ("--novel", args.novel or None), ("--plot", args.plot),
                             ("--dot", args.dot), ("--draw", args.draw)) if v is not None]
     if clash:

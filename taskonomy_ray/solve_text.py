@@ -44,27 +44,41 @@ def parse_budgets(spec: str) -> list[float]:
 
 def parse_importance(items: Sequence[str]) -> dict[str, float]:
     """Per-target importance from 'TASK=W' strings."""
-    out = {}
+    return _task_values(items, "importance", "TASK=WEIGHT, e.g. normal=2")
+
+
+def parse_costs(items: Sequence[str]) -> dict[str, float]:
+    """Per-task supervision cost from 'TASK=C' strings (the paper's r_i; default 1)."""
+    return _task_values(items, "cost", "TASK=COST, e.g. segment_semantic=3")
+
+
+def _task_values(items: Sequence[str], what: str, form: str) -> dict[str, float]:
+    out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            out[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise ConfigError(f"cannot read importance {item!r}; write TASK=WEIGHT, "
-                              "e.g. normal=2")
+            raise ConfigError(f"cannot read {what} {item!r}; write {form}")
+        if name.strip() in out:
+            raise ConfigError(f"{what} of {name.strip()!r} given twice ({item!r}); give it once")
+        out[name.strip()] = number
     return out
 
 
 def format_taxonomy(result: Taxonomy) -> str:
     """A readable table of a solved taxonomy, for `taskonomy-ray solve`."""
     weighed = ", ".join(f"{t}={w:g}" for t, w in result.importance.items())
+    costs = ", ".join(f"{t}={c:g}" for t, c in result.costs.items())
+    spent = f", cost {result.spent:g}" if costs else ""
     head = (f"regime {result.regime}, budget {result.budget:g}, max order {result.max_order}, "
             f"weight {result.weight}" + (f", importance {weighed}" if weighed else "")
+            + (f", costs {costs} (others 1)" if costs else "")
             + f"\nobjective {result.objective:.4f}, mean gain {result.gain:.3f}, mean "
             f"quality {result.quality:.3f}\nsupervised "
-            f"({len(result.supervised)}): {', '.join(result.supervised)}\n")
+            f"({len(result.supervised)}{spent}): {', '.join(result.supervised)}\n")
     rows = [("target", "served by", "weight", "affinity", "gain", "quality")]
     for a in result.transfers:
         rows.append((a.target, "(supervised)" if a.supervised else " + ".join(a.sources),
@@ -75,12 +89,15 @@ def format_taxonomy(result: Taxonomy) -> str:
 
 def format_curve(curve: Sequence[Taxonomy]) -> str:
     """A readable table of a budget curve: objective and mean win rates per budget."""
-    rows = [("budget", "objective", "gain", "quality", "supervised")]
-    rows += [(f"{t.budget:g}", f"{t.objective:.4f}", f"{t.gain:.3f}", f"{t.quality:.3f}",
-              ", ".join(t.supervised)) for t in curve]
     first = curve[0] if curve else None
-    head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}\n\n"
-            if first else "")
+    costed = bool(first and first.costs)  # then the budget is not a count: show what was spent
+    rows = [("budget", *(("cost",) if costed else ()), "objective", "gain", "quality",
+             "supervised")]
+    rows += [(f"{t.budget:g}", *((f"{t.spent:g}",) if costed else ()), f"{t.objective:.4f}",
+              f"{t.gain:.3f}", f"{t.quality:.3f}", ", ".join(t.supervised)) for t in curve]
+    costs = ", ".join(f"{n}={c:g}" for n, c in first.costs.items()) if first else ""
+    head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}"
+            + (f", costs {costs} (others 1)" if costs else "") + "\n\n" if first else "")
     return head + _columns(rows)
 
 
@@ -88,9 +105,10 @@ def curve_json(curve: Sequence[Taxonomy]) -> dict[str, Any]:
     """The `solve --budgets --json` object: one entry per budget."""
     first = curve[0]
     return {"regime": first.regime, "max_order": first.max_order, "weight": first.weight,
-            "curve": [{"budget": t.to_json()["budget"], "objective": t.objective,
-                       "quality": t.quality, "gain": t.gain, "supervised": list(t.supervised)}
-                      for t in curve]}
+            "costs": dict(first.costs),
+            "curve": [{"budget": t.to_json()["budget"], "cost": t.to_json()["cost"],
+                       "objective": t.objective, "quality": t.quality, "gain": t.gain,
+                       "supervised": list(t.supervised)} for t in curve]}
 
 
 def format_novel(found: Sequence[NovelTask], regime: int) -> str:

@@ -47,9 +47,11 @@ class ProblemSpec:
         if self.sources is not None and not self.sources:
             raise ConfigError("the source set is empty: allow at least one task to be supervised "
                               "(or leave --sources out to allow every task)")
-        for name, value in [*self.importance.items(), *self.costs.items()]:
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"importance and costs must be finite and >= 0; {name}={value}")
+        for what, values in (("importance", self.importance), ("cost", self.costs)):
+            for name, value in values.items():
+                if not (math.isfinite(value) and value >= 0):
+                    raise ConfigError(f"the {what} of {name} is {value:g}: it must be finite "
+                                      "and >= 0")
         clash = set(self.novel) & set(self.sources or ())
         if clash:
             raise ConfigError(f"{sorted(clash)} are novel and so cannot be supervised sources; "
@@ -117,6 +119,13 @@ class Taxonomy:
     supervised: tuple[str, ...]
     transfers: tuple[Assignment, ...]
     importance: Mapping[str, float] = field(default_factory=dict)  # the targets' not 1
+    costs: Mapping[str, float] = field(default_factory=dict)  # supervision costs not 1
+    cost: float | None = None  # the supervised tasks' summed cost (None: their number)
+
+    @property
+    def spent(self) -> float:
+        """What the supervised tasks cost together, the quantity the budget limits."""
+        return float(len(self.supervised)) if self.cost is None else self.cost
 
     @property
     def quality(self) -> float:
@@ -130,12 +139,17 @@ class Taxonomy:
 
     def to_json(self) -> dict[str, Any]:
         """The `solve --json` object of DESIGN.md."""
-        budget: float | int = int(self.budget) if float(self.budget).is_integer() else self.budget
-        return {"regime": self.regime, "budget": budget, "max_order": self.max_order,
+        return {"regime": self.regime, "budget": _number(self.budget), "max_order": self.max_order,
                 "weight": self.weight, "objective": self.objective,
                 "supervised": list(self.supervised),
                 "transfers": [a.to_json() for a in self.transfers],
-                "quality": self.quality, "gain": self.gain, "importance": dict(self.importance)}
+                "quality": self.quality, "gain": self.gain, "importance": dict(self.importance),
+                "costs": dict(self.costs), "cost": _number(self.spent)}
+
+
+def _number(x: float) -> float | int:
+    """A whole float as an int (JSON's `3`, not `3.0`), for budgets and costs."""
+    return int(x) if float(x).is_integer() else x
 
 
 def edge_weight(kind: str, affinity: float, quality: float, gain: float) -> float:
@@ -176,7 +190,9 @@ def build_problem(affinities: pa.Table, spec: ProblemSpec, prune: bool = True) -
                                "Importance weighs targets; name it with --targets to make it one.")
     for name in spec.costs:  # a cost only counts when a task is supervised
         if name not in supervisable:
-            raise unknown_name("supervisable task of this problem", name, supervisable)
+            raise unknown_name("supervisable task of this problem", name, supervisable,
+                               "A cost counts for a task that may be supervised; allow it "
+                               "with --sources (novel tasks never are).")
     if all(spec.importance.get(t, 1.0) == 0 for t in targets):
         raise ConfigError("every target's importance is 0, so every policy scores 0 and the "
                           "solve chooses nothing; give some target a positive importance")
@@ -372,6 +388,8 @@ def assemble(problem: Problem, budget: float, chosen: frozenset[str],
     # not see them); a taxonomy lists only the tasks it labels for a reason.
     used = {s for a in out for s in a.sources} | {a.target for a in out if a.supervised}
     ordered = tuple(n for n in problem.supervisable if n in chosen and n in used)
+    costs = {n: c for n, c in problem.costs.items() if c != 1.0}
     return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
                     ordered, tuple(out),
-                    {t: w for t, w in problem.importance.items() if w != 1.0})
+                    {t: w for t, w in problem.importance.items() if w != 1.0}, costs,
+                    float(sum(problem.costs[n] for n in ordered)))

@@ -129,6 +129,48 @@ def test_a_curve_leaves_out_budgets_too_small_and_says_so(tmp_path, capsys):
     assert code == 0 and "left out budgets 50: above" in err and top < 50
 
 
+def test_a_supervision_cost_changes_what_the_budget_buys(tmp_path, capsys):
+    # The paper's r_i: labels of some tasks are dearer to collect. Budget 1 supervises normal;
+    # at cost 2 it no longer fits, and at cost 0.5 two tasks fit in the same budget.
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 1, "--json")
+    assert json.loads(out)["supervised"] == ["normal"] and json.loads(out)["cost"] == 1
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 1, "--cost", "normal=2", "--json")
+    dear = json.loads(out)
+    assert code == 0 and "normal" not in dear["supervised"] and dear["cost"] <= 1
+    assert dear["costs"] == {"normal": 2}
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 1, "--cost", "normal=0.5",
+                          "reshading=0.5", "--json")
+    cheap = json.loads(out)
+    assert sorted(cheap["supervised"]) == ["normal", "reshading"] and cheap["cost"] == 1
+    assert cheap["objective"] > json.loads(_solve(capsys, tmp_path, "--budget", 1,
+                                                  "--json")[1])["objective"]
+    # The table says what was spent, and a curve shows it per budget.
+    code, out, _ = _solve(capsys, tmp_path, "--budget", 2, "--cost", "normal=2")
+    assert "costs normal=2 (others 1)" in out.splitlines()[0]
+    assert "supervised (2, cost 2)" in out
+    code, out, err = _solve(capsys, tmp_path, "--budgets", "1,2,10", "--cost", "normal=2",
+                            "--json")
+    curve = json.loads(out)["curve"]
+    assert [p["budget"] for p in curve] == [1, 2, 4] and curve[-1]["cost"] == 4
+    assert "left out budgets 10: above 4, the summed cost of the tasks that may be" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", 1, "--cost", "normal"], "write TASK=COST"),
+    (["--budget", 1, "--cost", "normal=-1"], "the cost of normal is -1: it must be finite"),
+    (["--budget", 1, "--cost", "normal=nan"], "it must be finite"),
+    (["--budget", 1, "--cost", "normals=2"], "did you mean 'normal'"),
+    (["--budget", 1, "--cost", "random=2"], "allow it with --sources"),  # (not by default)
+    (["--budget", 1, "--cost", "normal=2", "normal=3"], "cost of 'normal' given twice"),
+    (["--all-for-one", "--cost", "normal=2"], "so --cost does not apply"),
+])
+def test_a_cost_that_cannot_apply_is_refused_with_the_fix(tmp_path, capsys, argv, message):
+    tables.Storage(str(tmp_path)).write_affinities(SMALL)
+    code, _, err = _solve(capsys, tmp_path, *argv)
+    assert code == 2 and message in err
+
+
 def test_a_reader_that_stops_early_gets_no_traceback():
     # `taskonomy-ray tasks | head -4` (the README's own example) could end in BrokenPipeError.
     # The reader here is gone before the command writes (it takes a second to import).

@@ -313,6 +313,9 @@ def test_parse_budgets_and_importance():
         "normal": 2.0, "depth_zbuffer": 0.5}
     with pytest.raises(ConfigError, match="TASK=WEIGHT"):
         solve_text.parse_importance(["normal"])
+    with pytest.raises(ConfigError, match="importance of 'normal' given twice"):  # (the last
+        solve_text.parse_importance(["normal=2", "normal=3"])  # one silently won)
+    assert solve_text.parse_costs(["segment_semantic=3"]) == {"segment_semantic": 3.0}
 
 
 def test_format_taxonomy_is_a_readable_table():
