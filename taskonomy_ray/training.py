@@ -30,6 +30,7 @@ from .models import (
     TaskNetwork,
     autocast,
     build_task_network,
+    exact_float32_convolutions,
     init_output_bias,
     load_weights,
     network_input,
@@ -65,7 +66,9 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if not cuda:
         return torch.device("cpu")
+    exact_float32_convolutions()
     return torch.device("cuda", torch.cuda.current_device())
+
 
 
 def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import TransferConfig
 from .errors import ConfigError, TrainingError
-from .models import autocast, init_output_bias
+from .models import autocast, exact_float32_convolutions, init_output_bias
 from .models.decoders import build_decoder
 from .models.losses import per_image_loss
 from .tasks import TaskSpec, get_task
@@ -222,11 +222,12 @@ def take(labels: Labels, idx: torch.Tensor, device: torch.device | None = None) 
 
 def resolve_device(cfg: TransferConfig) -> torch.device:
     """The device transfers train on: `auto` picks CUDA when present."""
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("transfer.device is cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device(cfg.device)
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    exact_float32_convolutions()
+    return torch.device("cuda")
 
 
 def head_loss(target: str, out: torch.Tensor, batch: Batch, seed: int, step: int,

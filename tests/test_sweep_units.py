@@ -232,3 +232,55 @@ def test_a_feature_unit_run_again_encodes_again_instead_of_taking_the_old_entry(
     st.write_bytes(unit.outputs[0], to_bytes(Features(old.images, old.array * 0)))
     units.run_features(unit, ctx)
     assert st.read_bytes(unit.outputs[0]) == fresh
+
+
+class _FakeCuda:
+    """torch.cuda as a worker that has trained on a GPU sees it: initialised, memory cached."""
+
+    def __init__(self) -> None:
+        self.emptied = 0
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+
+
+def test_a_unit_hands_its_cached_gpu_memory_back_when_it_ends_even_if_it_fails(monkeypatch):
+    # The worker process outlives the unit and Ray counts the unit's GPU share free: memory
+    # torch's allocator kept would be missing from the next unit's share, in another process.
+    cuda = _FakeCuda()
+    monkeypatch.setattr(torch, "cuda", cuda)
+    monkeypatch.setattr(units, "check_gpu_visible", lambda unit: None)
+    monkeypatch.setitem(units.EXECUTORS, "beam", lambda unit, ctx: {"ok": True})
+    assert units.execute(plan.Unit("beam-x", "beam", {}), {}) == {"ok": True}
+    assert cuda.emptied == 2  # before (an earlier failure's leftovers) and after
+
+    def fails(unit, ctx):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(units.EXECUTORS, "beam", fails)
+    with pytest.raises(RuntimeError):
+        units.execute(plan.Unit("beam-x", "beam", {}), {})
+    assert cuda.emptied == 4
+
+
+def test_a_reused_worker_refuses_a_gpu_unit_on_another_gpu_than_its_first(monkeypatch):
+    # CUDA reads CUDA_VISIBLE_DEVICES once per process: on a node with several GPUs a worker
+    # Ray reuses would train on its first unit's GPU, sharing it while the assigned one idles.
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(units, "_FIRST_GPUS", [])
+    unit = plan.Unit("transfer-normal-x", "transfer", {})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    units.check_gpu_visible(unit)
+    units.check_gpu_visible(unit)  # the same GPU again: fine (one GPU per node, the default)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [5])
+    with pytest.raises(units.TrainingError, match=r"already trained on GPU 3.*"
+                                                  r"set resources.max_calls: 1"):
+        units.check_gpu_visible(unit)

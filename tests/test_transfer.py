@@ -336,3 +336,21 @@ def test_an_unreadable_test_label_is_a_data_error_naming_the_file(root, tmp_path
     with pytest.raises(DataError, match=victim.name):
         train_transfer_group("depth_zbuffer", [["normal"]], 8, cache, str(broken), CFG, MODEL,
                              unit="u")
+
+
+def test_choosing_cuda_makes_float32_convolutions_ieee_not_tf32(monkeypatch):
+    # cuDNN's default in torch is TF32 for float32 convolutions: `amp: off` would then not be
+    # the float32 the docs' precision figures were measured in.
+    from taskonomy_ray import transfer
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        conv.fp32_precision = "tf32"
+        assert transfer.resolve_device(TransferConfig(device="cpu")) == torch.device("cpu")
+        assert conv.fp32_precision == "tf32"  # a CPU run leaves the setting alone
+        assert transfer.resolve_device(TransferConfig(device="auto")).type == "cuda"
+        assert conv.fp32_precision == "ieee"
+    finally:
+        conv.fp32_precision = before

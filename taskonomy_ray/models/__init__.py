@@ -14,8 +14,9 @@ from .decoders import build_decoder
 from .encoder import Encoder, random_encoder
 from .losses import per_image_loss
 
-__all__ = ["Encoder", "TaskNetwork", "autocast", "build_task_network", "init_output_bias",
-           "load_weights", "network_input", "per_image_loss", "random_encoder", "represent"]
+__all__ = ["Encoder", "TaskNetwork", "autocast", "build_task_network",
+           "exact_float32_convolutions", "init_output_bias", "load_weights", "network_input",
+           "per_image_loss", "random_encoder", "represent"]
 
 
 def autocast(amp: str, device: torch.device) -> Any:
@@ -25,6 +26,21 @@ def autocast(amp: str, device: torch.device) -> Any:
     """
     on = amp == "on" or (amp == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def exact_float32_convolutions() -> None:
+    """Run float32 convolutions on CUDA in IEEE float32, not TF32 (cuDNN's default in torch).
+
+    TF32 keeps 10 of float32's 23 mantissa bits. bf16, with 7, moved per-image losses and win
+    rates (the affinities' inputs) beyond float32's rounding floor (docs/benchmarks.md), so
+    reduced precision is what the `amp` settings choose, explicitly, never a silent default.
+    Matrix products are float32 already (torch's default).
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's API
+        conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def load_weights(net: nn.Module, state: dict[str, Any], where: str) -> None:

@@ -7,6 +7,7 @@ atomically, the outputs last, so a unit is either done (its outputs exist) or wi
 from __future__ import annotations
 
 import io
+import os
 import sys
 from typing import Any
 
@@ -359,9 +360,34 @@ EXECUTORS = {
 
 
 def execute(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Run one unit of any stage."""
+    """Run one unit of any stage; the device memory it cached goes back when it ends."""
+    release_device_memory()  # (what an earlier unit's failure kept alive until now)
     check_gpu_visible(unit)
-    return EXECUTORS[unit.stage](unit, ctx)
+    try:
+        return EXECUTORS[unit.stage](unit, ctx)
+    finally:
+        release_device_memory()
+
+
+def release_device_memory() -> None:
+    """Hand the CUDA memory torch's allocator holds in this process back to the device.
+
+    A worker process outlives its unit (`resources.max_calls`), and Ray counts the unit's share
+    of the GPU free once it ends: memory the allocator kept cached would then be missing from
+    the next unit's share, in another process, which would run out of memory.
+    """
+    torch = sys.modules.get("torch")  # (a unit that never imported torch has nothing cached)
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    import gc
+
+    gc.collect()  # tensors held by reference cycles (a failed unit's traceback frames)
+    torch.cuda.empty_cache()
+
+
+# The CUDA_VISIBLE_DEVICES under which this worker process's first GPU unit ran: CUDA reads it
+# once per process, so the GPU that process uses stays that one whatever Ray assigns later.
+_FIRST_GPUS: list[str | None] = []
 
 
 def check_gpu_visible(unit: planning.Unit) -> None:
@@ -379,6 +405,16 @@ def check_gpu_visible(unit: planning.Unit) -> None:
 
     import torch
 
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not _FIRST_GPUS:
+        _FIRST_GPUS.append(visible)
+    elif _FIRST_GPUS[0] != visible:
+        raise TrainingError(
+            f"unit {unit.key}: Ray gave it GPU {ids} on {socket.gethostname()}, but this worker "
+            f"process already trained on GPU {_FIRST_GPUS[0]}, and CUDA cannot switch devices "
+            "in a running process: the unit would share that GPU with another while its own "
+            "sat idle. On nodes with several GPUs set resources.max_calls: 1 (a fresh worker "
+            "for every GPU unit) and resume; finished units are kept")
     if not torch.cuda.is_available():
         raise TrainingError(
             f"unit {unit.key}: Ray gave it GPU {ids} on {socket.gethostname()}, but torch "
