@@ -24,15 +24,19 @@ part() {  # part NAME SECONDS ARGS...: run one benchmark, keep its log and its J
   timeout "$limit" "$py" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   tail -n 1 "$out/$name.log" > "$out/$name.json"
+  "$py" -c 'import json, sys; json.load(open(sys.argv[1]))' "$out/$name.json" 2>/dev/null \
+    || echo "   NOT A RESULT: the last line of $name.log is not JSON (failed or timed out)"
   echo "   exit $rc; $(wc -c < "$out/$name.log") bytes of log"
   tail -n 3 "$out/$name.log" | cut -c1-400
 }
 
 "$py" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())' || exit 1
 part training 120 benchmarks/bench_training.py --gpu-only
-# the rendered 256 px set stays out of OUTDIR (a device run brings back a few files only)
-part transfers 330 benchmarks/bench_transfers.py --scale gpu --device cuda \
-  --data "${TMPDIR:-/tmp}/taskonomy-gpu-check-256"
+# the rendered 256 px set stays out of OUTDIR (a device run brings back a few files only), and
+# is rendered outside the transfers' time box
+data256="${TMPDIR:-/tmp}/taskonomy-gpu-check-256"
+part render 120 benchmarks/bench_transfers.py --scale gpu --render-only --data "$data256"
+part transfers 330 benchmarks/bench_transfers.py --scale gpu --device cuda --data "$data256"
 part memory 60 benchmarks/bench_memory.py --device cuda
 if "$py" -c 'import ray' 2>/dev/null; then
   work="${TMPDIR:-/tmp}/taskonomy-gpu-sweep"
