@@ -335,6 +335,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="the sweep's dataset root, when it is not at "
                    "the path recorded in run.json (sweep only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
+    p.add_argument("--importance", nargs="+", default=[], metavar="TASK=W",
+                   help="per-target importance in every taxonomy solved (default 1), as solve's")
+    p.add_argument("--cost", nargs="+", default=[], metavar="TASK=C",
+                   help="supervision cost of a task (default 1), as solve's: budgets are then "
+                   "summed costs")
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -342,7 +347,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
     from .report import write_report
-    from .solve_text import parse_budgets
+    from .solve_text import parse_budgets, parse_costs, parse_importance
 
     if (args.storage is None) == (args.published is None):
         raise ConfigError("give a sweep's STORAGE or --published CSV (one of them)")
@@ -365,7 +370,8 @@ def _run_report(args: argparse.Namespace) -> int:
                          budgets=parse_budgets(args.budgets), orders=args.orders,
                          drawn=parse_budgets(args.draw), random_policies=args.policies,
                          regime=args.regime, samples=args.samples, data_root=args.data,
-                         seed=args.seed)
+                         seed=args.seed, importance=parse_importance(args.importance),
+                         costs=parse_costs(args.cost))
     print(f"wrote {index} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -12,8 +12,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class ReportConfig:
     regime: int | None = None  # None: the table's largest
     samples: int = 3  # test images per gold network (sweep only)
     data_root: str | None = None  # overrides the dataset root of run.json (sweep only)
+    importance: Mapping[str, float] = field(default_factory=dict)  # per target, default 1
+    costs: Mapping[str, float] = field(default_factory=dict)  # supervision costs, default 1
 
     def __post_init__(self) -> None:
         for name in ("budgets", "orders", "drawn"):
@@ -73,7 +75,9 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
                  published: bool = False, budgets: Sequence[float] = DEFAULT_BUDGETS,
                  orders: Sequence[int] = DEFAULT_ORDERS, drawn: Sequence[float] = DEFAULT_DRAWN,
                  random_policies: int = DEFAULT_POLICIES, regime: int | None = None,
-                 samples: int = 3, data_root: str | None = None, seed: int = 0) -> Path | str:
+                 samples: int = 3, data_root: str | None = None, seed: int = 0,
+                 importance: Mapping[str, float] | None = None,
+                 costs: Mapping[str, float] | None = None) -> Path | str:
     """Write the report of a sweep's storage (or of the published CSV); return its index.html.
 
     A path, or a URI for a sweep on an object store. Default folder: `<storage>/report` for a
@@ -81,7 +85,7 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
     `report-published/` for the published results.
     """
     cfg = ReportConfig(tuple(budgets), tuple(orders), tuple(drawn), random_policies, seed,
-                       regime, samples, data_root)
+                       regime, samples, data_root, dict(importance or {}), dict(costs or {}))
     if published:
         from .published import load_published
 
@@ -158,8 +162,9 @@ def _render_into(out: Path, table: pa.Table, cfg: ReportConfig, title: str, sour
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "affinity": affinity_section(table, regime, out),
     }
-    pinned = None
-    if storage is not None and storage.exists("taxonomy.json"):
+    pinned = None  # the sweep's own taxonomy, solved with unit importance and costs
+    if storage is not None and storage.exists("taxonomy.json") and not (
+            cfg.importance or cfg.costs):
         pinned = storage.read_json("taxonomy.json")
     context.update(taxonomy_sections(table, regime, cfg, out, pinned))
     context["novel"] = novel_section(table, regime, cfg, out)
@@ -255,20 +260,26 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     many = len(above) > 1
     notes = [f"order{'s' if many else ''} {', '.join(above)} exceed{'' if many else 's'} the "
              f"table's largest order ({top}) and would repeat it"] if above else []
+    for what, values, unit in (("supervision costs", cfg.costs, ": a budget limits the "
+                                "supervised tasks' summed cost"),
+                               ("target importance", cfg.importance, "")):
+        if values:
+            given = ", ".join(f"{n}={v:g}" for n, v in values.items())
+            notes.append(f"{what} {given} (others 1){unit}")
     pairs = {(o, b) for o in orders for b in cfg.drawn}
     if pinned is not None and pinned.get("regime") == regime:
         pairs.add((int(pinned["max_order"]), float(pinned["budget"])))
     curve, points, drawn = [], [], []
     for order in sorted({*orders, *(o for o, _ in pairs)}):
-        problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(max_order=order,
-                                                                     regime=regime))
-        least, most = taxonomy.min_budget(problem), len(problem.supervisable)
+        problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(
+            max_order=order, regime=regime, importance=cfg.importance, costs=cfg.costs))
+        least, most = taxonomy.min_budget(problem), sum(problem.costs.values())
         wanted = sorted({*(cfg.budgets if order in orders else ()),
                          *(b for o, b in pairs if o == order)})
-        usable = [b for b in wanted if least <= b <= most]
+        usable = [b for b in wanted if least - 1e-9 <= b <= most + 1e-9]
         if len(usable) < len(wanted):
             left = ", ".join(f"{b:g}" for b in wanted if b not in usable)
-            notes.append(f"order {order}: budgets {left} are outside [{least:g}, {most}] "
+            notes.append(f"order {order}: budgets {left} are outside [{least:g}, {most:g}] "
                          "(below, no policy serves every target; above, every task is already "
                          "supervised)")
         for budget in usable:

@@ -171,6 +171,19 @@ def test_a_cost_that_cannot_apply_is_refused_with_the_fix(tmp_path, capsys, argv
     assert code == 2 and message in err
 
 
+def test_report_takes_the_same_costs_and_importance_and_refuses_the_same_mistakes(
+        published_csv, tmp_path, capsys):
+    argv = ["report", "--published", str(published_csv), "--out", str(tmp_path / "r"),
+            "--budgets", "3", "--orders", "1", "--draw", "3", "--policies", "5"]
+    assert cli.main([*argv, "--cost", "normals=2"]) == 2
+    assert "did you mean 'normal'" in capsys.readouterr().err
+    assert cli.main([*argv, "--importance", "normal"]) == 2
+    assert "write TASK=WEIGHT" in capsys.readouterr().err
+    assert cli.main([*argv, "--cost", "normal=2", "--importance", "reshading=3"]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "supervision costs normal=2" in page and "target importance reshading=3" in page
+
+
 def test_a_reader_that_stops_early_gets_no_traceback():
     # `taskonomy-ray tasks | head -4` (the README's own example) could end in BrokenPipeError.
     # The reader here is gone before the command writes (it takes a second to import).

@@ -162,6 +162,28 @@ def test_budgets_that_cannot_be_met_are_named_in_the_page(published_csv: Path,
     assert "order 30 exceeds the table&#39;s largest order (24)" in page
 
 
+def test_a_report_under_supervision_costs_solves_every_taxonomy_with_them(
+        published_csv: Path, tmp_path: Path) -> None:
+    # The unit-cost taxonomy's first supervised task made dearer than the budget: every curve
+    # point and drawing is solved without it, and the page says under which costs.
+    table = load_published(published_csv)
+    plain = taxonomy.solve(taxonomy.build_problem(table, taxonomy.ProblemSpec(max_order=2)), 3)
+    dear = plain.supervised[0]
+    index = report.write_report(published_csv, tmp_path, published=True,
+                                **{**FAST, "budgets": (3,), "orders": (2,)},
+                                costs={dear: 4}, importance={"normal": 2})
+    page = index.read_text()
+    spec = taxonomy.ProblemSpec(max_order=2, costs={dear: 4}, importance={"normal": 2})
+    solved = taxonomy.solve(taxonomy.build_problem(table, spec), 3)
+    assert dear not in solved.supervised and f"{solved.objective:.3f}" in page
+    assert f"supervision costs {dear}=4 (others 1): a budget limits the supervised" in page
+    assert "target importance normal=2 (others 1)" in page
+    # ...and the budgets above what supervising every task costs are named in those units.
+    index = report.write_report(published_csv, tmp_path, published=True,
+                                **{**FAST, "budgets": (3, 40), "orders": (1,)}, costs={dear: 4})
+    assert "order 1: budgets 40 are outside [1, 28]" in index.read_text()  # 25 tasks, one at 4
+
+
 def test_task_tree_joins_sources_with_identical_transfer_patterns_first() -> None:
     a = np.array([[0.5, 0.5, 0.1, 0.2], [0.1, 0.1, 0.6, 0.3], [0.2, 0.2, 0.1, 0.4]])
     tree = report.task_tree(a)
