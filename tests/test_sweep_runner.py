@@ -470,6 +470,29 @@ def test_a_unit_planned_again_takes_its_superseded_table_back_instead_of_trainin
     assert not superseded.take_back(st, unit)  # (nothing left to take back)
 
 
+def test_a_resume_with_other_solve_settings_solves_the_taxonomy_again(tmp_path, published_csv):
+    # The analysis' key does not hash `solve`: a --force-config resume to budget 3 kept the
+    # budget-2 taxonomy.json and reported the sweep finished.
+    from taskonomy_ray.published import load_published
+    from taskonomy_ray.sweep import config
+
+    st = Storage(str(tmp_path))
+    st.write_affinities(load_published(published_csv))
+    st.write_json("taxonomy.json", {"regime": 16000, "budget": 2, "max_order": 2,
+                                    "supervised": ["normal"]})
+    unit = plan.Unit("analysis", "analysis", {}, (), ("affinities.parquet", "taxonomy.json"),
+                     barrier=True)
+
+    def cfg(**solve):
+        return config.from_dict({"name": "t", "tasks": ["normal"], "regimes": [1000, 16000],
+                                 "solve": {"budget": 2, "max_order": 2, **solve}})
+
+    assert driver.done_check(st, cfg(), "x")(unit)
+    assert not driver.done_check(st, cfg(budget=3), "x")(unit)
+    assert not driver.done_check(st, cfg(max_order=3), "x")(unit)
+    assert st.exists("taxonomy.json")  # (not damage: nothing is moved aside, it is redone)
+
+
 def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):
     from test_affinity import _run
 

@@ -144,9 +144,22 @@ def done_check(storage: Storage, cfg: sweep_config.SweepConfig, data_root: str,
             from .units import render_config
 
             return render_state(render_config(cfg, data_root))[0] == "complete"
+        if unit.stage == "analysis":  # the taxonomy of the settings asked for, or solved again
+            return _solved_as_asked(storage.read_json("taxonomy.json"), cfg)
         return True
 
     return is_done
+
+
+def _solved_as_asked(doc: dict[str, Any], cfg: sweep_config.SweepConfig) -> bool:
+    """Whether a stored taxonomy is the one the workflow's `solve` section asks for.
+
+    The analysis' key does not hash those settings: a resume that changes them (with
+    --force-config) would otherwise keep the old taxonomy and report the sweep finished.
+    """
+    asked = {"budget": cfg.solve.budget, "max_order": cfg.solve.max_order,
+             "regime": max(cfg.regimes)}
+    return all(doc.get(k) == v for k, v in asked.items())
 
 
 def _stderr(line: str) -> None:
