@@ -260,7 +260,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         left = ", ".join(f"{b:g}" for b in budgets if b not in feasible)
         print(f"left out budgets {left}: below {need:g}, the smallest that serves all "
               f"{len(problem.targets)} targets", file=sys.stderr)
-    most = sum(problem.costs.values())  # every task supervised: more changes nothing
+    most = taxonomy.max_budget(problem)
     if any(b > most + 1e-9 for b in feasible):
         left = ", ".join(f"{b:g}" for b in feasible if b > most + 1e-9)
         what = ("the summed cost of the tasks that may be supervised" if args.cost

@@ -273,7 +273,7 @@ def taxonomy_sections(table: pa.Table, regime: int, cfg: ReportConfig, out: Path
     for order in sorted({*orders, *(o for o, _ in pairs)}):
         problem = taxonomy.build_problem(table, taxonomy.ProblemSpec(
             max_order=order, regime=regime, importance=cfg.importance, costs=cfg.costs))
-        least, most = taxonomy.min_budget(problem), sum(problem.costs.values())
+        least, most = taxonomy.min_budget(problem), taxonomy.max_budget(problem)
         wanted = sorted({*(cfg.budgets if order in orders else ()),
                          *(b for o, b in pairs if o == order)})
         usable = [b for b in wanted if least - 1e-9 <= b <= most + 1e-9]

@@ -56,15 +56,16 @@ def _task_values(items: Sequence[str], what: str, form: str) -> dict[str, float]
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
+        name = name.strip()
         try:
             number = float(value)
         except ValueError:
             sep = ""
-        if not sep or not name.strip():
+        if not sep or not name:
             raise ConfigError(f"cannot read {what} {item!r}; write {form}")
-        if name.strip() in out:
-            raise ConfigError(f"{what} of {name.strip()!r} given twice ({item!r}); give it once")
-        out[name.strip()] = number
+        if name in out:
+            raise ConfigError(f"{what} of {name!r} given twice ({item!r}); give it once")
+        out[name] = number
     return out
 
 
@@ -90,12 +91,12 @@ def format_taxonomy(result: Taxonomy) -> str:
 def format_curve(curve: Sequence[Taxonomy]) -> str:
     """A readable table of a budget curve: objective and mean win rates per budget."""
     first = curve[0] if curve else None
-    costed = bool(first and first.costs)  # then the budget is not a count: show what was spent
+    costs = ", ".join(f"{n}={c:g}" for n, c in first.costs.items()) if first else ""
+    costed = bool(costs)  # then the budget is not a count: show what was spent
     rows = [("budget", *(("cost",) if costed else ()), "objective", "gain", "quality",
              "supervised")]
     rows += [(f"{t.budget:g}", *((f"{t.spent:g}",) if costed else ()), f"{t.objective:.4f}",
               f"{t.gain:.3f}", f"{t.quality:.3f}", ", ".join(t.supervised)) for t in curve]
-    costs = ", ".join(f"{n}={c:g}" for n, c in first.costs.items()) if first else ""
     head = (f"regime {first.regime}, max order {first.max_order}, weight {first.weight}"
             + (f", costs {costs} (others 1)" if costs else "") + "\n\n" if first else "")
     return head + _columns(rows)

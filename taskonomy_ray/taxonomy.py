@@ -119,13 +119,12 @@ class Taxonomy:
     supervised: tuple[str, ...]
     transfers: tuple[Assignment, ...]
     importance: Mapping[str, float] = field(default_factory=dict)  # the targets' not 1
-    costs: Mapping[str, float] = field(default_factory=dict)  # supervision costs not 1
-    cost: float | None = None  # the supervised tasks' summed cost (None: their number)
+    costs: Mapping[str, float] = field(default_factory=dict)  # supervisable tasks' not 1
 
     @property
     def spent(self) -> float:
         """What the supervised tasks cost together, the quantity the budget limits."""
-        return float(len(self.supervised)) if self.cost is None else self.cost
+        return float(sum(self.costs.get(n, 1.0) for n in self.supervised))
 
     @property
     def quality(self) -> float:
@@ -335,6 +334,11 @@ def budget_curve(problem: Problem, budgets: Sequence[float],
     return out
 
 
+def max_budget(problem: Problem) -> float:
+    """The budget that supervises every task that may be: a larger one changes nothing."""
+    return float(sum(problem.costs.values()))
+
+
 def min_budget(problem: Problem, backend: str = DEFAULT_BACKEND) -> float:
     """The smallest supervision cost that can serve every target (raises if none can)."""
     model, sup, _ = _model(problem, maximise=False)
@@ -388,8 +392,7 @@ def assemble(problem: Problem, budget: float, chosen: frozenset[str],
     # not see them); a taxonomy lists only the tasks it labels for a reason.
     used = {s for a in out for s in a.sources} | {a.target for a in out if a.supervised}
     ordered = tuple(n for n in problem.supervisable if n in chosen and n in used)
-    costs = {n: c for n, c in problem.costs.items() if c != 1.0}
     return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
                     ordered, tuple(out),
-                    {t: w for t, w in problem.importance.items() if w != 1.0}, costs,
-                    float(sum(problem.costs[n] for n in ordered)))
+                    {t: w for t, w in problem.importance.items() if w != 1.0},
+                    {n: c for n, c in problem.costs.items() if c != 1.0})

@@ -70,7 +70,6 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-
 def _optimiser(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.optimiser == "sgd":
