@@ -162,10 +162,12 @@ def _render_into(out: Path, table: pa.Table, cfg: ReportConfig, title: str, sour
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "affinity": affinity_section(table, regime, out),
     }
-    pinned = None  # the sweep's own taxonomy, solved with unit importance and costs
-    if storage is not None and storage.exists("taxonomy.json") and not (
-            cfg.importance or cfg.costs):
-        pinned = storage.read_json("taxonomy.json")
+    pinned = None  # the sweep's own taxonomy, when solved under this report's costs and weights
+    if storage is not None and storage.exists("taxonomy.json"):
+        doc = storage.read_json("taxonomy.json")
+        if all(doc.get(k, {}) == {n: v for n, v in given.items() if v != 1}
+               for k, given in (("importance", cfg.importance), ("costs", cfg.costs))):
+            pinned = doc
     context.update(taxonomy_sections(table, regime, cfg, out, pinned))
     context["novel"] = novel_section(table, regime, cfg, out)
     if storage is not None:

@@ -73,7 +73,8 @@ def fake_execute(unit, ctx):
             solve = config.from_dict(ctx["config"]).solve
             storage.write_json(out, {"unit": content, "budget": solve.budget,
                                      "max_order": solve.max_order,
-                                     "regime": max(ctx["config"]["regimes"])})
+                                     "regime": max(ctx["config"]["regimes"]),
+                                     "importance": solve.importance, "costs": solve.costs})
         else:
             storage.write_bytes(out, stand_in(out, content))
     if unit.stage == "transfer":

@@ -400,6 +400,31 @@ def test_a_bug_in_the_sweeps_report_is_a_named_failure_with_its_traceback_kept(t
     assert b"KeyError: 'no_such_column'" in st.read_bytes(tables.REPORT_ERROR)
 
 
+def test_the_sweeps_report_weighs_its_taxonomies_as_the_sweeps_own_was_solved(
+        tmp_path: Path, monkeypatch) -> None:
+    # A workflow's solve.costs and importance solved taxonomy.json: the report beside it solves
+    # its curves and drawings under the same settings, and marks that taxonomy among them only
+    # when a report is solved as it was.
+    from taskonomy_ray.sweep import driver
+
+    storage, _ = build_sweep_storage(tmp_path / "run")
+    spec = taxonomy.ProblemSpec(max_order=2, costs={"normal": 0.5}, importance={"normal": 2})
+    storage.write_json("taxonomy.json", taxonomy.solve_taxonomy(
+        storage.read_affinities(), spec, 1).to_json())
+    seen = []
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: seen.append(k))
+    driver.write_sweep_report(storage, {"data_root": "x"},
+                              driver.SweepResult(storage.uri, {}, {}, 0.0, {}))
+    assert seen[0]["costs"] == {"normal": 0.5} and seen[0]["importance"] == {"normal": 2}
+    monkeypatch.undo()
+    own = "the sweep's own solve (taxonomy.json)"
+    page = report.write_report(storage.uri, tmp_path / "as", **FAST, costs={"normal": 0.5},
+                               importance={"normal": 2}).read_text()
+    assert own in page and "supervision costs normal=0.5 (others 1)" in page
+    page = report.write_report(storage.uri, tmp_path / "plain", **FAST).read_text()
+    assert own not in page  # (solved under unit costs, the drawings are other taxonomies)
+
+
 def test_a_report_that_succeeds_removes_the_traceback_of_an_earlier_failed_one(
         published_csv: Path, tmp_path: Path) -> None:
     storage = tables.Storage(str(tmp_path / "store"))

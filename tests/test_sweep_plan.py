@@ -83,7 +83,9 @@ def test_bad_network_section_is_refused_at_load_with_suggestion():
     ({"data": {"root": 5}}, "data.root must be a non-empty string"),
     ({"name": None}, "name must be a non-empty string"),
     ({"tasks": "normal"}, r"tasks must be a list of task names, e.g. \[normal, reshading\]"),
-    ({"solve": {"budget": "4"}}, "solve.budget must be an integer"),
+    ({"solve": {"budget": "4"}}, "solve.budget must be a number"),
+    ({"solve": {"costs": ["normal"]}}, "solve.costs must be a mapping of task names to numbers"),
+    ({"solve": {"importance": {"normal": "high"}}}, "solve.importance must be a mapping"),
     ({"data": {"root": "s3://bucket/data", "render": {"points": 2}}},
      "is a URI, but a dataset is read \\(and rendered\\) as a local folder"),
     ({"data": {"root": "gs://bucket/taskonomy"}}, "mount it on every node .* the mount.s path"),
@@ -1122,3 +1124,29 @@ def test_a_beam_that_will_rank_again_holds_the_higher_orders_it_chose_before():
     assert old.key in s.units and old.key not in {u.key for u in s.ready()}
     choice = {"2": [["depth_zbuffer", "reshading"]]}  # reshading ranks now
     assert old.key not in run_all(s, digest=lambda u: f"new-{u.key}")
+
+
+def test_solve_costs_and_importance_are_checked_against_the_sweeps_tasks_at_load():
+    # The sweep's own taxonomy is solved after every training: a misspelt or impossible
+    # setting found then would cost the whole run's wait.
+    with pytest.raises(UnknownNameError, match="solve.costs 'nromal'; did you mean 'normal'"):
+        small(solve={"costs": {"nromal": 2}})
+    with pytest.raises(UnknownNameError, match="`random` is never supervised"):
+        small(solve={"costs": {"random": 2}})
+    with pytest.raises(UnknownNameError, match="target in solve.importance 'autoencoding'"):
+        small(targets=["normal"], solve={"importance": {"autoencoding": 2}})
+    with pytest.raises(ConfigError, match="solve.costs: normal is -1; it must be >= 0"):
+        small(solve={"costs": {"normal": -1}})
+    with pytest.raises(ConfigError, match="budget 1 cannot supervise any task: the cheapest "
+                                          "costs 2"):
+        small(solve={"budget": 1, "costs": {n: 2 for n in ("normal", "depth_zbuffer",
+                                                            "reshading")}})
+    cfg = small(solve={"budget": 1.5, "costs": {"normal": 0.5}, "importance": {"normal": 2}})
+    assert cfg.to_json()["solve"] == {"budget": 1.5, "max_order": 3, "costs": {"normal": 0.5},
+                                      "importance": {"normal": 2}}
+
+
+def test_a_run_made_before_solve_costs_existed_records_the_same_config():
+    # run.json of an older run has no solve.costs or solve.importance: left out while empty,
+    # they leave its config (and so its resume check) as it was.
+    assert small().to_json()["solve"] == {"budget": 4, "max_order": 3}

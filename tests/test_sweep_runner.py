@@ -412,7 +412,8 @@ def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tm
     assert ledger.history(st, "analysis").completions == 2  # not the partial one kept
 
 
-def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=False):
+def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=False,
+             solve=""):
     """Run the analysis unit on `table`'s units (with a replaced copy of each when `stale`)."""
     from taskonomy_ray.sweep import config as sweep_config
     from taskonomy_ray.sweep import units
@@ -429,7 +430,8 @@ def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=
         {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
     cfg = sweep_config.load(workflow(tmp_path, **{
         "regimes: [8]": "regimes: [1000]", "max_order: 2": "max_order: 1",  # no beams here
-        "tasks: [normal, depth_zbuffer, reshading]": f"tasks: {tasks}"})).to_json()
+        "tasks: [normal, depth_zbuffer, reshading]": f"tasks: {tasks}",
+        "resources:": f"{solve}\nresources:" if solve else "resources:"})).to_json()
     info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
         "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
     return st, info
@@ -490,7 +492,40 @@ def test_a_resume_with_other_solve_settings_solves_the_taxonomy_again(tmp_path, 
     assert driver.done_check(st, cfg(), "x")(unit)
     assert not driver.done_check(st, cfg(budget=3), "x")(unit)
     assert not driver.done_check(st, cfg(max_order=3), "x")(unit)
+    assert not driver.done_check(st, cfg(costs={"normal": 2}), "x")(unit)
+    assert not driver.done_check(st, cfg(importance={"normal": 3}), "x")(unit)
+    assert driver.done_check(st, cfg(costs={"normal": 1}), "x")(unit)  # (1 is every default)
     assert st.exists("taxonomy.json")  # (not damage: nothing is moved aside, it is redone)
+
+
+def test_the_sweeps_taxonomy_is_solved_under_the_workflows_costs_and_importance(tmp_path):
+    # `solve: {costs, importance}` are solve's --cost and --importance for the sweep's own
+    # taxonomy: with normal costing more than the budget, cheaper sources are supervised.
+    from test_affinity import _run
+
+    solve = "solve: {budget: 1, max_order: 2, SETTINGS}"
+    plain = _analyse(tmp_path / "a", _run("normal"), solve=solve.replace(", SETTINGS", ""))
+    assert plain[0].read_json("taxonomy.json")["supervised"] == ["normal"]
+    st, _ = _analyse(tmp_path / "b", _run("normal"), solve=solve.replace("SETTINGS", (
+        "costs: {normal: 2, reshading: 0.5, depth_zbuffer: 0.5}, importance: {normal: 3}")))
+    doc = st.read_json("taxonomy.json")
+    assert doc["costs"] == {"normal": 2, "reshading": 0.5, "depth_zbuffer": 0.5}
+    assert doc["importance"] == {"normal": 3} and doc["objective"] > 0
+    assert doc["budget"] == 1 and "normal" not in doc["supervised"]  # it alone costs 2
+    assert doc["cost"] == 0.5 * len(doc["supervised"]) <= 1
+
+
+def test_the_costs_of_a_task_the_analysis_left_out_are_dropped_not_fatal(tmp_path):
+    # reshading's scratch network failed, so it is left out as a target; its importance has no
+    # term to weigh, and the sweep's taxonomy is solved for the targets it can rank.
+    from test_affinity import _run
+
+    table = pa.concat_tables([_run("normal"), _run("reshading", seed=1).filter(
+        pa.compute.not_equal(pa.compute.field("kind"), "scratch"))])
+    st, info = _analyse(tmp_path, table, tasks="[normal, reshading]",
+                        solve="solve: {budget: 1, max_order: 1, importance: {reshading: 2}}")
+    assert info["left_out"] == ["reshading"]
+    assert st.read_json("taxonomy.json")["importance"] == {}
 
 
 def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ def _plain(obj: Any) -> Any:
     """A config as plain data, settings added later left out while at their default."""
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)
-                if not (f.metadata.get("omit_when_default") and getattr(obj, f.name) == f.default)}
+                if not (f.metadata.get("omit_when_default") and getattr(obj, f.name) == (
+                    f.default_factory() if f.default_factory is not MISSING else f.default))}
     if isinstance(obj, (list, tuple)):
         return [_plain(x) for x in obj]
     if isinstance(obj, dict):
@@ -138,14 +139,38 @@ class Resources:
 
 @dataclass(frozen=True)
 class SolveConfig:
-    """The default taxonomy solved at the end of a sweep."""
+    """The default taxonomy solved at the end of a sweep (as `solve --budget`, with its options)."""
 
-    budget: int = 4
+    budget: float = 4  # tasks supervised; with `costs`, their summed cost
     max_order: int = 3
+    # The paper's supervision cost r_i per task (others 1): the budget limits the summed cost.
+    costs: dict[str, float] = field(default_factory=dict, metadata=ADDED_LATER)
+    # Per target, the weight of its term in the objective (others 1).
+    importance: dict[str, float] = field(default_factory=dict, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
-        if self.budget < 1 or not 1 <= self.max_order <= 4:
-            raise ConfigError("solve.budget must be >= 1 and solve.max_order in 1..4")
+        if not self.budget > 0 or not 1 <= self.max_order <= 4:
+            raise ConfigError("solve.budget must be > 0 and solve.max_order in 1..4")
+        for what, values in (("costs", self.costs), ("importance", self.importance)):
+            for name, value in values.items():
+                if value < 0:
+                    raise ConfigError(f"solve.{what}: {name} is {value:g}; it must be >= 0")
+
+    def check_tasks(self, trained: tuple[str, ...], targets: tuple[str, ...]) -> None:
+        """Costs name supervisable tasks, importance names targets, the budget buys a task."""
+        for name in self.costs:
+            if name not in trained:
+                raise unknown_name("task in solve.costs", name, trained,
+                                   "A cost counts for a task the sweep trains (in `tasks`; "
+                                   "`random` is never supervised).")
+        for name in self.importance:
+            if name not in targets:
+                raise unknown_name("target in solve.importance", name, targets,
+                                   "Importance weighs a transfer target (in `targets`).")
+        cheapest = min(self.costs.get(n, 1.0) for n in trained)
+        if self.budget < cheapest - 1e-9:
+            raise ConfigError(f"solve.budget {self.budget:g} cannot supervise any task: the "
+                              f"cheapest costs {cheapest:g} (solve.costs); raise the budget")
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,7 @@ class SweepConfig:
             raise ConfigError(f"max_order must be in 1..4, got {self.max_order}")
         if len(self.beam) != 3 or min(self.beam) < 2:
             raise ConfigError("beam must be [k2, k3, k4]: the top-k sources combined per order")
+        self.solve.check_tasks(self.tasks, self.targets)
         gold = self.gold_network()  # validate the sections now, not on a worker hours later
         self.scratch_network()
         self.transfer_config()
@@ -299,6 +325,9 @@ _EXPECTED: dict[str, tuple[Any, str]] = {
     "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
                         "a list of task names, e.g. [normal, reshading]"),
     "dict[str, Any]": (lambda v: isinstance(v, dict), "a mapping of settings"),
+    "dict[str, float]": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and _is_number(x) for k, x in v.items()),
+        "a mapping of task names to numbers, e.g. {segment_semantic: 3}"),
 }
 
 

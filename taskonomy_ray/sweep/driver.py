@@ -158,8 +158,11 @@ def _solved_as_asked(doc: dict[str, Any], cfg: sweep_config.SweepConfig) -> bool
     --force-config) would otherwise keep the old taxonomy and report the sweep finished.
     """
     asked = {"budget": cfg.solve.budget, "max_order": cfg.solve.max_order,
-             "regime": max(cfg.regimes)}
-    return all(doc.get(k) == v for k, v in asked.items())
+             "regime": max(cfg.regimes),
+             "importance": {t: w for t, w in cfg.solve.importance.items() if w != 1},
+             "costs": {n: c for n, c in cfg.solve.costs.items() if c != 1}}
+    return all(doc.get(k, {} if k in ("importance", "costs") else None) == v
+               for k, v in asked.items())
 
 
 def _stderr(line: str) -> None:
@@ -377,7 +380,11 @@ def write_sweep_report(storage: Storage, ctx: dict[str, Any], result: SweepResul
     from ..report import write_report
 
     try:
-        write_report(storage.uri, data_root=ctx["data_root"])
+        # Curves and drawings weighed as the sweep's taxonomy was (the workflow's solve.costs and
+        # importance, less those of tasks the analysis left out).
+        solved = storage.read_json("taxonomy.json") if storage.exists("taxonomy.json") else {}
+        write_report(storage.uri, data_root=ctx["data_root"],
+                     importance=solved.get("importance"), costs=solved.get("costs"))
     except TaskonomyError as e:
         result.failures["report"] = f"{type(e).__name__}: {e}"
     except Exception as e:  # a bug in the report: the sweep's results are complete regardless

@@ -341,7 +341,13 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
                                                   pa.array(left_out))))
     table = affinity.compute_affinities(losses)
     storage.write_affinities(table)
-    spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
+    # A target left out, or a task whose transfers all failed, is not in the problem to weigh.
+    named = set(table.column("target").to_pylist()) | {
+        s for row in table.column("sources").to_pylist() for s in row}
+    spec = taxonomy.ProblemSpec(
+        max_order=cfg.solve.max_order, regime=max(cfg.regimes),
+        importance={t: w for t, w in cfg.solve.importance.items() if t not in left_out},
+        costs={n: c for n, c in cfg.solve.costs.items() if n in named})
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
     storage.write_json("taxonomy.json", solved.to_json())
     return {"transfers": table.num_rows, "objective": solved.objective,
