@@ -363,6 +363,20 @@ def test_data_parallel_gold_training_needs_ray_train_and_a_batch_that_splits():
     assert small(resources={"gold_workers": 4}).resources.gold_workers == 4
 
 
+def test_gold_networks_trained_data_parallel_are_other_units_and_so_is_all_built_on_them():
+    # Replicas split each batch, so batch norm's statistics and the networks differ: a forced
+    # resume from 1 to 2 workers kept the networks one worker had trained, under a run.json
+    # that said 2. Scratch networks and the random encoder's features train alone either way.
+    one = {u.key: u.stage for u in plan.build(small())}
+    assert one == {u.key: u.stage for u in plan.build(small(resources={"gold_workers": 1}))}
+    two = {u.key for u in plan.build(small(resources={"gold_workers": 2}))}
+    kept = {k for k in one if k in two}
+    assert all(one[k] in ("render", "scratch", "features", "analysis") for k in kept)
+    assert {k for k in kept if one[k] == "features"} == {
+        k for k, stage in one.items() if stage == "features" and k.startswith("features-random")}
+    assert any(one[k] == "scratch" for k in kept)
+
+
 @pytest.mark.parametrize(("workers", "gpus"), [(2, 0.5), (1, 2.0), (3, 1.5)])
 def test_gold_workers_get_one_whole_gpu_each_or_a_share_when_alone(workers, gpus):
     # NCCL refuses two ranks on one GPU; a worker trains on one device, a second would idle.

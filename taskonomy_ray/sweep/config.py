@@ -277,14 +277,19 @@ class SweepConfig:
         """The resolved config as plain JSON (what run.json records)."""
         return json.loads(json.dumps(_plain(self)))
 
-    def digest(self, *parts: str) -> str:
+    def digest(self, *parts: str, gold: bool = False) -> str:
         """A short deterministic hash of named config parts (for unit keys).
 
-        Execution-only settings are left out: changing them recomputes nothing.
+        Execution-only settings are left out: changing them recomputes nothing. `gold`: the
+        key of a gold network or of what is computed from one, which also depends on how many
+        data-parallel replicas split each batch (and so batch norm's statistics); the default,
+        one, hashes nothing, so the keys of runs made before it was hashed stand.
         """
         js = self.to_json()
         sub: dict[str, Any] = {p: _without(js[p], p) for p in parts}
         sub["method"] = registry.METHOD_VERSION  # another method version's results: never done
+        if gold and self.resources.gold_workers != 1:
+            sub["gold_workers"] = self.resources.gold_workers
         return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:10]
 
 

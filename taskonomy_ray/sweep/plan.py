@@ -93,12 +93,13 @@ def _h(obj: Any) -> str:
 
 def gold_key(cfg: SweepConfig, task: str) -> str:
     """Key of `task`'s gold-standard network."""
-    return f"gold-{task}-{cfg.digest('data', 'network', 'seed')}"
+    return f"gold-{task}-{cfg.digest('data', 'network', 'seed', gold=True)}"
 
 
 def features_key(cfg: SweepConfig, source: str, imageset: str) -> str:
     """Key of one source's cached representations of one image set (`test` or `r<regime>`)."""
-    return f"features-{source}-{imageset}-{cfg.digest('data', 'network', 'seed')}"
+    d = cfg.digest("data", "network", "seed", gold=source != "random")  # (random: no network)
+    return f"features-{source}-{imageset}-{d}"
 
 
 def scratch_key(cfg: SweepConfig, target: str, regime: int) -> str:
@@ -123,7 +124,7 @@ def beam_key(cfg: SweepConfig, target: str, regime: int) -> str:
 def transfer_key(cfg: SweepConfig, target: str, regime: int, order: int,
                  source_sets: list[list[str]]) -> str:
     """Key of one fused group of transfers of one order into `target`."""
-    d = cfg.digest("data", "network", "transfer", "seed")
+    d = cfg.digest("data", "network", "transfer", "seed", gold=True)
     sets = _h([registry.TRANSFER_VERSION, spelt(source_sets)])
     return f"transfer-{target}-r{regime}-o{order}-{d}{sets}"
 
