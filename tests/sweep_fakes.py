@@ -74,7 +74,7 @@ def fake_execute(unit, ctx):
             storage.write_json(out, {"unit": content, "budget": solve.budget,
                                      "max_order": solve.max_order,
                                      "regime": max(ctx["config"]["regimes"]),
-                                     "importance": solve.importance, "costs": solve.costs})
+                                     "workflow_solve": solve.weighing()})
         else:
             storage.write_bytes(out, stand_in(out, content))
     if unit.stage == "transfer":

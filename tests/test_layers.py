@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "taskonomy_ray"
 PURE = ["tasks", "errors", "layout", "point_info", "splits", "samples", "tables", "digests",
         "affinity", "taxonomy", "solvers", "solve_text", "evaluate", "published", "beam", "plots",
         "report", "report_flags", "config", "sweep.config", "sweep.lease", "sweep.guard",
-        "sweep.partial", "sweep.superseded"]
+        "sweep.partial", "sweep.superseded", "sweep.sections"]
 NO_RAY = ["dataset", "derived", "config", "models", "training", "replicas", "features",
           "transfer", "labels", "grouped", "fused", "memory", "render"]
 

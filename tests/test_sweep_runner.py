@@ -413,8 +413,11 @@ def test_a_resume_that_completes_failed_work_redoes_the_analysis(ray_session, tm
 
 
 def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=False,
-             solve=""):
-    """Run the analysis unit on `table`'s units (with a replaced copy of each when `stale`)."""
+             solve="", regimes="[1000]"):
+    """Run the analysis unit on `table`'s units (with a replaced copy of each when `stale`).
+
+    Returns the storage and the unit's result, which also holds the workflow's config (`cfg`).
+    """
     from taskonomy_ray.sweep import config as sweep_config
     from taskonomy_ray.sweep import units
 
@@ -429,12 +432,12 @@ def _analyse(tmp_path, table, tasks="[normal, depth_zbuffer, reshading]", stale=
     st.write_json(plan.PLAN_FILE, {"units": [
         {"key": k, "outputs": [plan.losses_path(k)]} for k in keys]})
     cfg = sweep_config.load(workflow(tmp_path, **{
-        "regimes: [8]": "regimes: [1000]", "max_order: 2": "max_order: 1",  # no beams here
+        "regimes: [8]": f"regimes: {regimes}", "max_order: 2": "max_order: 1",  # no beams here
         "tasks: [normal, depth_zbuffer, reshading]": f"tasks: {tasks}",
-        "resources:": f"{solve}\nresources:" if solve else "resources:"})).to_json()
+        "resources:": f"{solve}\nresources:" if solve else "resources:"}))
     info = units.run_analysis(plan.Unit("analysis", "analysis", {}), {
-        "storage": st.uri, "config": cfg, "data_root": str(tmp_path / "data")})
-    return st, info
+        "storage": st.uri, "config": cfg.to_json(), "data_root": str(tmp_path / "data")})
+    return st, {**info, "cfg": cfg}
 
 
 def test_the_analysis_reads_only_the_losses_of_the_current_plan(tmp_path):
@@ -515,17 +518,30 @@ def test_the_sweeps_taxonomy_is_solved_under_the_workflows_costs_and_importance(
     assert doc["cost"] == 0.5 * len(doc["supervised"]) <= 1
 
 
-def test_the_costs_of_a_task_the_analysis_left_out_are_dropped_not_fatal(tmp_path):
-    # reshading's scratch network failed, so it is left out as a target; its importance has no
-    # term to weigh, and the sweep's taxonomy is solved for the targets it can rank.
+def test_what_the_analysis_cannot_weigh_is_dropped_and_a_resume_still_adopts_it(tmp_path):
+    # reshading's scratch network failed, so it is left out as a target, and every transfer
+    # from it failed at the solved regime (1000; at 100 they are in): its importance and cost
+    # have nothing to weigh there. Neither may fail the solve, nor make every resume solve again
+    # for want of what the analysis dropped (taxonomy.json records what was asked).
     from test_affinity import _run
 
-    table = pa.concat_tables([_run("normal"), _run("reshading", seed=1).filter(
-        pa.compute.not_equal(pa.compute.field("kind"), "scratch"))])
-    st, info = _analyse(tmp_path, table, tasks="[normal, reshading]",
-                        solve="solve: {budget: 1, max_order: 1, importance: {reshading: 2}}")
-    assert info["left_out"] == ["reshading"]
-    assert st.read_json("taxonomy.json")["importance"] == {}
+    top = _run("normal")
+    top = top.filter(pa.array(["reshading" not in s for s in top.column("sources").to_pylist()]))
+    low = _run("normal", regime=100, seed=1)
+    low = low.filter(pa.compute.not_equal(low.column("kind"), "gold"))  # (one gold network)
+    shading = _run("reshading", seed=2).filter(pa.compute.not_equal(
+        pa.compute.field("kind"), "scratch"))
+    st, info = _analyse(tmp_path, pa.concat_tables([top, low, shading]), regimes="[100, 1000]",
+                        solve="solve: {budget: 2, max_order: 1, importance: {reshading: 2},"
+                              " costs: {reshading: 0.5, normal: 1.5}}")
+    assert info["left_out"] == ["depth_zbuffer", "reshading"]  # (no depth network at all)
+    doc = st.read_json("taxonomy.json")
+    assert doc["importance"] == {} and doc["costs"] == {"normal": 1.5}
+    assert doc["workflow_solve"] == {"costs": {"reshading": 0.5, "normal": 1.5},
+                                     "importance": {"reshading": 2}}
+    unit = plan.Unit("analysis", "analysis", {}, (), ("affinities.parquet", "taxonomy.json"),
+                     barrier=True)
+    assert driver.done_check(st, info["cfg"], "x")(unit)
 
 
 def test_the_analysis_ranks_the_targets_it_can_when_a_scratch_network_failed(tmp_path):

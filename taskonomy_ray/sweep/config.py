@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..beam import BeamConfig
 from ..config import EXECUTION_ONLY, NetworkConfig, TransferConfig, execution_only, read_yaml
 from ..errors import ConfigError, unknown_name
 from ..splits import SPLITS, check_lists, read_split_file
+from .sections import build
 
 # A setting added after runs were made: left out of run.json and unit keys while it has its
 # default, so that those runs resume (no config difference) and keep their units' keys.
@@ -155,6 +155,11 @@ class SolveConfig:
             for name, value in values.items():
                 if value < 0:
                     raise ConfigError(f"solve.{what}: {name} is {value:g}; it must be >= 0")
+
+    def weighing(self) -> dict[str, dict[str, float]]:
+        """The costs and importance asked for, less those equal to the default 1."""
+        return {k: {n: v for n, v in getattr(self, k).items() if v != 1}
+                for k in ("costs", "importance")}
 
     def check_tasks(self, trained: tuple[str, ...], targets: tuple[str, ...]) -> None:
         """Costs name supervisable tasks, importance names targets, the budget buys a task."""
@@ -307,68 +312,6 @@ def _without(value: Any, prefix: str) -> Any:
             if f"{prefix}.{k}" not in EXECUTION_ONLY_SETTINGS}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-# What a YAML value must be for each field type of these dataclasses (nested sections are built
-# and checked on their own; optional settings check themselves, with what null means).
-_EXPECTED: dict[str, tuple[Any, str]] = {
-    "int": (_is_int, "an integer"),
-    "float": (_is_number, "a number"),
-    "str": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
-    "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(map(_is_int, v)),
-                        "a list of integers, e.g. [128, 512]"),
-    "tuple[int, int, int]": (lambda v: isinstance(v, tuple) and all(map(_is_int, v)),
-                             "a list of three integers, e.g. [5, 5, 6]"),
-    "tuple[float, float, float]": (lambda v: isinstance(v, tuple) and all(map(_is_number, v)),
-                                   "a list of three numbers, e.g. [0.5, 0.25, 0.25]"),
-    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
-                        "a list of task names, e.g. [normal, reshading]"),
-    "dict[str, Any]": (lambda v: isinstance(v, dict), "a mapping of settings"),
-    "dict[str, float]": (lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and _is_number(x) for k, x in v.items()),
-        "a mapping of task names to numbers, e.g. {segment_semantic: 3}"),
-}
-
-
-def _check_types(cls: type, kwargs: dict[str, Any], where: str) -> None:
-    """Refuse a value of the wrong type now, naming the setting, not on a worker hours later."""
-    prefix = "" if where == "the workflow" else f"{where}."
-    for f in fields(cls):
-        if f.name in kwargs and f.type in _EXPECTED:
-            ok, what = _EXPECTED[f.type]
-            value = kwargs[f.name]
-            if not ok(value):
-                shown = list(value) if isinstance(value, tuple) else value  # as YAML wrote it
-                raise ConfigError(f"{prefix}{f.name} must be {what}, got {shown!r}")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Construct dataclass `cls` from a mapping, refusing unknown keys with a suggestion."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
-    names = {f.name for f in fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise unknown_name(f"key in {where}", key, sorted(names))
-    kwargs = dict(raw)
-    for f in fields(cls):
-        if f.name in kwargs and isinstance(kwargs[f.name], list):
-            kwargs[f.name] = tuple(kwargs[f.name])
-    _check_types(cls, kwargs, where)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
 def from_dict(raw: dict[str, Any]) -> SweepConfig:
     """A SweepConfig from a parsed YAML mapping (nested sections typed and checked)."""
     raw = dict(raw)
@@ -389,11 +332,11 @@ def from_dict(raw: dict[str, Any]) -> SweepConfig:
             raise ConfigError("give data.split_file or data.buildings, not both")
         data["buildings"] = read_split_file(data.pop("split_file"))
     if data.get("render") is not None:
-        data["render"] = _build(RenderConfig, data["render"], "data.render")
-    raw["data"] = _build(DataConfig, data, "data")
-    raw["resources"] = _build(Resources, raw.get("resources") or {}, "resources")
-    raw["solve"] = _build(SolveConfig, raw.get("solve") or {}, "solve")
-    return _build(SweepConfig, raw, "the workflow")
+        data["render"] = build(RenderConfig, data["render"], "data.render")
+    raw["data"] = build(DataConfig, data, "data")
+    raw["resources"] = build(Resources, raw.get("resources") or {}, "resources")
+    raw["solve"] = build(SolveConfig, raw.get("solve") or {}, "solve")
+    return build(SweepConfig, raw, "the workflow")
 
 
 def default_storage(cfg: SweepConfig) -> str:

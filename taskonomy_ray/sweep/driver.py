@@ -158,11 +158,11 @@ def _solved_as_asked(doc: dict[str, Any], cfg: sweep_config.SweepConfig) -> bool
     --force-config) would otherwise keep the old taxonomy and report the sweep finished.
     """
     asked = {"budget": cfg.solve.budget, "max_order": cfg.solve.max_order,
-             "regime": max(cfg.regimes),
-             "importance": {t: w for t, w in cfg.solve.importance.items() if w != 1},
-             "costs": {n: c for n, c in cfg.solve.costs.items() if c != 1}}
-    return all(doc.get(k, {} if k in ("importance", "costs") else None) == v
-               for k, v in asked.items())
+             "regime": max(cfg.regimes)}
+    # (the analysis drops the costs and importance of tasks it left out, so it records what
+    # was asked; a taxonomy.json written before costs existed was solved under none)
+    weighed = doc.get("workflow_solve", {"costs": {}, "importance": {}})
+    return all(doc.get(k) == v for k, v in asked.items()) and weighed == cfg.solve.weighing()
 
 
 def _stderr(line: str) -> None:

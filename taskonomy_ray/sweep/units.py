@@ -341,15 +341,19 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
                                                   pa.array(left_out))))
     table = affinity.compute_affinities(losses)
     storage.write_affinities(table)
-    # A target left out, or a task whose transfers all failed, is not in the problem to weigh.
-    named = set(table.column("target").to_pylist()) | {
-        s for row in table.column("sources").to_pylist() for s in row}
+    # A target left out, or a task whose transfers all failed, is not in the problem to weigh:
+    # the problem is the solved regime's rows.
+    top = table.filter(pc.equal(table.column("regime"), max(cfg.regimes)))
+    targets = set(top.column("target").to_pylist())
+    named = targets | {s for row in top.column("sources").to_pylist() for s in row}
     spec = taxonomy.ProblemSpec(
         max_order=cfg.solve.max_order, regime=max(cfg.regimes),
-        importance={t: w for t, w in cfg.solve.importance.items() if t not in left_out},
+        importance={t: w for t, w in cfg.solve.importance.items() if t in targets},
         costs={n: c for n, c in cfg.solve.costs.items() if n in named})
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
-    storage.write_json("taxonomy.json", solved.to_json())
+    # What the workflow asked, before the above: a resume compares it (`driver._solved_as_asked`).
+    storage.write_json("taxonomy.json",
+                       {**solved.to_json(), "workflow_solve": cfg.solve.weighing()})
     return {"transfers": table.num_rows, "objective": solved.objective,
             "supervised": list(solved.supervised), "left_out": left_out}
 
