@@ -234,6 +234,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         importance=solve_text.parse_importance(args.importance), weight=args.weight,
         novel=tuple(args.novel), costs=solve_text.parse_costs(args.cost))
     problem = taxonomy.build_problem(table, spec)
+    _note_solved_otherwise(args.storage, spec.costs, spec.importance)
     top = taxonomy.largest_order(table, problem.regime)
     if args.max_order is not None and args.max_order > top:  # (asked for, not the default)
         print(f"--max-order {args.max_order}: the table's transfers at regime {problem.regime} go "
@@ -279,6 +280,21 @@ def _run_solve(args: argparse.Namespace) -> int:
                  f"weight {problem.weight}")
         print(f"wrote {plots.plot_budget_curve(curve, args.plot, title)}", file=sys.stderr)
     return 0
+
+
+def _note_solved_otherwise(storage: str | None, costs: dict[str, float],
+                           importance: dict[str, float]) -> None:
+    """Say on stderr when a sweep's own taxonomy was solved under other costs or importance."""
+    from .solve_text import solved_otherwise
+    from .tables import Storage
+
+    if storage is None:
+        return
+    st = Storage(storage)
+    doc = st.read_json("taxonomy.json") if st.exists("taxonomy.json") else None
+    note = solved_otherwise(doc if isinstance(doc, dict) else None, costs, importance)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _run_all_for_one(args: argparse.Namespace) -> int:
@@ -364,14 +380,15 @@ def _run_report(args: argparse.Namespace) -> int:
             writable(str(Path(args.storage) / "report"), "the storage's report/", folder=True)
         except ConfigError as e:
             raise ConfigError(f"{e}; or pass --out DIR to write the report elsewhere") from None
+    costs, importance = parse_costs(args.cost), parse_importance(args.importance)
+    _note_solved_otherwise(args.storage, costs, importance)
     t0 = time.perf_counter()
     index = write_report(args.published or args.storage, args.out,
                          published=args.published is not None,
                          budgets=parse_budgets(args.budgets), orders=args.orders,
                          drawn=parse_budgets(args.draw), random_policies=args.policies,
                          regime=args.regime, samples=args.samples, data_root=args.data,
-                         seed=args.seed, importance=parse_importance(args.importance),
-                         costs=parse_costs(args.cost))
+                         seed=args.seed, importance=importance, costs=costs)
     print(f"wrote {index} in {time.perf_counter() - t0:.1f} s")
     return 0
 

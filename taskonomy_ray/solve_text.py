@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
@@ -50,6 +50,27 @@ def parse_importance(items: Sequence[str]) -> dict[str, float]:
 def parse_costs(items: Sequence[str]) -> dict[str, float]:
     """Per-task supervision cost from 'TASK=C' strings (the paper's r_i; default 1)."""
     return _task_values(items, "cost", "TASK=COST, e.g. segment_semantic=3")
+
+
+def solved_otherwise(doc: Mapping[str, Any] | None, costs: Mapping[str, float],
+                     importance: Mapping[str, float]) -> str | None:
+    """A note when a sweep's own taxonomy (`doc`) was weighed otherwise than these, else None.
+
+    Its workflow's `solve` section may set costs and importance; one re-solving the sweep by
+    hand would otherwise compare taxonomies solved under different costs without knowing it.
+    """
+    if not doc:
+        return None
+    theirs = {k: dict(doc.get(k) or {}) for k in ("costs", "importance")}
+    ours = {k: {n: v for n, v in given.items() if v != 1}
+            for k, given in (("costs", costs), ("importance", importance))}
+    if not any(theirs.values()) or theirs == ours:
+        return None
+    flags = " ".join(f"{flag} " + " ".join(f"{n}={v:g}" for n, v in theirs[k].items())
+                     for k, flag in (("costs", "--cost"), ("importance", "--importance"))
+                     if theirs[k])
+    return (f"the sweep's own taxonomy.json was solved under its workflow's solve settings "
+            f"({flags}); this one is not: add them to solve as it was")
 
 
 def _task_values(items: Sequence[str], what: str, form: str) -> dict[str, float]:

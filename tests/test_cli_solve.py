@@ -184,6 +184,29 @@ def test_report_takes_the_same_costs_and_importance_and_refuses_the_same_mistake
     assert "supervision costs normal=2" in page and "target importance reshading=3" in page
 
 
+def test_re_solving_a_sweep_weighed_by_its_workflow_says_how_to_solve_as_it_did(
+        tmp_path, capsys):
+    # The workflow's solve section set costs and importance: a hand solve or report of the
+    # same storage without them compares taxonomies solved otherwise, and is told so.
+    st = tables.Storage(str(tmp_path))
+    st.write_affinities(SMALL)
+    spec = taxonomy.ProblemSpec(costs={"normal": 2}, importance={"reshading": 3})
+    st.write_json("taxonomy.json", taxonomy.solve_taxonomy(SMALL, spec, 2).to_json())
+    advice = "add them to solve as it was"
+    _, _, err = _solve(capsys, tmp_path, "--budget", 2)
+    assert "(--cost normal=2 --importance reshading=3)" in err and advice in err
+    _, _, err = _solve(capsys, tmp_path, "--budget", 2, "--cost", "normal=2", "--importance",
+                       "reshading=3")
+    assert advice not in err
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "r"), "--budgets", "2",
+                     "--orders", "1", "--draw", "2", "--policies", "5"]) == 0
+    assert advice in capsys.readouterr().err
+    st.write_json("taxonomy.json", taxonomy.solve_taxonomy(SMALL, taxonomy.ProblemSpec(),
+                                                           2).to_json())
+    _, _, err = _solve(capsys, tmp_path, "--budget", 2, "--cost", "normal=2")
+    assert advice not in err  # (unit costs there: what is given here is a choice, not a slip)
+
+
 def test_a_reader_that_stops_early_gets_no_traceback():
     # `taskonomy-ray tasks | head -4` (the README's own example) could end in BrokenPipeError.
     # The reader here is gone before the command writes (it takes a second to import).
