@@ -165,8 +165,7 @@ def _render_into(out: Path, table: pa.Table, cfg: ReportConfig, title: str, sour
     pinned = None  # the sweep's own taxonomy, when solved under this report's costs and weights
     if storage is not None and storage.exists("taxonomy.json"):
         doc = storage.read_json("taxonomy.json")
-        if all(doc.get(k, {}) == {n: v for n, v in given.items() if v != 1}
-               for k, given in (("importance", cfg.importance), ("costs", cfg.costs))):
+        if taxonomy.weighed_as(doc, cfg.costs, cfg.importance):
             pinned = doc
     context.update(taxonomy_sections(table, regime, cfg, out, pinned))
     context["novel"] = novel_section(table, regime, cfg, out)

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .evaluate import NovelTask
-from .taxonomy import Taxonomy
+from .taxonomy import Taxonomy, weighed_as
 
 MAX_BUDGETS = 1000  # budgets one spec may name: above the task count, budgets change nothing
 
@@ -62,9 +62,7 @@ def solved_otherwise(doc: Mapping[str, Any] | None, costs: Mapping[str, float],
     if not doc:
         return None
     theirs = {k: dict(doc.get(k) or {}) for k in ("costs", "importance")}
-    ours = {k: {n: v for n, v in given.items() if v != 1}
-            for k, given in (("costs", costs), ("importance", importance))}
-    if not any(theirs.values()) or theirs == ours:
+    if not any(theirs.values()) or weighed_as(doc, costs, importance):
         return None
     flags = " ".join(f"{flag} " + " ".join(f"{n}={v:g}" for n, v in theirs[k].items())
                      for k, flag in (("costs", "--cost"), ("importance", "--importance"))

@@ -146,6 +146,18 @@ class Taxonomy:
                 "costs": dict(self.costs), "cost": _number(self.spent)}
 
 
+def besides_one(values: Mapping[str, float]) -> dict[str, float]:
+    """Per-task costs or importance less those at the default 1: what a Taxonomy records."""
+    return {n: v for n, v in values.items() if v != 1.0}
+
+
+def weighed_as(doc: Mapping[str, Any], costs: Mapping[str, float],
+               importance: Mapping[str, float]) -> bool:
+    """Whether a taxonomy's JSON (`to_json`) was solved under these costs and importance."""
+    return (dict(doc.get("costs") or {}) == besides_one(costs)
+            and dict(doc.get("importance") or {}) == besides_one(importance))
+
+
 def _number(x: float) -> float | int:
     """A whole float as an int (JSON's `3`, not `3.0`), for budgets and costs."""
     return int(x) if float(x).is_integer() else x
@@ -394,5 +406,4 @@ def assemble(problem: Problem, budget: float, chosen: frozenset[str],
     ordered = tuple(n for n in problem.supervisable if n in chosen and n in used)
     return Taxonomy(problem.regime, budget, problem.max_order, problem.weight, objective,
                     ordered, tuple(out),
-                    {t: w for t, w in problem.importance.items() if w != 1.0},
-                    {n: c for n, c in problem.costs.items() if c != 1.0})
+                    besides_one(problem.importance), besides_one(problem.costs))

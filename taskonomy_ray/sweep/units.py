@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from ..errors import DataError, StorageError, TrainingError
@@ -341,15 +342,14 @@ def run_analysis(unit: planning.Unit, ctx: dict[str, Any]) -> dict[str, Any]:
                                                   pa.array(left_out))))
     table = affinity.compute_affinities(losses)
     storage.write_affinities(table)
-    # A target left out, or a task whose transfers all failed, is not in the problem to weigh:
-    # the problem is the solved regime's rows.
-    top = table.filter(pc.equal(table.column("regime"), max(cfg.regimes)))
-    targets = set(top.column("target").to_pylist())
-    named = targets | {s for row in top.column("sources").to_pylist() for s in row}
-    spec = taxonomy.ProblemSpec(
-        max_order=cfg.solve.max_order, regime=max(cfg.regimes),
-        importance={t: w for t, w in cfg.solve.importance.items() if t in targets},
-        costs={n: c for n, c in cfg.solve.costs.items() if n in named})
+    # A target left out, or a task with no transfer at the solved regime, is not in the problem
+    # (as the solver builds it) to weigh.
+    spec = taxonomy.ProblemSpec(max_order=cfg.solve.max_order, regime=max(cfg.regimes))
+    unweighed = taxonomy.build_problem(table, spec)
+    spec = replace(spec, importance={t: w for t, w in cfg.solve.importance.items()
+                                     if t in unweighed.targets},
+                   costs={n: c for n, c in cfg.solve.costs.items()
+                          if n in unweighed.supervisable})
     solved = taxonomy.solve_taxonomy(table, spec, cfg.solve.budget)
     # What the workflow asked, before the above: a resume compares it (`driver._solved_as_asked`).
     storage.write_json("taxonomy.json",
